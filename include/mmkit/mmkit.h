@@ -1,0 +1,11 @@
+// Umbrella header for the mmkit C++ API.
+#pragma once
+
+#include "mmkit/array.h"
+#include "mmkit/device.h"
+#include "mmkit/dtype.h"
+#include "mmkit/error.h"
+#include "mmkit/io.h"
+#include "mmkit/matmul.h"
+#include "mmkit/quantize.h"
+#include "mmkit/version.h"
