@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# C++ suite (release build, warnings as errors; the CUDA backend is compiled
+# when nvcc is present and its tests skip without a GPU).
+set -euo pipefail
+source "$(dirname "$0")/../lib.sh"
+stage "C++ build + tests (preset ci)"
+cmake --preset ci >/dev/null
+cmake --build --preset ci -j "$JOBS"
+run_ctest cpp-release ci
