@@ -1,5 +1,7 @@
 #include "core/registry.h"
 
+#include "mmkit/kernels.h"
+
 #include <cstdlib>
 #include <sstream>
 
@@ -26,6 +28,12 @@ Registries& registries() {
 }
 
 void ensure_backends_loaded() { (void)registries(); }
+
+template <typename R>
+static void list_entries(const R& reg, std::vector<std::string>& out) {
+  for (const auto& e : reg.entries())
+    out.push_back(std::string(reg.family()) + ": " + e.name + (e.device == Device::Type::gpu ? " (gpu)" : " (cpu)"));
+}
 
 // ---- descriptor printing (STYLE.md rule 2) ----------------------------------------
 
@@ -83,3 +91,19 @@ std::ostream& operator<<(std::ostream& os, const BlockMaskedDesc& d) {
 std::string BlockMaskedDesc::key() const { return to_key(*this); }
 
 }  // namespace mmkit::detail
+
+namespace mmkit {
+
+std::vector<std::string> registered_kernels() {
+  auto& r = detail::registries();
+  std::vector<std::string> out;
+  detail::list_entries(r.quantize, out);
+  detail::list_entries(r.dequantize, out);
+  detail::list_entries(r.fp8, out);
+  detail::list_entries(r.qmm, out);
+  detail::list_entries(r.gemm, out);
+  detail::list_entries(r.block_masked, out);
+  return out;
+}
+
+}  // namespace mmkit

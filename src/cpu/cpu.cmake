@@ -1,5 +1,28 @@
-# CPU backend sources. Kernels for a specific ISA get their -m flags per file
-# here; the library as a whole is built for baseline x86-64 and picks the ISA
-# at run time.
-file(GLOB MMKIT_CPU_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.cpp)
-target_sources(mmkit PRIVATE ${MMKIT_CPU_SOURCES})
+# CPU backend sources. The library is built for baseline x86-64 and picks the
+# SIMD level at run time (cpu_isa.cpp); only the per-ISA kernel files below get
+# wider -m flags, and they are entered only after the CPU check.
+set(MMKIT_CPU_DIR ${CMAKE_CURRENT_LIST_DIR})
+set(MMKIT_CPU_BASE_SOURCES
+  ${MMKIT_CPU_DIR}/cpu_common.cpp
+  ${MMKIT_CPU_DIR}/cpu_isa.cpp
+  ${MMKIT_CPU_DIR}/qmm_cpu.cpp
+  ${MMKIT_CPU_DIR}/gemm_cpu.cpp
+  ${MMKIT_CPU_DIR}/quantize_cpu.cpp
+  ${MMKIT_CPU_DIR}/gemm_driver.cpp
+  ${MMKIT_CPU_DIR}/qmm_fast.cpp
+  ${MMKIT_CPU_DIR}/gemm_fast.cpp
+  ${MMKIT_CPU_DIR}/quantize_fast.cpp)
+set(MMKIT_CPU_AVX512_SOURCES ${MMKIT_CPU_DIR}/qmm_avx512.cpp ${MMKIT_CPU_DIR}/gemm_avx512.cpp
+                             ${MMKIT_CPU_DIR}/quantize_avx512.cpp)
+set(MMKIT_CPU_AVX2_SOURCES ${MMKIT_CPU_DIR}/qmm_avx2.cpp ${MMKIT_CPU_DIR}/gemm_avx2.cpp
+                           ${MMKIT_CPU_DIR}/quantize_avx2.cpp)
+target_sources(mmkit PRIVATE ${MMKIT_CPU_BASE_SOURCES} ${MMKIT_CPU_AVX512_SOURCES} ${MMKIT_CPU_AVX2_SOURCES})
+
+if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+  # F + BW + VL + DQ is the avx512 level cpu_isa.cpp checks for. VNNI is not
+  # enabled: the float32 paths do not use integer dot products (docs/kernels/cpu.md).
+  set_source_files_properties(${MMKIT_CPU_AVX512_SOURCES} PROPERTIES
+    COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mf16c;-mavx2")
+  set_source_files_properties(${MMKIT_CPU_AVX2_SOURCES} PROPERTIES
+    COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+endif()

@@ -42,6 +42,9 @@ int num_threads() {
 void register_quantize_kernels(detail::Registries& r);
 void register_qmm_kernels(detail::Registries& r);
 void register_gemm_kernels(detail::Registries& r);
+void register_qmm_fast_kernels(detail::Registries& r);
+void register_gemm_fast_kernels(detail::Registries& r);
+void register_quantize_fast_kernels(detail::Registries& r);
 
 }  // namespace mmkit::cpu
 
@@ -50,5 +53,9 @@ void register_cpu_kernels(Registries& r) {
   cpu::register_quantize_kernels(r);
   cpu::register_qmm_kernels(r);
   cpu::register_gemm_kernels(r);
+  // SIMD entries (higher priority; each supports() checks the active ISA level).
+  cpu::register_qmm_fast_kernels(r);
+  cpu::register_gemm_fast_kernels(r);
+  cpu::register_quantize_fast_kernels(r);
 }
 }  // namespace mmkit::detail

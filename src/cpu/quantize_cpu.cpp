@@ -65,7 +65,7 @@ void quantize_affine_row(const float* w, int64_t cols, int bits, int gs, uint32_
     for (int i = 0; i < gs; ++i) {
       float c = std::rint((v[i] - bias) / s);
       c = std::min(std::max(c, 0.0f), n_max);
-      fmt::pack_code(row, i, bits, static_cast<uint32_t>(c));
+      fmt::pack_code(row, i, bits, c == c ? static_cast<uint32_t>(c) : 0u);  // NaN -> code 0
     }
     store_f(scales, dt, g, s);
     store_f(biases, dt, g, bias);
@@ -86,6 +86,9 @@ void quantize_fp_row(const float* w, int64_t cols, const detail::QFormat& f, Dty
     if (!nv) {
       float e = 0.0f;
       if (sc != 0.0f) e = std::rint(round_to(dt, std::log2(sc)));
+      // E8M0 holds 2^-127..2^127: clamp as MLX's Metal kernel does (an Inf or
+      // tiny group would otherwise overflow the int / uint8 conversions).
+      e = std::fmin(std::fmax(e, -127.0f), 127.0f);
       scales[g] = static_cast<uint8_t>(static_cast<int>(e) + 127);
       const float inv = std::ldexp(1.0f, -static_cast<int>(e));
       for (int i = 0; i < gs; ++i) {

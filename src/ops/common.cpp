@@ -58,7 +58,9 @@ Array prepare_indices(const Array& idx, const Shape& shape, int64_t n, Device de
                       const char* name, const char* operand, bool* checked) {
   Array b = idx.broadcast_to(shape);
   if (idx.device().is_cpu()) {
-    Array c = b.astype(Dtype::int64);
+    // Check the caller's array before broadcasting, so the reported position
+    // is an element of what was passed in.
+    Array c = idx.astype(Dtype::int64);
     const int64_t* p = c.data<int64_t>();
     const int64_t m = c.size();
     for (int64_t i = 0; i < m; ++i) {
@@ -66,7 +68,7 @@ Array prepare_indices(const Array& idx, const Shape& shape, int64_t n, Device de
         throw_error(op, name, " value ", p[i], " at flat position ", i, " is out of range: ", operand, " has ", n,
                     " batch entries, so indices must lie in [0, ", n, ").");
     }
-    return on_device(c, dev);
+    return on_device(c.broadcast_to(shape).contiguous(), dev);
   }
   *checked = false;  // device-resident indices: the backend checks them
   return on_device(b, dev).astype(Dtype::int64);

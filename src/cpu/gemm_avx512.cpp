@@ -1,0 +1,7 @@
+// avx512 build of the float GEMM micro-kernel and packing (gemm_simd.inc).
+// Compiled with this ISA's -m flags (src/cpu/cpu.cmake); only called after
+// cpu_isa.cpp has checked the CPU supports it.
+#define MMKIT_ISA_NS avx512
+#define MMKIT_ISA_MR 12
+#define MMKIT_ISA_NR 32
+#include "cpu/gemm_simd.inc"

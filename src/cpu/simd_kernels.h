@@ -1,0 +1,93 @@
+// The seam between the baseline CPU dispatchers (qmm_fast.cpp, gemm_fast.cpp,
+// quantize_fast.cpp: validation-free planning, OpenMP threading, buffers) and
+// the per-ISA kernel files (*_avx512.cpp, *_avx2.cpp: SIMD only, no threads,
+// no allocation, no standard-library templates). Plain structs and function
+// pointers, so nothing compiled with wider -m flags leaks into baseline code.
+//
+// Dtype codes in these structs: 0 float32, 1 float16, 2 bfloat16
+// (mmkit::Dtype's numbering).
+#pragma once
+
+#include <cstdint>
+
+namespace mmkit::cpu {
+
+/// One quantized weight matrix (one expert), as descriptors.h lays it out:
+/// rows x words packed codes, rows x groups scales (and biases).
+struct QWeights {
+  const uint32_t* w = nullptr;
+  const void* scales = nullptr;
+  const void* biases = nullptr;  // affine only
+  int64_t rows = 0;              // transpose ? N : K
+  int64_t cols = 0;              // codes per row: transpose ? K : N
+  int64_t words = 0;             // uint32 per row
+  int64_t groups = 0;            // scale groups per row
+  int bits = 4, group_size = 64;
+  int mode = 0;                  // fmt::Mode: 0 affine, 1 mxfp4, 2 mxfp8, 3 nvfp4
+  int sdt = 0;                   // affine scale/bias dtype code
+};
+
+/// Small-M fused quantized matmul, weights (N, K) (transpose = true):
+/// out[m][n] = sum_k x[m][k] * w_hat[n][k] for n in [n0, n1), all m < mrows.
+struct QmvArgs {
+  const QWeights* q = nullptr;
+  int64_t n0 = 0, n1 = 0;
+  int mrows = 0;
+  const float* const* x = nullptr;  // mrows rows of K float32
+  const float* xsum = nullptr;      // affine: mrows x groups sums of x over each group
+  void* const* out = nullptr;       // mrows output rows (element n at index n), dtype odt
+  int odt = 0;
+  float* scratch = nullptr;         // qmv_scratch_floats(q) floats, 64-byte aligned
+};
+
+struct SimdKernels {
+  const char* name;
+  int lanes;  // float32 lanes per vector
+  int mr;     // GEMM micro-tile rows (largest)
+  int nr;     // GEMM micro-tile columns (= packed panel width)
+  int qmv_max_rows;  // largest mrows handled in one pass by qmv (more rows loop)
+
+  // ---- conversions ---------------------------------------------------------
+  void (*to_f32)(const void* src, int dt, int64_t n, float* dst);
+  void (*from_f32)(const float* src, int64_t n, int dt, void* dst);
+
+  // ---- quantized matmul ------------------------------------------------------
+  int64_t (*qmv_scratch_floats)(const QWeights& q);
+  void (*qmv)(const QmvArgs& a);
+  /// Packs the dequantized panel Bp[k][j] = w_hat[n0 + j][k0 + k] (transpose = true)
+  /// for j < nv (zeros for nv <= j < nr), k < kc; k0, kc multiples of the group size.
+  void (*pack_qt)(const QWeights& q, int64_t n0, int nv, int64_t k0, int64_t kc, float* bp, float* scratch);
+  /// Same for transpose = false: Bp[k][j] = w_hat[k0 + k][n0 + j]; n0 a multiple of nr.
+  void (*pack_qn)(const QWeights& q, int64_t n0, int nv, int64_t k0, int64_t kc, float* bp);
+
+  // ---- float GEMM --------------------------------------------------------------
+  /// Packs rows (row pointers, dtype dt) into Ap[k][mr_pack] for k < K, with
+  /// zero rows beyond mrows (mrows <= mr_pack). Optional per-row-and-k scale:
+  /// when kscale is set, element (i, k) is multiplied by kscale[i * kscale_ld + k / kscale_div].
+  void (*pack_a)(const void* const* rows, int dt, int mrows, int mr_pack, int64_t K, float* ap,
+                 const float* kscale, int64_t kscale_ld, int64_t kscale_div);
+  /// Packs Bp[k][j] = b[k0 + k][n0 + j] (kmajor = false, b row stride ldb) or
+  /// b[n0 + j][k0 + k] (kmajor = true), converted to float32, times
+  /// colscale[(k0 + k) / colscale_div] when colscale is set; zeros for j >= nv.
+  void (*pack_b)(const void* b, int dt, bool kmajor, int64_t ldb, int64_t n0, int nv, int64_t k0, int64_t kc,
+                 float* bp, const float* kscale, int64_t kscale_div);
+  /// C[i][j] (+)= sum_k Ap[k][i] * Bp[k][j] for i < mv, j < nv; mr_pack in {1,2,4,8,12} (AVX2: {1,2,4,6}).
+  void (*gemm_tile)(int mr_pack, int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int mv, int nv,
+                    bool accumulate);
+
+  // ---- dequantize (bit-exact with the portable kernel) ----------------------------
+  /// Rows [r0, r1) of a (rows, cols) quantized matrix into out (row-major, dtype odt).
+  /// has_gs: nvfp4 with a global scale (value * (e4m3(scale) * gmul)).
+  void (*dequantize)(const QWeights& q, int64_t r0, int64_t r1, void* out, int odt, bool has_gs, float gmul);
+
+  // ---- quantize (bit-exact with the portable kernel) ------------------------------
+  /// One row of `cols` float32 values -> packed codes + scales (+ biases).
+  /// dt: the input dtype (its rounding steps are reproduced); enc: nvfp4 global encode factor.
+  void (*quantize_row)(const float* w, int64_t cols, int mode, int bits, int gs, int dt, float enc, bool has_gs,
+                       uint32_t* q, void* scales, void* biases);
+};
+
+const SimdKernels* simd_kernels_avx512();
+const SimdKernels* simd_kernels_avx2();
+
+}  // namespace mmkit::cpu

@@ -1,0 +1,128 @@
+// Decoding of packed quantized weights inside kernels. A "pack" is 32
+// consecutive codes of one row: BITS uint32 words, always word aligned
+// (SPEC.md 0.2: every group starts at a word boundary and gs >= 16). Codes are
+// extracted with compile-time shifts (funnel shifts where a code straddles
+// two words) and turned into floats without I2F:
+//   affine  q      : float(2^23 | q) - 2^23 (exact)
+//   E2M1  (s,e,m)  : bits ((c&7) << 22 | sign << 31) is v * 2^-126; * 2^126 (exact, denormals kept)
+//   E4M3  (s,e,m)  : bits ((c&127) << 20 | sign << 31) is v * 2^-120; * 2^120 (exact)
+// so each code costs a shift, a LOP3 and one float op.
+#pragma once
+
+#include <cstdint>
+
+#include "formats/format.h"
+
+namespace mmkit::cuda {
+
+enum class QKind : int { affine = 0, e2m1 = 1, e4m3 = 2 };
+
+/// Code i (0..31) of a pack of BITS words; i must be a compile-time constant
+/// after unrolling for the shifts to fold.
+template <int BITS>
+__device__ __forceinline__ uint32_t pack_code(const uint32_t (&pk)[BITS], int i) {
+  const int t = i * BITS;
+  const int w = t >> 5;
+  const int s = t & 31;
+  uint32_t v;
+  if (s + BITS > 32) v = __funnelshift_r(pk[w], pk[w + 1], s);
+  else v = pk[w] >> s;
+  return v & ((1u << BITS) - 1u);
+}
+
+/// The value of a raw code (no scale): the integer for affine, the element
+/// value for E2M1 / E4M3.
+template <QKind KIND>
+__device__ __forceinline__ float code_value(uint32_t c) {
+  if constexpr (KIND == QKind::affine) {
+    return __fsub_rn(__uint_as_float(0x4B000000u | c), 8388608.0f);
+  } else if constexpr (KIND == QKind::e2m1) {
+    return __fmul_rn(__uint_as_float(((c & 7u) << 22) | ((c & 8u) << 28)), 0x1p126f);
+  } else {
+    return __fmul_rn(__uint_as_float(((c & 127u) << 20) | ((c & 128u) << 24)), 0x1p120f);
+  }
+}
+
+/// Scale of an fp-mode group from its byte.
+template <QKind KIND, int GS>
+__device__ __forceinline__ float fp_scale(uint32_t b) {
+  // nvfp4 (gs 16) has E4M3 scales; mxfp4 / mxfp8 (gs 32) E8M0.
+  if constexpr (GS == 16) return fmt::e4m3_to_float(b);
+  else return fmt::e8m0_to_float(b);
+}
+
+/// Streaming (evict-first, no L1 allocation) vector loads for weights that are
+/// read exactly once.
+__device__ __forceinline__ uint4 ld_stream_v4(const void* p) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+__device__ __forceinline__ uint2 ld_stream_v2(const void* p) {
+  uint2 r;
+  asm volatile("ld.global.nc.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.x), "=r"(r.y) : "l"(p));
+  return r;
+}
+__device__ __forceinline__ uint32_t ld_stream_v1(const void* p) {
+  uint32_t r;
+  asm volatile("ld.global.nc.L1::no_allocate.u32 %0, [%1];" : "=r"(r) : "l"(p));
+  return r;
+}
+
+/// Loads one pack (BITS words at `p`, aligned to the vector width used:
+/// 16 bytes for 4/8 bits, 8 for 2/6 bits, 4 for 3/5 bits).
+template <int BITS>
+__device__ __forceinline__ void load_pack(uint32_t (&pk)[BITS], const uint32_t* p) {
+  if constexpr (BITS % 4 == 0) {
+#pragma unroll
+    for (int v = 0; v < BITS / 4; ++v) {
+      const uint4 r = ld_stream_v4(p + 4 * v);
+      pk[4 * v] = r.x;
+      pk[4 * v + 1] = r.y;
+      pk[4 * v + 2] = r.z;
+      pk[4 * v + 3] = r.w;
+    }
+  } else if constexpr (BITS % 2 == 0) {
+#pragma unroll
+    for (int v = 0; v < BITS / 2; ++v) {
+      const uint2 r = ld_stream_v2(p + 2 * v);
+      pk[2 * v] = r.x;
+      pk[2 * v + 1] = r.y;
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < BITS; ++v) pk[v] = ld_stream_v1(p + v);
+  }
+}
+
+/// load_pack through the read-only cache (for tiles that two threads read).
+template <int BITS>
+__device__ __forceinline__ void load_pack_cached(uint32_t (&pk)[BITS], const uint32_t* p) {
+  if constexpr (BITS % 4 == 0) {
+#pragma unroll
+    for (int v = 0; v < BITS / 4; ++v) {
+      const uint4 r = __ldg(reinterpret_cast<const uint4*>(p) + v);
+      pk[4 * v] = r.x;
+      pk[4 * v + 1] = r.y;
+      pk[4 * v + 2] = r.z;
+      pk[4 * v + 3] = r.w;
+    }
+  } else if constexpr (BITS % 2 == 0) {
+#pragma unroll
+    for (int v = 0; v < BITS / 2; ++v) {
+      const uint2 r = __ldg(reinterpret_cast<const uint2*>(p) + v);
+      pk[2 * v] = r.x;
+      pk[2 * v + 1] = r.y;
+    }
+  } else {
+#pragma unroll
+    for (int v = 0; v < BITS; ++v) pk[v] = __ldg(p + v);
+  }
+}
+
+/// Byte alignment load_pack needs.
+__host__ __device__ constexpr int pack_align(int bits) { return bits % 4 == 0 ? 16 : (bits % 2 == 0 ? 8 : 4); }
+
+}  // namespace mmkit::cuda

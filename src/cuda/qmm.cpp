@@ -1,0 +1,35 @@
+// Registration of the GPU quantized-matmul family, in dispatch order:
+//   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
+//   cuda_qmm_sm80_mma M > 8, float16/bfloat16, transpose=true, K % 32 == 0 (qmm_sm80.cu)
+//   cuda_qmm_generic  everything else (qmm_generic.cu)
+// A fast path whose pointers are not aligned for its vector loads (views
+// with odd offsets) hands the call to the generic kernel.
+#include "cuda/qmm_kernels.h"
+
+namespace mmkit::cuda {
+namespace {
+using detail::QmmArgs;
+using detail::QmmDesc;
+
+void run_qmv(const QmmDesc& d, QmmArgs& a, const Stream& s) {
+  OpScope scope(s, d.op);
+  if (!qmv_run(d, a, scope)) qmm_generic_run(d, a, scope);
+}
+void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
+  OpScope scope(s, d.op);
+  if (!qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
+}
+void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
+  OpScope scope(s, d.op);
+  qmm_generic_run(d, a, scope);
+}
+
+}  // namespace
+
+void register_qmm_kernels(detail::Registries& r) {
+  r.qmm.add({"cuda_qmv", Device::Type::gpu, qmv_supports, run_qmv, 20});
+  r.qmm.add({"cuda_qmm_sm80_mma", Device::Type::gpu, qmm_mma_supports, run_mma, 10});
+  r.qmm.add({"cuda_qmm_generic", Device::Type::gpu, [](const QmmDesc&) { return true; }, run_generic, 0});
+}
+
+}  // namespace mmkit::cuda

@@ -1,0 +1,149 @@
+// qmm_generic: the quantized matmul that accepts every valid descriptor:
+//   out[l] (M, N) = x[lhs[l]] (M, K) @ W^T   (transpose=true,  w (N, K/pf))
+//                 = x[lhs[l]] (M, K) @ W     (transpose=false, w (K, N/pf))
+// any mode / bits / group size, float32, float16 or bfloat16 activations,
+// odd shapes (M, N, K not multiples of anything; K = 0 gives zeros).
+// Tile: 64 x 64 x 16 on 256 threads (device/simt_tile.cuh); each weight
+// element is decoded once per block row and dequantized exactly like the CPU
+// (s * q rounded, then + b rounded). Bound: CUDA-core FMA rate; this is the
+// correctness fallback, the fast paths are qmv.cu and qmm_sm80.cu.
+// Tests: tests/test_cuda_cross.cpp (CudaCross.QmmGeneric*, transpose=false,
+// float32, odd shapes), conformance with MMKIT_TEST_DEVICE=gpu.
+#include <cuda_runtime.h>
+
+#include "cuda/device/common.cuh"
+#include "cuda/device/simt_tile.cuh"
+#include "cuda/qmm_kernels.h"
+#include "formats/format.h"
+
+namespace mmkit::cuda {
+namespace {
+
+struct GenericParams {
+  const void* x;
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  const int64_t* lhs;
+  const int64_t* rhs;
+  void* out;
+  int64_t M, N, K;
+  int64_t rows, words, groups;  // per weight matrix: rows, words per row, groups per row
+  int transpose;
+  int mode;  // fmt::Mode
+  int bits, gs;
+  int64_t x_batch, w_batch, L;
+  IndexGuard guard;
+};
+
+template <typename T>
+__device__ __forceinline__ float dequant(const GenericParams& p, int64_t wi, int64_t row, int64_t col) {
+  const int64_t r = wi * p.rows + row;
+  const uint32_t c = fmt::unpack_code(p.w + r * p.words, col, p.bits);
+  const int64_t gi = r * p.groups + col / p.gs;
+  const fmt::Mode mode = static_cast<fmt::Mode>(p.mode);
+  if (mode == fmt::Mode::affine) {
+    const float s = to_f<T>(static_cast<const T*>(p.scales)[gi]);
+    const float b = to_f<T>(static_cast<const T*>(p.biases)[gi]);
+    return __fadd_rn(__fmul_rn(s, static_cast<float>(c)), b);
+  }
+  const uint32_t sb = static_cast<const uint8_t*>(p.scales)[gi];
+  const float s = mode == fmt::Mode::nvfp4 ? fmt::e4m3_to_float(sb) : fmt::e8m0_to_float(sb);
+  const float e = mode == fmt::Mode::mxfp8 ? fmt::e4m3_to_float(c) : fmt::e2m1_to_float(c);
+  return __fmul_rn(s, e);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(SimtTile::THREADS) qmm_generic_kernel(GenericParams p) {
+  constexpr int BM = SimtTile::BM, BN = SimtTile::BN, BK = SimtTile::BK;
+  __shared__ float As[BK][BM + SimtTile::PAD];  // (BK, BM)
+  __shared__ float Bs[BK][BN + SimtTile::PAD];  // (BK, BN)
+  SimtTile t{As, Bs, {}};
+  const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
+  const T* X = static_cast<const T*>(p.x);
+  T* O = static_cast<T*>(p.out);
+  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
+    const int64_t xi = p.lhs[l], wi = p.rhs[l];
+    // Uniform over the block, so the barriers below are safe.
+    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
+                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    t.zero();
+    if (ok) {
+      for (int64_t k0 = 0; k0 < p.K; k0 += BK) {
+#pragma unroll
+        for (int q = 0; q < (BM * BK) / SimtTile::THREADS; ++q) {
+          const int idx = tid + q * SimtTile::THREADS;
+          const int m = idx / BK, k = idx % BK;
+          const bool in = m0 + m < p.M && k0 + k < p.K;
+          As[k][m] = in ? to_f<T>(X[(xi * p.M + m0 + m) * p.K + k0 + k]) : 0.0f;
+        }
+#pragma unroll
+        for (int q = 0; q < (BN * BK) / SimtTile::THREADS; ++q) {
+          const int idx = tid + q * SimtTile::THREADS;
+          int n, k;
+          if (p.transpose) {  // rows are n: walk k fastest (along the packed row)
+            n = idx / BK;
+            k = idx % BK;
+          } else {  // rows are k: walk n fastest
+            k = idx / BN;
+            n = idx % BN;
+          }
+          const bool in = n0 + n < p.N && k0 + k < p.K;
+          float v = 0.0f;
+          if (in) v = p.transpose ? dequant<T>(p, wi, n0 + n, k0 + k) : dequant<T>(p, wi, k0 + k, n0 + n);
+          Bs[k][n] = v;
+        }
+        __syncthreads();
+        t.mac(ty, tx);
+        __syncthreads();
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
+        if (m < p.M && n < p.N) O[(l * p.M + m) * p.N + n] = from_f<T>(t.acc[i][j]);
+      }
+  }
+}
+
+}  // namespace
+
+void qmm_generic_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  GenericParams p{};
+  p.x = a.x.raw_data();
+  p.w = a.w.data<uint32_t>();
+  p.scales = a.scales.raw_data();
+  p.biases = a.biases.is_null() ? nullptr : a.biases.raw_data();
+  p.lhs = a.lhs.data<int64_t>();
+  p.rhs = a.rhs.data<int64_t>();
+  p.out = a.out.raw_data();
+  p.M = d.M;
+  p.N = d.N;
+  p.K = d.K;
+  p.rows = d.w_rows();
+  p.words = d.words_per_row();
+  p.groups = d.groups_per_row();
+  p.transpose = d.transpose ? 1 : 0;
+  p.mode = static_cast<int>(d.format.mode);
+  p.bits = d.format.bits;
+  p.gs = d.format.group_size;
+  p.x_batch = d.x_batch;
+  p.w_batch = d.w_batch;
+  p.L = d.batch;
+  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
+  const int64_t gy = ceil_div(d.M, SimtTile::BM);
+  if (gy > 65535) throw_error(d.op, "M = ", d.M, " is too large for the GPU kernel grid (at most ", 65535 * 64, ").");
+  const dim3 grid(static_cast<unsigned>(ceil_div(d.N, SimtTile::BN)), static_cast<unsigned>(gy),
+                  static_cast<unsigned>(d.batch < 65535 ? d.batch : 65535));
+  switch (d.dtype) {
+    case Dtype::float16: qmm_generic_kernel<__half><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
+    case Dtype::bfloat16: qmm_generic_kernel<__nv_bfloat16><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
+    default: qmm_generic_kernel<float><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
+  }
+  scope.check_launch("qmm_generic");
+}
+
+}  // namespace mmkit::cuda

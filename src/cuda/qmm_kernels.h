@@ -1,0 +1,23 @@
+// Host-side entry points of the quantized-matmul kernels (qmv.cu,
+// qmm_sm80.cu, qmm_generic.cu) and their registration order (qmm.cpp).
+#pragma once
+
+#include "cuda/runtime.h"
+#include "ops/descriptors.h"
+
+namespace mmkit::cuda {
+
+/// Largest M the GEMV kernel takes (beyond it the tiled kernels win).
+inline constexpr int kQmvMaxM = 8;
+
+bool qmv_supports(const detail::QmmDesc& d);
+/// false when a pointer is not aligned for the vector loads (caller falls back).
+bool qmv_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+
+bool qmm_mma_supports(const detail::QmmDesc& d);
+bool qmm_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+
+/// Accepts every valid descriptor.
+void qmm_generic_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+
+}  // namespace mmkit::cuda

@@ -1,0 +1,254 @@
+// qmm_sm80: tensor-core quantized matmul for more activation rows,
+//   out[l] (M, N) = x[lhs[l]] (M, K) @ dequantize(w[rhs[l]]) (N, K)^T,
+// float16 / bfloat16 activations, transpose=true, K % 32 == 0, every mode.
+//
+// The weights are not rounded to T: the tile holds the raw codes (affine) or
+// element values (E2M1 / E4M3), all exact in T, and the tensor cores compute
+// dot(x, q) per group in float32; a second mma against a ones column gives
+// sum(x) per group and row. At each group end
+//   acc += s * dot(x, q) + b * sum(x)
+// in float32, so only the float32 accumulation rounds (SPEC decision 5).
+// Tile: 64 x 64 x 32 (one pack of 32 codes per weight row and k-step), 4
+// warps of 32 x 32, two shared stages: x by cp.async, weights through
+// registers (the next k-step's pack is loaded before this one's mma).
+// Bound: dequantisation ALU work at large M (about 3 ops per code per 64 rows
+// of M); the aim of this version is >= 25% of the bf16 tensor peak at
+// M >= 512, and correctness for every format. (M <= 8 goes to qmv.cu.)
+// Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm* with M in 9..300),
+// conformance with MMKIT_TEST_DEVICE=gpu.
+#include <cuda_runtime.h>
+
+#include "cuda/device/common.cuh"
+#include "cuda/device/decode.cuh"
+#include "cuda/device/mma.cuh"
+#include "cuda/qmm_kernels.h"
+
+namespace mmkit::cuda {
+namespace {
+
+struct MmaQParams {
+  const void* x;
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  const int64_t* lhs;
+  const int64_t* rhs;
+  void* out;
+  int M, N, K, gs;
+  int64_t x_batch, w_batch, L;
+  IndexGuard guard;
+};
+
+/// Codes 16*HALF .. 16*HALF+15 of a pack as 8 packed T pairs.
+template <typename T, QKind KIND, int BITS, int HALF>
+__device__ __forceinline__ void decode_half(const uint32_t (&pk)[BITS], uint32_t (&v)[8]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i)
+    v[i] = pack2<T>(code_value<KIND>(pack_code<BITS>(pk, 16 * HALF + 2 * i)),
+                    code_value<KIND>(pack_code<BITS>(pk, 16 * HALF + 2 * i + 1)));
+}
+
+template <typename T, QKind KIND, int BITS, int GPP>
+__global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p) {
+  constexpr int BM = MmaTile::BM, BN = MmaTile::BN, LDA = MmaTile::LDA;
+  constexpr bool kAffine = KIND == QKind::affine;
+  __shared__ __align__(16) T As[2][BM * LDA];  // (stage, BM, BK) x tiles
+  __shared__ __align__(16) T Bs[2][BN * LDA];  // (stage, BN, BK) code tiles
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / 2, wn = warp % 2;
+  const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
+  const int M = p.M, N = p.N, K = p.K;
+  const int P = K / 32, G = K / p.gs;
+  const int brow = tid % BN, bhalf = tid / BN;  // decode assignment: weight row, half of its pack
+  const T* X = static_cast<const T*>(p.x);
+  T* O = static_cast<T*>(p.out);
+
+  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
+    const int64_t xi = p.lhs[l], wi = p.rhs[l];
+    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
+                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    float acc[2][4][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.0f;
+
+    if (ok) {  // uniform over the block
+      const T* xb = X + (xi * M + m0) * static_cast<int64_t>(K);
+      const uint32_t* wrow = p.w + ((wi * N + n0 + brow) * static_cast<int64_t>(P)) * BITS;
+      const bool bvalid = n0 + brow < N;
+      const int64_t sbase = (wi * N) * static_cast<int64_t>(G);
+      float g[2][4][4], xa[2][4];
+      auto zero_groups = [&] {
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) xa[mi][e] = 0.0f;
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) g[mi][ni][e] = 0.0f;
+        }
+      };
+      // acc += s * dot + b * sum(x) for group `grp` of the thread's 8 columns.
+      auto fold = [&](int grp) {
+        float s[4][2], b[4][2];
+#pragma unroll
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int n = n0 + wn * 32 + ni * 8 + 2 * (lane % 4) + j;
+            s[ni][j] = 0.0f;
+            b[ni][j] = 0.0f;
+            if (n < N) {
+              const int64_t si = sbase + static_cast<int64_t>(n) * G + grp;
+              if constexpr (kAffine) {
+                s[ni][j] = to_f<T>(static_cast<const T*>(p.scales)[si]);
+                b[ni][j] = to_f<T>(static_cast<const T*>(p.biases)[si]);
+              } else {
+                s[ni][j] = fp_scale<KIND, GPP == 2 ? 16 : 32>(static_cast<const uint8_t*>(p.scales)[si]);
+              }
+            }
+          }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              acc[mi][ni][e] = fmaf(s[ni][e & 1], g[mi][ni][e], acc[mi][ni][e]);
+              if constexpr (kAffine) acc[mi][ni][e] = fmaf(b[ni][e & 1], xa[mi][e], acc[mi][ni][e]);
+            }
+        zero_groups();
+      };
+      zero_groups();
+
+      uint32_t pk[BITS];
+      auto load_b = [&](int kt) {
+        if (bvalid) {
+          load_pack_cached<BITS>(pk, wrow + static_cast<int64_t>(kt) * BITS);
+        } else {
+#pragma unroll
+          for (int i = 0; i < BITS; ++i) pk[i] = 0u;
+        }
+      };
+      load_b(0);
+      cp_async_tile_rows<T>(As[0], xb, K, M - m0, K, tid);
+      cp_async_commit();
+
+      for (int kt = 0; kt < P; ++kt) {
+        const int st = kt & 1;
+        {
+          uint32_t v[8];
+          if (bhalf == 0) decode_half<T, KIND, BITS, 0>(pk, v);
+          else decode_half<T, KIND, BITS, 1>(pk, v);
+          uint4* dst = reinterpret_cast<uint4*>(Bs[st] + brow * LDA + 16 * bhalf);
+          dst[0] = make_uint4(v[0], v[1], v[2], v[3]);
+          dst[1] = make_uint4(v[4], v[5], v[6], v[7]);
+        }
+        if (kt + 1 < P) {
+          load_b(kt + 1);
+          cp_async_tile_rows<T>(As[st ^ 1], xb + (kt + 1) * 32, K, M - m0, K - (kt + 1) * 32, tid);
+        }
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+#pragma unroll
+        for (int ks = 0; ks < 2; ++ks) {
+          uint32_t a[2][4], bf[4][2];
+          load_a_frags<T>(a, As[st], wm, ks, lane);
+          load_b_frags<T>(bf, Bs[st], wn, ks, lane);
+#pragma unroll
+          for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < 4; ++ni) mma16816<T>(g[mi][ni], a[mi], bf[ni][0], bf[ni][1]);
+          if constexpr (kAffine) {
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi) mma16816<T>(xa[mi], a[mi], ones2<T>(), ones2<T>());
+          }
+          if constexpr (GPP == 2) fold(kt * 2 + ks);
+        }
+        if constexpr (GPP == 1) {
+          if (((kt + 1) * 32) % p.gs == 0) fold((kt * 32) / p.gs);
+        }
+        __syncthreads();
+      }
+    }
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+      for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int m = m0 + wm * 32 + mi * 16 + lane / 4 + (e >= 2 ? 8 : 0);
+          const int n = n0 + wn * 32 + ni * 8 + 2 * (lane % 4) + (e & 1);
+          if (m < M && n < N) O[(l * M + m) * static_cast<int64_t>(N) + n] = from_f<T>(acc[mi][ni][e]);
+        }
+  }
+}
+
+template <typename T, QKind KIND, int BITS, int GPP>
+void launch(const MmaQParams& p, const OpScope& scope) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, MmaTile::BN)), static_cast<unsigned>(ceil_div(p.M, MmaTile::BM)),
+                  static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
+  qmm_mma_kernel<T, KIND, BITS, GPP><<<grid, MmaTile::THREADS, 0, scope.stream()>>>(p);
+}
+
+template <typename T>
+void launch_format(const detail::QmmDesc& d, const MmaQParams& p, const OpScope& scope) {
+  switch (d.format.mode) {
+    case fmt::Mode::affine:
+      switch (d.format.bits) {
+        case 2: return launch<T, QKind::affine, 2, 1>(p, scope);
+        case 3: return launch<T, QKind::affine, 3, 1>(p, scope);
+        case 4: return launch<T, QKind::affine, 4, 1>(p, scope);
+        case 5: return launch<T, QKind::affine, 5, 1>(p, scope);
+        case 6: return launch<T, QKind::affine, 6, 1>(p, scope);
+        default: return launch<T, QKind::affine, 8, 1>(p, scope);
+      }
+    case fmt::Mode::mxfp4: return launch<T, QKind::e2m1, 4, 1>(p, scope);
+    case fmt::Mode::nvfp4: return launch<T, QKind::e2m1, 4, 2>(p, scope);
+    case fmt::Mode::mxfp8: return launch<T, QKind::e4m3, 8, 1>(p, scope);
+  }
+}
+
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+}  // namespace
+
+bool qmm_mma_supports(const detail::QmmDesc& d) {
+  if (!d.transpose || (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16)) return false;
+  if (d.M <= kQmvMaxM || d.K % 32 != 0 || d.K == 0) return false;
+  if (d.M >= (int64_t{1} << 31) / 2 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
+  if (ceil_div(d.M, MmaTile::BM) > 65535) return false;
+  const DeviceInfo& info = device_info(current_device());
+  return info.cc_major >= 8;
+}
+
+bool qmm_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), pack_align(d.format.bits))) return false;
+  MmaQParams p{};
+  p.x = a.x.raw_data();
+  p.w = a.w.data<uint32_t>();
+  p.scales = a.scales.raw_data();
+  p.biases = a.biases.is_null() ? nullptr : a.biases.raw_data();
+  p.lhs = a.lhs.data<int64_t>();
+  p.rhs = a.rhs.data<int64_t>();
+  p.out = a.out.raw_data();
+  p.M = static_cast<int>(d.M);
+  p.N = static_cast<int>(d.N);
+  p.K = static_cast<int>(d.K);
+  p.gs = d.format.group_size;
+  p.x_batch = d.x_batch;
+  p.w_batch = d.w_batch;
+  p.L = d.batch;
+  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
+  if (d.dtype == Dtype::float16) launch_format<__half>(d, p, scope);
+  else launch_format<__nv_bfloat16>(d, p, scope);
+  scope.check_launch("qmm_sm80_mma");
+  return true;
+}
+
+}  // namespace mmkit::cuda

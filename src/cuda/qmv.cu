@@ -1,0 +1,276 @@
+// qmv: quantized matrix-vector products for few activation rows,
+//   out[l] (M, N) = x[lhs[l]] (M, K) @ dequantize(w[rhs[l]]) (N, K)^T,  M <= 8,
+// every mode and bit width, float32 / float16 / bfloat16 activations,
+// transpose=true (w is K-major), K % 32 == 0.
+//
+// Work split: a block is 4 warps, each warp owns R = 2 consecutive weight
+// rows; lane j reads packs j, j+32, ... of both rows (a pack = 32 codes =
+// BITS words, one 16-byte load at 4 bits) so the warp streams 512 B of
+// contiguous weights per row and step. Two steps are loaded before either is
+// used (2 x 2 x 16 B in flight per lane). Activations (8 values per load) come
+// through L1, shared by the warps of the SM. Per group the kernel accumulates
+// dot(x, q) and, for affine, sum(x); the scale and bias are applied once per
+// group: out += s * dot(x, q) + b * sum(x). float32 throughout.
+//
+// Bound: weight bandwidth. M = 1, 4-bit g64, 8192 x 8192: 36 MB of weights and
+// scales, target >= 60% of the measured device-to-device copy bandwidth
+// (bench/cuda_gemv_bench.cu prints the ratio).
+// Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*, exact and tolerance),
+// conformance with MMKIT_TEST_DEVICE=gpu.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/device/common.cuh"
+#include "cuda/device/decode.cuh"
+#include "cuda/qmm_kernels.h"
+#include "cuda/runtime.h"
+
+namespace mmkit::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kRows = 2;    // R: weight rows per warp
+constexpr int kUnroll = 2;  // packs per lane loaded ahead
+
+struct QmvParams {
+  const void* x;
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  const int64_t* lhs;
+  const int64_t* rhs;
+  void* out;
+  int M, N, K;
+  int gshift;  // log2(gs / 32) for gs >= 32
+  int64_t x_batch, w_batch, L;
+  IndexGuard guard;
+};
+
+/// 8 activations starting at p (16-byte aligned) as float32.
+template <typename T>
+__device__ __forceinline__ void load_x8(const T* p, float (&v)[8]) {
+  if constexpr (std::is_same_v<T, float>) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+    v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+    v[4] = b.x; v[5] = b.y; v[6] = b.z; v[7] = b.w;
+  } else {
+    const uint4 r = __ldg(reinterpret_cast<const uint4*>(p));
+    const uint32_t u[4] = {r.x, r.y, r.z, r.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+        v[2 * i] = __uint_as_float(u[i] << 16);
+        v[2 * i + 1] = __uint_as_float(u[i] & 0xffff0000u);
+      } else {
+        const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&u[i]));
+        v[2 * i] = f.x;
+        v[2 * i + 1] = f.y;
+      }
+    }
+  }
+}
+
+template <typename T, QKind KIND, int BITS, int GPP, int MT>
+__global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
+  constexpr int R = kRows;
+  const int lane = threadIdx.x & 31;
+  const int warp = threadIdx.x >> 5;
+  const int n0 = (blockIdx.x * kWarps + warp) * R;
+  if (n0 >= p.N) return;  // no block-wide barriers below
+  const int M = p.M, N = p.N, K = p.K;
+  const int P = K / 32;                 // packs per row
+  const int G = GPP == 2 ? 2 * P : (P >> p.gshift);  // groups per row
+  const T* X = static_cast<const T*>(p.x);
+  T* O = static_cast<T*>(p.out);
+
+  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
+    const int64_t xi = p.lhs[l], wi = p.rhs[l];
+    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
+                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    float acc[R][MT];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) acc[r][m] = 0.0f;
+
+    if (ok) {
+      const T* xb = X + xi * static_cast<int64_t>(M) * K;
+      const uint32_t* wb = p.w + (wi * N + n0) * static_cast<int64_t>(P) * BITS;
+      const int64_t sbase = (wi * N + n0) * static_cast<int64_t>(G);
+      bool valid[R];
+#pragma unroll
+      for (int r = 0; r < R; ++r) valid[r] = n0 + r < N;
+
+      for (int p0 = lane; p0 < P; p0 += 32 * kUnroll) {
+        uint32_t pk[kUnroll][R][BITS];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int pp = p0 + 32 * u;
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            if (pp < P && valid[r]) {
+              load_pack<BITS>(pk[u][r], wb + (static_cast<int64_t>(r) * P + pp) * BITS);
+            } else {
+#pragma unroll
+              for (int b = 0; b < BITS; ++b) pk[u][r][b] = 0u;
+            }
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int pp = p0 + 32 * u;
+          if (pp >= P) break;
+          // Scales (and biases) of the pack's group(s), per row.
+          float sc[R][GPP], bi[R][GPP];
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int gp = 0; gp < GPP; ++gp) {
+              const int g = GPP == 2 ? 2 * pp + gp : (pp >> p.gshift);
+              const int64_t si = sbase + static_cast<int64_t>(r) * G + g;
+              if (!valid[r]) {
+                sc[r][gp] = 0.0f;
+                bi[r][gp] = 0.0f;
+              } else if constexpr (KIND == QKind::affine) {
+                sc[r][gp] = to_f<T>(static_cast<const T*>(p.scales)[si]);
+                bi[r][gp] = to_f<T>(static_cast<const T*>(p.biases)[si]);
+              } else {
+                sc[r][gp] = fp_scale<KIND, GPP == 2 ? 16 : 32>(static_cast<const uint8_t*>(p.scales)[si]);
+                bi[r][gp] = 0.0f;
+              }
+            }
+          float dq[GPP][R][MT];
+          float xs[GPP][MT];
+#pragma unroll
+          for (int gp = 0; gp < GPP; ++gp)
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+              xs[gp][m] = 0.0f;
+#pragma unroll
+              for (int r = 0; r < R; ++r) dq[gp][r][m] = 0.0f;
+            }
+#pragma unroll
+          for (int c8 = 0; c8 < 4; ++c8) {
+            const int gp = GPP == 2 ? c8 / 2 : 0;
+            float wv[R][8];
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+              for (int i = 0; i < 8; ++i) wv[r][i] = code_value<KIND>(pack_code<BITS>(pk[u][r], c8 * 8 + i));
+#pragma unroll
+            for (int m = 0; m < MT; ++m) {
+              if (m < M) {
+                float xv[8];
+                load_x8<T>(xb + static_cast<int64_t>(m) * K + pp * 32 + c8 * 8, xv);
+                if constexpr (KIND == QKind::affine) {
+#pragma unroll
+                  for (int i = 0; i < 8; ++i) xs[gp][m] += xv[i];
+                }
+#pragma unroll
+                for (int r = 0; r < R; ++r)
+#pragma unroll
+                  for (int i = 0; i < 8; ++i) dq[gp][r][m] = fmaf(xv[i], wv[r][i], dq[gp][r][m]);
+              }
+            }
+          }
+#pragma unroll
+          for (int gp = 0; gp < GPP; ++gp)
+#pragma unroll
+            for (int r = 0; r < R; ++r)
+#pragma unroll
+              for (int m = 0; m < MT; ++m) {
+                acc[r][m] = fmaf(sc[r][gp], dq[gp][r][m], acc[r][m]);
+                if constexpr (KIND == QKind::affine) acc[r][m] = fmaf(bi[r][gp], xs[gp][m], acc[r][m]);
+              }
+        }
+      }
+    }
+    // Warp reduction; lane 0 writes (zeros for a bad index, see index_ok).
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        float v = acc[r][m];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+        acc[r][m] = v;
+      }
+    if (lane == 0) {
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int m = 0; m < MT; ++m)
+          if (m < M && n0 + r < N) O[(l * M + m) * static_cast<int64_t>(N) + n0 + r] = from_f<T>(acc[r][m]);
+    }
+  }
+}
+
+template <typename T, QKind KIND, int BITS, int GPP>
+void launch_mt(const QmvParams& p, const OpScope& scope) {
+  const dim3 block(kWarps * 32);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kWarps * kRows)), 1,
+                  static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
+  if (p.M <= 1) qmv_kernel<T, KIND, BITS, GPP, 1><<<grid, block, 0, scope.stream()>>>(p);
+  else if (p.M <= 2) qmv_kernel<T, KIND, BITS, GPP, 2><<<grid, block, 0, scope.stream()>>>(p);
+  else if (p.M <= 4) qmv_kernel<T, KIND, BITS, GPP, 4><<<grid, block, 0, scope.stream()>>>(p);
+  else qmv_kernel<T, KIND, BITS, GPP, 8><<<grid, block, 0, scope.stream()>>>(p);
+}
+
+template <typename T>
+void launch_format(const detail::QmmDesc& d, const QmvParams& p, const OpScope& scope) {
+  switch (d.format.mode) {
+    case fmt::Mode::affine:
+      switch (d.format.bits) {
+        case 2: return launch_mt<T, QKind::affine, 2, 1>(p, scope);
+        case 3: return launch_mt<T, QKind::affine, 3, 1>(p, scope);
+        case 4: return launch_mt<T, QKind::affine, 4, 1>(p, scope);
+        case 5: return launch_mt<T, QKind::affine, 5, 1>(p, scope);
+        case 6: return launch_mt<T, QKind::affine, 6, 1>(p, scope);
+        default: return launch_mt<T, QKind::affine, 8, 1>(p, scope);
+      }
+    case fmt::Mode::mxfp4: return launch_mt<T, QKind::e2m1, 4, 1>(p, scope);
+    case fmt::Mode::nvfp4: return launch_mt<T, QKind::e2m1, 4, 2>(p, scope);
+    case fmt::Mode::mxfp8: return launch_mt<T, QKind::e4m3, 8, 1>(p, scope);
+  }
+}
+
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+}  // namespace
+
+bool qmv_supports(const detail::QmmDesc& d) {
+  return d.transpose && d.M >= 1 && d.M <= kQmvMaxM && d.K % 32 == 0 && d.N < (int64_t{1} << 31) &&
+         d.K < (int64_t{1} << 31);
+}
+
+bool qmv_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), pack_align(d.format.bits))) return false;
+  QmvParams p{};
+  p.x = a.x.raw_data();
+  p.w = a.w.data<uint32_t>();
+  p.scales = a.scales.raw_data();
+  p.biases = a.biases.is_null() ? nullptr : a.biases.raw_data();
+  p.lhs = a.lhs.data<int64_t>();
+  p.rhs = a.rhs.data<int64_t>();
+  p.out = a.out.raw_data();
+  p.M = static_cast<int>(d.M);
+  p.N = static_cast<int>(d.N);
+  p.K = static_cast<int>(d.K);
+  p.gshift = d.format.group_size >= 32 ? __builtin_ctz(static_cast<unsigned>(d.format.group_size / 32)) : 0;
+  p.x_batch = d.x_batch;
+  p.w_batch = d.w_batch;
+  p.L = d.batch;
+  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
+  switch (d.dtype) {
+    case Dtype::float16: launch_format<__half>(d, p, scope); break;
+    case Dtype::bfloat16: launch_format<__nv_bfloat16>(d, p, scope); break;
+    default: launch_format<float>(d, p, scope); break;
+  }
+  scope.check_launch("qmv");
+  return true;
+}
+
+}  // namespace mmkit::cuda
