@@ -95,7 +95,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
 
   // Mostly consistent shapes (so the kernels run), sometimes anything.
   Shape lead = pick_shape(p, 3, 3);
-  const bool consistent = p.ConsumeIntegralInRange<int>(0, 5) != 0 && g > 0 && g <= 128 && b > 0 && b <= 8;
+  const bool consistent = p.ConsumeIntegralInRange<int>(0, 5) != 5 && g > 0 && g <= 128 && b > 0 && b <= 8;
   const int64_t ngroups = p.ConsumeIntegralInRange<int64_t>(0, 3);
   Shape wshape = lead, sshape = lead;
   if (consistent) {
@@ -105,15 +105,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     wshape.push_back(pick_dim(p, 24));
     sshape = pick_shape(p, 4, 4);
   }
-  const Dtype wdt = p.ConsumeIntegralInRange<int>(0, 15) == 0 ? pick_any_dtype(p) : Dtype::uint32;
+  const Dtype wdt = p.ConsumeIntegralInRange<int>(0, 15) == 15 ? pick_any_dtype(p) : Dtype::uint32;
   Dtype sdt = affine ? pick_float_dtype(p) : Dtype::uint8;
-  if (p.ConsumeIntegralInRange<int>(0, 15) == 0) sdt = pick_any_dtype(p);
-  const bool with_biases = affine ? p.ConsumeIntegralInRange<int>(0, 15) != 0 : p.ConsumeIntegralInRange<int>(0, 15) == 0;
-  const Dtype bdt = p.ConsumeIntegralInRange<int>(0, 7) == 0 ? pick_float_dtype(p) : sdt;
+  if (p.ConsumeIntegralInRange<int>(0, 15) == 15) sdt = pick_any_dtype(p);
+  const bool with_biases = affine ? p.ConsumeIntegralInRange<int>(0, 15) != 15 : p.ConsumeIntegralInRange<int>(0, 15) == 15;
+  const Dtype bdt = p.ConsumeIntegralInRange<int>(0, 7) == 7 ? pick_float_dtype(p) : sdt;
   std::optional<Dtype> out_dt;
   if (p.ConsumeBool()) out_dt = pick_float_dtype(p);
   std::optional<Array> gscale;
-  if (p.ConsumeIntegralInRange<int>(0, 5) == 0) gscale = make_array(p, pick_shape(p, 2, 2), pick_float_dtype(p), 1);
+  if (p.ConsumeIntegralInRange<int>(0, 5) == 5) gscale = make_array(p, pick_shape(p, 2, 2), pick_float_dtype(p), 1);
 
   Array w = make_array(p, wshape, wdt, 2);
   Array scales = make_array(p, sshape, sdt, affine ? 1 : 2);

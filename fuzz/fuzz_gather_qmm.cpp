@@ -32,10 +32,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   QWeights q = make_qweights(p, wbatch, rows, groups, &valid);
 
   int64_t K = valid ? (transpose ? groups * q.gs : rows) : pick_dim(p, 130);
-  if (p.ConsumeIntegralInRange<int>(0, 15) == 0) K = pick_dim(p, 130);
+  if (p.ConsumeIntegralInRange<int>(0, 15) == 15) K = pick_dim(p, 130);
   Shape xs = pick_shape(p, 2, 4);
   const int64_t nx = shape_size(xs);
-  if (p.ConsumeIntegralInRange<int>(0, 15) != 0) xs.push_back(pick_dim(p, 6));  // M
+  if (p.ConsumeIntegralInRange<int>(0, 15) != 15) xs.push_back(pick_dim(p, 6));  // M
   xs.push_back(K);
   Array x = make_array(p, xs, pick_float_dtype(p), p.ConsumeIntegralInRange<int>(0, 2));
 

@@ -25,7 +25,7 @@ struct QWeights {
 /// `batch` + (rows, cols) weights quantized along cols.
 inline QWeights make_qweights(Fdp& p, const Shape& batch, int64_t rows, int64_t cols_groups, bool* valid) {
   QWeights q;
-  *valid = p.ConsumeIntegralInRange<int>(0, 9) != 0;
+  *valid = p.ConsumeIntegralInRange<int>(0, 9) != 9;
   if (*valid) {
     static const char* kModes[] = {"affine", "affine", "mxfp4", "mxfp8", "nvfp4"};
     q.mode = kModes[p.ConsumeIntegralInRange<int>(0, 4)];
@@ -70,14 +70,13 @@ inline QWeights make_qweights(Fdp& p, const Shape& batch, int64_t rows, int64_t 
     q.scales = restride(p, q.scales);
     if (q.biases) q.biases = restride(p, *q.biases);
     // A batch of one broadcast over several entries is still a valid weight.
-    if (!batch.empty() && p.ConsumeIntegralInRange<int>(0, 7) == 0) {
+    if (!batch.empty() && shape_size(batch) > 0 && p.ConsumeIntegralInRange<int>(0, 7) == 0) {
       Shape b1(batch.size(), 1), bb = batch;
       bb[0] = p.ConsumeIntegralInRange<int64_t>(1, 3);
       auto bc = [&](const Array& a) {
         Shape s1 = b1, sb = bb;
         s1.insert(s1.end(), a.shape().end() - 2, a.shape().end());
         sb.insert(sb.end(), a.shape().end() - 2, a.shape().end());
-        Shape start(a.ndim(), 0);
         Array first = a;
         for (size_t i = 0; i < batch.size(); ++i) first = first.slice(static_cast<int>(i), 0, 1);
         return first.broadcast_to(sb);

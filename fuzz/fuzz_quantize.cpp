@@ -17,9 +17,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const Dtype dt = pick_float_dtype(p);
   const int style = p.ConsumeIntegralInRange<int>(0, 2);
   Shape shape = pick_shape(p, 4, 4);
-  if (!shape.empty()) shape.back() = p.ConsumeIntegralInRange<int64_t>(0, 4) * 16 * (p.ConsumeBool() ? 1 : 2) + (p.ConsumeIntegralInRange<int>(0, 7) == 0 ? 1 : 0);
+  if (!shape.empty()) shape.back() = (p.ConsumeIntegralInRange<int64_t>(0, 4) + 1) % 5 * 16 * (p.ConsumeBool() ? 1 : 2) +
+                   (p.ConsumeIntegralInRange<int>(0, 7) == 7 ? 1 : 0);
   std::optional<Array> gscale;
-  if (p.ConsumeIntegralInRange<int>(0, 7) == 0) {
+  if (p.ConsumeIntegralInRange<int>(0, 7) == 7) {
     const Shape gshape = pick_shape(p, 2, 2);
     gscale = make_array(p, gshape, pick_float_dtype(p), 2);
   }

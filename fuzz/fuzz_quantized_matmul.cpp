@@ -21,8 +21,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // x: (..., M, K) with K matching the weights most of the time.
   int64_t K = 0;
   if (valid) K = transpose ? groups * q.gs : rows;
-  if (!valid || p.ConsumeIntegralInRange<int>(0, 15) == 0) K = pick_dim(p, 130);
-  const int xnd = p.ConsumeIntegralInRange<int>(0, 4);
+  if (!valid || p.ConsumeIntegralInRange<int>(0, 15) == 15) K = pick_dim(p, 130);
+  const int xnd = (p.ConsumeIntegralInRange<int>(0, 4) + 2) % 5;
   Shape xs;
   for (int i = 0; i + 2 < xnd; ++i) {
     // batch dims that broadcast against w's (right-aligned), or not

@@ -335,9 +335,16 @@ std::string format_demo(const DemoResult& r) {
        std::to_string(r.distinct_experts) + " distinct experts; weights " + r.quant.str() +
        (r.quant.mode == "affine" ? " (bfloat16 scales + biases)" : "") + ", activations bfloat16\n";
   s += "  device " + r.device_label + "; roofline: ";
-  s += r.roofline.bandwidth_gbps > 0 ? fmt_fixed(r.roofline.bandwidth_gbps, 1) + " GB/s" : std::string("bandwidth n/a");
-  s += r.roofline.peak_gflops > 0 ? ", " + fmt_fixed(r.roofline.peak_gflops, 0) + " GFLOP/s" : std::string("");
-  s += " (measured in this run)\n\n";
+  const Roofline& rf = r.roofline;
+  if (rf.bandwidth_gbps <= 0 && rf.peak_gflops <= 0) {
+    s += "not measured";
+    if (!rf.bandwidth_source.empty()) s += " (" + rf.bandwidth_source + ")";
+    s += "\n\n";
+  } else {
+    s += rf.bandwidth_gbps > 0 ? fmt_fixed(rf.bandwidth_gbps, 1) + " GB/s" : std::string("bandwidth n/a");
+    s += rf.peak_gflops > 0 ? ", " + fmt_fixed(rf.peak_gflops, 0) + " GFLOP/s" : std::string(", peak n/a");
+    s += " (measured in this run)\n\n";
+  }
   std::vector<std::vector<std::string>> rows;
   for (const auto& row : r.rows) {
     const double saved = row.bf16_bytes > 0 ? 1.0 - row.weight_bytes / row.bf16_bytes : 0.0;

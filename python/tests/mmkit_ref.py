@@ -150,7 +150,10 @@ def gather_ref(a, b, lhs=None, rhs=None):
     lhs = np.arange(af.shape[0]).reshape(a.shape[:-2]) if lhs is None else np.asarray(lhs)
     rhs = np.arange(bf.shape[0]).reshape(b.shape[:-2]) if rhs is None else np.asarray(rhs)
     lhs, rhs = np.broadcast_arrays(lhs, rhs)
-    return af[lhs] @ bf[rhs]
+    out = np.empty(lhs.shape + (af.shape[-2], bf.shape[-1]))
+    for i in np.ndindex(lhs.shape):  # one product at a time: no (I, K, N) gathered copy of b
+        out[i] = af[lhs[i]] @ bf[rhs[i]]
+    return out
 
 
 def expand_mask(mask, bs, rows, cols):
@@ -187,3 +190,34 @@ def assert_close(y, ref, atol, rtol=0.0, what=""):
             f"{what}: {int(bad.sum())} of {ref.size} elements off; worst at {tuple(int(v) for v in i)}: "
             f"got {y64[i]!r}, reference {ref[i]!r} (atol {atol}, rtol {rtol}, max err {err.max():.3g})"
         )
+
+
+def quantize_fp_ref(w, mode, global_scale=None):
+    """SPEC 1.4 (MLX's CPU op graph for the fp modes), each step in w.dtype as
+    MLX evaluates it: returns (w_q, scales)."""
+    w = np.asarray(w)
+    dt = w.dtype
+    gs, bits = DEFAULTS[mode]
+    maxval = 6.0 if bits == 4 else 448.0
+    lead, c = w.shape[:-1], w.shape[-1]
+    g = w.reshape(-1, gs)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        amax = np.abs(g).max(axis=1)
+        sc = (amax / np.array(maxval, dt)).astype(dt)
+        if mode in ("mxfp4", "mxfp8"):
+            e = np.where(sc == 0, np.array(0, dt), np.rint(np.log2(sc))).astype(np.float64)
+            scales = (e + 127).astype(np.int64).astype(np.uint8)
+            vals = (g / np.ldexp(1.0, e.astype(np.int64)).astype(dt)[:, None]).astype(dt)
+        else:
+            enc = np.float32(2688.0 / float(np.asarray(global_scale).reshape(-1)[0])) if global_scale is not None else np.float32(1)
+            scales = e4m3_encode(sc.astype(np.float32) * enc)
+            vals = (g / e4m3_decode(scales).astype(dt)[:, None]).astype(dt).astype(np.float32) * enc
+            dt = np.dtype(np.float32)
+        if bits == 4:
+            table = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6]).astype(dt)
+            diff = np.abs((vals[..., None] - table).astype(dt))
+            codes = np.argmin(diff, axis=-1)  # the first minimum: ties to the smaller magnitude, NaN -> 0
+        else:
+            codes = e4m3_encode(vals.astype(np.float32))
+    w_q = pack_codes(codes.reshape(lead + (c,)), bits)
+    return w_q, scales.reshape(lead + (c // gs,))

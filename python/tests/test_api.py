@@ -233,3 +233,15 @@ def test_stub_ships_and_matches_the_module():
         stub_sig = "def " + name + "(" + ast.unparse(node.args) + ")"
         assert parse_signature(stub_sig) == EXPECTED[name]
         assert ast.get_docstring(node), f"{name}: stub has no docstring"
+
+
+def test_cli_is_installed_next_to_python():
+    import os
+    import subprocess
+    import sys
+
+    if os.environ.get("MMKIT_EXPECT_CLI") != "1":
+        pytest.skip("MMKIT_EXPECT_CLI=1 is set by scripts/test.d/40-python.sh when cli/ is part of the build")
+    exe = pathlib.Path(sys.executable).parent / "mmkit"
+    assert exe.exists() and os.access(exe, os.X_OK), f"{exe} missing: pip install did not install the mmkit command"
+    assert subprocess.run([str(exe), "--help"], capture_output=True, timeout=60).returncode == 0

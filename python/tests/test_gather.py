@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import mmkit as mk
+from conftest import SEED
 from mmkit_ref import FP_MODES, assert_close, dequantize_ref, gather_ref, subset, to64
 
 BF16 = ml_dtypes.bfloat16
@@ -104,16 +105,16 @@ SORTED_CASES = (
     + [(133, 512, 512, 4, 2, True, "affine"), (133, 512, 555, 4, 2, True, "affine")]
     + [(64, 512, 512, 4, 2, False, "affine")]
     + [(64, 512, 544, 4, 2, False, m) for m in ("mxfp4", "nvfp4", "mxfp8")]
-    + [(133, 512, d, 4, 2, False, "affine") for d in (512, 544, 555)]
+    + [(133, 512, 512, 4, 2, False, "affine")]
 )
+# (133, 512, {544, 555}, transpose=False, affine) are left out: w (E, K, D) is quantized along
+# D, which the affine default group size 64 does not divide.
 
 
-@pytest.mark.parametrize("case", SORTED_CASES, ids=str)
+# The large cases are slow on a CPU build: a seeded subset runs (all with MMKIT_TEST_FULL=1).
+@pytest.mark.parametrize("case", subset(np.random.default_rng(SEED), SORTED_CASES, 5), ids=str)
 def test_gather_qmm_sorted(case, rng):
     L, K, D, E, I, transpose, mode = case
-    gs = {"affine": 64, "mxfp4": 32, "mxfp8": 32, "nvfp4": 16}[mode]
-    if not transpose and D % gs:
-        pytest.skip(f"w (E, K, D) is quantized along D = {D}, not a multiple of the group size {gs}")
     x = normal(rng, (L, 1, 1, K), K**-0.5)
     w_shape = (E, D, K) if transpose else (E, K, D)
     w_q, s, b = quantized(normal(rng, w_shape, K**-0.5), mode)
@@ -196,13 +197,16 @@ def test_gather_qmm_unquantized_w(fmt, transpose, rng):
 def test_indices_are_bounds_checked(rng):
     x = normal(rng, (3, 4, 64))
     w_q, s, b = mk.quantize(normal(rng, (2, 16, 64)))
-    for bad in ([0, 2], [-1, 0]):
-        with pytest.raises(ValueError, match=r"^\[gather_qmm\].*" + str(bad[0] if bad[0] else bad[1])):
-            mk.gather_qmm(x, w_q, s, b, rhs_indices=np.array(bad, np.int64))
-    with pytest.raises(ValueError, match=r"^\[gather_qmm\]"):
+    lhs = np.array([0, 1], np.int64)
+    for pos, bad in ((1, 2), (0, -1)):
+        rhs = np.array([0, 0], np.int64)
+        rhs[pos] = bad
+        with pytest.raises(ValueError, match=rf"^\[gather_qmm\] rhs_indices value {bad} at flat position {pos} "):
+            mk.gather_qmm(x, w_q, s, b, lhs_indices=lhs, rhs_indices=rhs)
+    with pytest.raises(ValueError, match=r"^\[gather_qmm\] lhs_indices value 3 "):
         mk.gather_qmm(x, w_q, s, b, lhs_indices=np.array([3], np.int32), rhs_indices=np.array([0], np.int32))
-    with pytest.raises(ValueError, match=r"^\[gather_mm\]"):
-        mk.gather_mm(x, normal(rng, (2, 64, 8)), np.array([0, 5]))
+    with pytest.raises(ValueError, match=r"^\[gather_mm\] lhs_indices value 5 "):
+        mk.gather_mm(x, normal(rng, (2, 64, 8)), np.array([0, 5]), np.array([1, 1]))
     with pytest.raises(ValueError, match=r"^\[gather_qmm\]"):
         mk.gather_qmm(x, w_q, s, b, rhs_indices=np.array([0.0, 1.0], np.float32))  # not integral
     with pytest.raises(ValueError):

@@ -16,6 +16,7 @@ from mmkit_ref import (
     e4m3_decode,
     e4m3_encode,
     quantize_affine_ref,
+    quantize_fp_ref,
     to64,
     unpack_codes,
 )
@@ -85,6 +86,22 @@ def test_affine_quantize_is_bit_exact(gs, bits, dtype, rng):
     np.testing.assert_array_equal(np.asarray(w_q), rq)
     np.testing.assert_array_equal(np.asarray(s).view(np.uint8), rs.view(np.uint8))
     np.testing.assert_array_equal(np.asarray(b).view(np.uint8), rb.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16, BF16], ids=["f32", "f16", "bf16"])
+@pytest.mark.parametrize("mode", ["mxfp4", "mxfp8", "nvfp4", "nvfp4+global"])
+def test_fp_quantize_is_bit_exact(mode, dtype, rng):
+    mode, use_global = mode.split("+")[0], mode.endswith("+global")
+    w = (rng.standard_normal((4, 3, 256)) * np.exp(rng.uniform(-8, 8, (4, 3, 1)))).astype(dtype)
+    w[0, 0, :32] = 0  # all-zero groups
+    w[1, 0, :64] = (np.arange(64) % 16 - 8) * 0.25  # ties between table entries (0.25, 0.75, 1.25, ...)
+    w[2, 0, :32] = -1e-3  # small negatives (encode to +0 when they round to zero)
+    w[3, 2, :32] = 6.0 * 2.0 ** rng.integers(-10, 10)  # exact powers of two
+    gscale = np.array(np.abs(w.astype(np.float32)).max(), np.float32) if use_global else None
+    w_q, scales = mk.quantize(w, mode=mode, global_scale=gscale)
+    r_q, r_s = quantize_fp_ref(w, mode, gscale)
+    np.testing.assert_array_equal(np.asarray(scales), r_s)
+    np.testing.assert_array_equal(np.asarray(w_q), r_q)
 
 
 @pytest.mark.parametrize("gs,bits", AFFINE)

@@ -15,6 +15,7 @@
 // Bound: weight bandwidth for few rows (4-bit g64 M = 1: >= 80% of the
 // measured read bandwidth), the FMA peak for many (docs/kernels/cpu.md).
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <vector>
 
@@ -113,29 +114,44 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
     (d.transpose && rows <= kQmvMaxRows ? small : large).push_back(e);
   }
 
-  if (!small.empty()) {
-    // float32 copies of the x rows the small experts use, and (affine) their group sums
-    std::vector<int64_t> xrow_of(static_cast<size_t>(d.x_batch), -1);
-    int64_t nx = 0;
-    for (int e : small)
-      for (int64_t l : experts[e].pairs)
-        if (xrow_of[static_cast<size_t>(lhs[l])] < 0) xrow_of[static_cast<size_t>(lhs[l])] = nx++;
-    std::vector<float> xf(static_cast<size_t>(nx * M * K));
-    std::vector<float> xs(affine ? static_cast<size_t>(nx * M * G) : 0);
-    for (int64_t b = 0; b < d.x_batch; ++b) {
-      const int64_t slot = xrow_of[static_cast<size_t>(b)];
-      if (slot < 0) continue;
-      float* dst = xf.data() + slot * M * K;
-      kern.to_f32(X + b * M * K * xes, xdt, M * K, dst);
-      if (affine)
-        for (int64_t r = 0; r < M; ++r)
-          for (int64_t g = 0; g < G; ++g) {
-            const float* p = dst + r * K + g * base.group_size;
-            float s = 0.0f;
-            for (int i = 0; i < base.group_size; ++i) s += p[i];
-            xs[static_cast<size_t>((slot * M + r) * G + g)] = s;
-          }
+  // float32 copies of the x rows the small experts use, and (affine) their group sums
+  std::vector<int64_t> xrow_of(static_cast<size_t>(d.x_batch), -1);
+  int64_t nx = 0;
+  for (int e : small)
+    for (int64_t l : experts[e].pairs)
+      if (xrow_of[static_cast<size_t>(lhs[l])] < 0) xrow_of[static_cast<size_t>(lhs[l])] = nx++;
+  std::vector<float> xf(static_cast<size_t>(nx * M * K));
+  std::vector<float> xs(affine ? static_cast<size_t>(nx * M * G) : 0);
+  std::vector<char> finite(static_cast<size_t>(nx), 1);
+  for (int64_t b = 0; b < d.x_batch; ++b) {
+    const int64_t slot = xrow_of[static_cast<size_t>(b)];
+    if (slot < 0) continue;
+    float* dst = xf.data() + slot * M * K;
+    kern.to_f32(X + b * M * K * xes, xdt, M * K, dst);
+    if (affine)
+      for (int64_t r = 0; r < M; ++r)
+        for (int64_t g = 0; g < G; ++g) {
+          const float* p = dst + r * K + g * base.group_size;
+          float s = 0.0f;
+          for (int i = 0; i < base.group_size; ++i) s += p[i];
+          xs[static_cast<size_t>((slot * M + r) * G + g)] = s;
+          if (!std::isfinite(s)) finite[static_cast<size_t>(slot)] = 0;
+        }
+  }
+  if (affine) {
+    // The fused kernel factors the bias out (bias * sum(x)), which turns an
+    // infinite x times a zero code into NaN; experts seeing a non-finite x
+    // take the GEMM path, which multiplies x by the dequantized weight.
+    std::vector<int> keep;
+    for (int e : small) {
+      bool ok = true;
+      for (int64_t l : experts[e].pairs) ok = ok && finite[static_cast<size_t>(xrow_of[static_cast<size_t>(lhs[l])])];
+      (ok ? keep : large).push_back(e);
     }
+    small.swap(keep);
+  }
+
+  if (!small.empty()) {
     struct Job {
       QWeights q;
       std::vector<const float*> x;

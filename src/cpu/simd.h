@@ -10,6 +10,13 @@
 // masked loads and stores that never touch memory past the n-th element.
 #pragma once
 
+// GCC 12 reports the _mm512_undefined_*() placeholders inside its own
+// intrinsics (permutexvar, srli, ...) as uninitialized once inlined here.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+
 #include <immintrin.h>
 
 #include <cstdint>

@@ -8,9 +8,9 @@
 // BITS words, one 16-byte load at 4 bits) so the warp streams 512 B of
 // contiguous weights per row and step. Two steps are loaded before either is
 // used (2 x 2 x 16 B in flight per lane). Activations (8 values per load) come
-// through L1, shared by the warps of the SM. Per group the kernel accumulates
-// dot(x, q) and, for affine, sum(x); the scale and bias are applied once per
-// group: out += s * dot(x, q) + b * sum(x). float32 throughout.
+// through L1, shared by the warps of the SM. Each weight is dequantized once
+// in float32 (s * q + b: shift, LOP3 and two float ops per code, no I2F) and
+// used for all M rows; float32 accumulation.
 //
 // Bound: weight bandwidth. M = 1, 4-bit g64, 8192 x 8192: 36 MB of weights and
 // scales, target >= 60% of the measured device-to-device copy bandwidth
@@ -142,16 +142,14 @@ __global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
                 bi[r][gp] = 0.0f;
               }
             }
-          float dq[GPP][R][MT];
-          float xs[GPP][MT];
+          // Each weight is dequantized once (w = s * q + b) and used for all
+          // M rows; multiplying x by w itself (not factoring s out of the group
+          // sum) keeps IEEE propagation exact: Inf * w is +-Inf unless w == 0.
+          float part[R][MT];
 #pragma unroll
-          for (int gp = 0; gp < GPP; ++gp)
+          for (int r = 0; r < R; ++r)
 #pragma unroll
-            for (int m = 0; m < MT; ++m) {
-              xs[gp][m] = 0.0f;
-#pragma unroll
-              for (int r = 0; r < R; ++r) dq[gp][r][m] = 0.0f;
-            }
+            for (int m = 0; m < MT; ++m) part[r][m] = 0.0f;
 #pragma unroll
           for (int c8 = 0; c8 < 4; ++c8) {
             const int gp = GPP == 2 ? c8 / 2 : 0;
@@ -159,32 +157,26 @@ __global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
 #pragma unroll
             for (int r = 0; r < R; ++r)
 #pragma unroll
-              for (int i = 0; i < 8; ++i) wv[r][i] = code_value<KIND>(pack_code<BITS>(pk[u][r], c8 * 8 + i));
+              for (int i = 0; i < 8; ++i) {
+                const float q = code_value<KIND>(pack_code<BITS>(pk[u][r], c8 * 8 + i));
+                wv[r][i] = KIND == QKind::affine ? fmaf(sc[r][gp], q, bi[r][gp]) : __fmul_rn(sc[r][gp], q);
+              }
 #pragma unroll
             for (int m = 0; m < MT; ++m) {
               if (m < M) {
                 float xv[8];
                 load_x8<T>(xb + static_cast<int64_t>(m) * K + pp * 32 + c8 * 8, xv);
-                if constexpr (KIND == QKind::affine) {
-#pragma unroll
-                  for (int i = 0; i < 8; ++i) xs[gp][m] += xv[i];
-                }
 #pragma unroll
                 for (int r = 0; r < R; ++r)
 #pragma unroll
-                  for (int i = 0; i < 8; ++i) dq[gp][r][m] = fmaf(xv[i], wv[r][i], dq[gp][r][m]);
+                  for (int i = 0; i < 8; ++i) part[r][m] = fmaf(xv[i], wv[r][i], part[r][m]);
               }
             }
           }
 #pragma unroll
-          for (int gp = 0; gp < GPP; ++gp)
+          for (int r = 0; r < R; ++r)
 #pragma unroll
-            for (int r = 0; r < R; ++r)
-#pragma unroll
-              for (int m = 0; m < MT; ++m) {
-                acc[r][m] = fmaf(sc[r][gp], dq[gp][r][m], acc[r][m]);
-                if constexpr (KIND == QKind::affine) acc[r][m] = fmaf(bi[r][gp], xs[gp][m], acc[r][m]);
-              }
+            for (int m = 0; m < MT; ++m) acc[r][m] += part[r][m];
         }
       }
     }

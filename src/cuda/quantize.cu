@@ -86,7 +86,7 @@ __global__ void quantize_affine_kernel(const T* __restrict__ w, int64_t groups_t
     for (int i = 0; i < gs; ++i) {
       float c = rintf(__fdiv_rn(__fsub_rn(to_f<T>(v[i]), bias), s));
       c = std_min(std_max(c, 0.0f), n_max);
-      fmt::pack_code(row, i, bits, static_cast<uint32_t>(c));
+      fmt::pack_code(row, i, bits, c == c ? static_cast<uint32_t>(c) : 0u);  // NaN -> code 0
     }
     scales[gi] = from_f<T>(s);
     biases[gi] = from_f<T>(bias);
@@ -111,6 +111,7 @@ __global__ void quantize_fp_kernel(const T* __restrict__ w, int64_t groups_total
     if (!nv) {
       float e = 0.0f;
       if (sc != 0.0f) e = rintf(round_to<T>(static_cast<float>(log2(static_cast<double>(sc)))));
+      e = fminf(fmaxf(e, -127.0f), 127.0f);  // E8M0 range (NaN -> -127), as the CPU
       scales[gi] = static_cast<uint8_t>(static_cast<int>(e) + 127);
       const float inv = fmt::pow2_int(-static_cast<int>(e));
       for (int i = 0; i < gs; ++i) {

@@ -108,8 +108,11 @@ SafetensorsReader::SafetensorsReader(const std::string& path) : path_(path) {
                   data_size, " bytes (truncated file).");
     tensors_.push_back(std::move(t));
   }
+  // Zero-byte tensors occupy no bytes, so they cannot overlap anything (a
+  // start offset shared with a neighbour is legal).
   std::vector<const TensorInfo*> by_off;
-  for (const auto& t : tensors_) by_off.push_back(&t);
+  for (const auto& t : tensors_)
+    if (t.data_end > t.data_begin) by_off.push_back(&t);
   std::sort(by_off.begin(), by_off.end(), [](auto* a, auto* b) { return a->data_begin < b->data_begin; });
   for (size_t i = 1; i < by_off.size(); ++i)
     if (by_off[i]->data_begin < by_off[i - 1]->data_end)

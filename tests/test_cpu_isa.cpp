@@ -1,0 +1,461 @@
+// The CPU backend at every SIMD level this machine has (avx512, avx2, scalar):
+// each level is switched on in-process with set_cpu_isa_for_testing and runs
+// quantized_matmul / gather_qmm (every mode, bit width and group size) /
+// gather_mm / block_masked_mm against the float64 reference, and quantize /
+// dequantize byte for byte against the scalar level. Shapes cover the edge
+// tiles of the kernels: M = 1, 3, 16, 17, 33 (the fused few-row kernel, its
+// 8-row passes, and the blocked GEMM), N not a multiple of 8 or of a tile,
+// K = the group size. Registry selection is asserted per level, and outputs
+// written through the registry are poisoned first so a skipped element fails.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/registry.h"
+#include "cpu/cpu_isa.h"
+#include "test_util.h"
+
+namespace mmkit::test {
+namespace {
+
+using cpu::Isa;
+
+/// Runs at `isa` for its lifetime, then restores the previous level.
+class IsaScope {
+ public:
+  explicit IsaScope(Isa isa) : prev_(detail::set_cpu_isa_for_testing(isa)) {}
+  ~IsaScope() { detail::set_cpu_isa_for_testing(prev_); }
+  IsaScope(const IsaScope&) = delete;
+  IsaScope& operator=(const IsaScope&) = delete;
+
+ private:
+  Isa prev_;
+};
+
+std::vector<std::string> level_names() {
+  std::vector<std::string> v;
+  for (Isa i : cpu::available_isas()) v.push_back(cpu::isa_name(i));
+  return v;
+}
+
+Isa level_of(const std::string& name) {
+  if (name == "avx512") return Isa::avx512;
+  if (name == "avx2") return Isa::avx2;
+  return Isa::scalar;
+}
+
+struct Fmt {
+  const char* mode;
+  int bits;
+  int gs;
+};
+
+std::vector<Fmt> all_formats() {
+  std::vector<Fmt> f;
+  for (int b : {2, 3, 4, 5, 6, 8})
+    for (int g : {32, 64, 128}) f.push_back({"affine", b, g});
+  f.push_back({"mxfp4", 4, 32});
+  f.push_back({"mxfp8", 8, 32});
+  f.push_back({"nvfp4", 4, 16});
+  return f;
+}
+
+std::string fmt_name(const Fmt& f) {
+  return std::string(f.mode) + " b" + std::to_string(f.bits) + " g" + std::to_string(f.gs);
+}
+
+Array cpu_int64(const std::vector<int64_t>& v) { return Array::from_vector(v); }
+
+class CpuIsa : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override { scope_ = std::make_unique<IsaScope>(level_of(GetParam())); }
+  void TearDown() override { scope_.reset(); }
+  std::unique_ptr<IsaScope> scope_;
+};
+
+/// Tolerance check of a float32-accumulated result against the float64 reference.
+::testing::AssertionResult close_to_ref(const Array& y, const ref::Tensor& r) {
+  if (r.max_abs() == 0.0) return ::testing::AssertionFailure() << "reference is all zero: the case tests nothing";
+  const double rtol = rtol_for(y.dtype());
+  const double atol = (y.dtype() == Dtype::float32 ? 1e-5 : 2e-5) * r.max_abs();
+  return all_close(y, r, rtol, atol);
+}
+
+// ---------------------------------------------------------------------------
+// dispatch
+
+TEST_P(CpuIsa, ReportsAndSelectsTheLevelsKernels) {
+  const Isa isa = level_of(GetParam());
+  EXPECT_EQ(std::string(cpu_isa()), GetParam());
+  auto& reg = detail::registries();
+  const std::string suffix = isa == Isa::scalar ? "" : "_" + GetParam();
+  detail::QmmDesc qd;
+  qd.M = 1;
+  qd.N = 8;
+  qd.K = 64;
+  EXPECT_EQ(reg.qmm.select(qd, Device::Type::cpu).name, isa == Isa::scalar ? "cpu_qmm_generic" : "cpu_qmm" + suffix);
+  detail::GemmDesc gd;
+  EXPECT_EQ(reg.gemm.select(gd, Device::Type::cpu).name, isa == Isa::scalar ? "cpu_gemm_generic" : "cpu_gemm" + suffix);
+  detail::BlockMaskedDesc bd;
+  EXPECT_EQ(reg.block_masked.select(bd, Device::Type::cpu).name,
+            isa == Isa::scalar ? "cpu_block_masked_generic" : "cpu_block_masked" + suffix);
+  detail::QuantizeDesc q;
+  EXPECT_EQ(reg.quantize.select(q, Device::Type::cpu).name,
+            isa == Isa::scalar ? "cpu_quantize_rowwise" : "cpu_quantize" + suffix);
+  detail::DequantizeDesc dq;
+  EXPECT_EQ(reg.dequantize.select(dq, Device::Type::cpu).name,
+            isa == Isa::scalar ? "cpu_dequantize_rowwise" : "cpu_dequantize" + suffix);
+}
+
+TEST(CpuIsaLevels, ScalarIsAlwaysAvailableAndUnavailableLevelsAreRefused) {
+  const auto levels = cpu::available_isas();
+  ASSERT_FALSE(levels.empty());
+  EXPECT_EQ(levels.back(), Isa::scalar);
+  for (Isa i : {Isa::avx512, Isa::avx2}) {
+    bool listed = false;
+    for (Isa l : levels) listed = listed || l == i;
+    if (!listed) {
+      try {
+        detail::set_cpu_isa_for_testing(i);
+        ADD_FAILURE() << "switching to an unavailable level must throw";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find("[cpu]"), std::string::npos);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// quantized_matmul / gather_qmm, every format
+
+struct QCase {
+  int64_t M, N, K_groups;  // K = K_groups * group size
+};
+
+TEST_P(CpuIsa, QuantizedMatmulEveryFormat) {
+  const std::vector<QCase> cases = {{1, 40, 1}, {3, 13, 2}, {16, 37, 3}, {17, 24, 2}, {33, 19, 4}};
+  uint64_t seed = 100;
+  for (const Fmt& f : all_formats()) {
+    for (bool transpose : {true, false}) {
+      for (const QCase& c : cases) {
+        const int64_t K = c.K_groups * f.gs;
+        // transpose = false quantizes along N: N must be a multiple of the group size there.
+        const int64_t N = transpose ? c.N : f.gs * ((c.N + f.gs - 1) / f.gs);
+        SCOPED_TRACE(fmt_name(f) + (transpose ? " T" : " N") + " M=" + std::to_string(c.M) +
+                     " N=" + std::to_string(N) + " K=" + std::to_string(K));
+        Array wf = transpose ? randn({N, K}, Dtype::float32, seed++, 1.0 / std::sqrt(double(K)))
+                             : randn({K, N}, Dtype::float32, seed++, 1.0 / std::sqrt(double(K)));
+        auto q = quantize(wf, f.gs, f.bits, f.mode);
+        std::optional<Array> b;
+        if (q.size() == 3) b = q[2];
+        Array x = randn({c.M, K}, Dtype::float32, seed++);
+        Array y = quantized_matmul(x, q[0], q[1], b, transpose, f.gs, f.bits, f.mode);
+        ASSERT_TRUE(close_to_ref(y, ref::quantized_matmul(x, q[0], q[1], b, transpose, f.gs, f.bits, f.mode)));
+      }
+    }
+  }
+}
+
+TEST_P(CpuIsa, QuantizedMatmulHalfPrecision) {
+  for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
+    for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}}) {
+      for (int64_t M : {1, 5, 33}) {
+        SCOPED_TRACE(fmt_name(f) + " " + dtype_name(dt) + " M=" + std::to_string(M));
+        const int64_t N = 45, K = 4 * f.gs;
+        auto q = quantize(randn({N, K}, dt, 7 + M, 0.1), f.gs, f.bits, f.mode);
+        std::optional<Array> b;
+        if (q.size() == 3) b = q[2];
+        Array x = randn({M, K}, dt, 9 + M);
+        Array y = quantized_matmul(x, q[0], q[1], b, true, f.gs, f.bits, f.mode);
+        ASSERT_EQ(y.dtype(), dt);
+        ASSERT_TRUE(close_to_ref(y, ref::quantized_matmul(x, q[0], q[1], b, true, f.gs, f.bits, f.mode)));
+      }
+    }
+  }
+}
+
+// Integer codes, power-of-two scales and integer activations: every partial
+// sum is exact in float32, so the result must equal the reference exactly.
+TEST_P(CpuIsa, QuantizedMatmulExactSums) {
+  for (int bits : {2, 3, 4, 5, 6, 8}) {
+    for (bool transpose : {true, false}) {
+      SCOPED_TRACE("bits " + std::to_string(bits) + (transpose ? " T" : " N"));
+      const int gs = 32;
+      const int64_t M = 3, N = transpose ? 21 : 64, K = transpose ? 96 : 64;
+      const int64_t rows = transpose ? N : K, cols = transpose ? K : N;
+      Array codes = randint({rows, cols}, Dtype::float32, 40 + bits, 0, (1 << bits) - 1);
+      // scale 0.5, bias -1: w = code / 2 - 1 is a small dyadic number
+      Array wf = Array::full({rows, cols}, 0.0, Dtype::float32);
+      for (int64_t i = 0; i < rows * cols; ++i) wf.data<float>()[i] = codes.data<float>()[i] * 0.5f - 1.0f;
+      // quantize picks its own (exact) scale and bias for these integer steps
+      auto q = quantize(wf, gs, bits, "affine");
+      Array x = randint({M, K}, Dtype::float32, 50 + bits, -4, 4);
+      Array y = quantized_matmul(x, q[0], q[1], q[2], transpose, gs, bits);
+      EXPECT_TRUE(all_close(y, ref::quantized_matmul(x, q[0], q[1], q[2], transpose, gs, bits, "affine"), 0.0, 0.0));
+    }
+  }
+}
+
+TEST_P(CpuIsa, GatherQmmGroupsRowsByExpert) {
+  const int64_t E = 5, N = 50, K = 128, Bx = 6;
+  for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 6, 32}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}}) {
+    auto q = quantize(randn({E, N, K}, Dtype::float32, 77, 0.1), f.gs, f.bits, f.mode);
+    std::optional<Array> b;
+    if (q.size() == 3) b = q[2];
+    // transpose = false weights (E, K, N'): groups along N'
+    auto qn = quantize(randn({E, K, 2 * f.gs}, Dtype::float32, 76, 0.1), f.gs, f.bits, f.mode);
+    std::optional<Array> bn;
+    if (qn.size() == 3) bn = qn[2];
+    for (int64_t M : {1, 3, 9}) {  // 9 rows x 3 pairs of one expert = 27 rows: the GEMM path
+      Array x = randn({Bx, M, K}, Dtype::float32, 78 + M);
+      for (bool sorted : {false, true}) {
+        SCOPED_TRACE(fmt_name(f) + " M=" + std::to_string(M) + (sorted ? " sorted" : " unsorted"));
+        std::vector<int64_t> lhs = {0, 5, 2, 2, 4, 1, 3, 0};
+        std::vector<int64_t> rhs = sorted ? std::vector<int64_t>{0, 0, 1, 3, 3, 3, 4, 4}
+                                          : std::vector<int64_t>{3, 0, 4, 3, 1, 3, 0, 4};
+        Array li = cpu_int64(lhs), ri = cpu_int64(rhs);
+        Array y = gather_qmm(x, q[0], q[1], b, li, ri, true, f.gs, f.bits, f.mode, sorted);
+        ASSERT_TRUE(close_to_ref(y, ref::gather_qmm(x, q[0], q[1], b, li, ri, true, f.gs, f.bits, f.mode)));
+        Array yn = gather_qmm(x, qn[0], qn[1], bn, li, ri, false, f.gs, f.bits, f.mode, sorted);
+        ASSERT_TRUE(close_to_ref(yn, ref::gather_qmm(x, qn[0], qn[1], bn, li, ri, false, f.gs, f.bits, f.mode)));
+      }
+    }
+  }
+}
+
+TEST_P(CpuIsa, GatherQmmNotTransposedMatchesReference) {
+  const int64_t E = 3, K = 96, N = 64;
+  auto q = quantize(randn({E, K, N}, Dtype::float32, 90, 0.1), 32, 5, "affine");
+  Array x = randn({4, 2, K}, Dtype::float32, 91);
+  Array li = cpu_int64({3, 0, 1, 2, 2}), ri = cpu_int64({2, 2, 0, 1, 2});
+  Array y = gather_qmm(x, q[0], q[1], q[2], li, ri, false, 32, 5, "affine");
+  EXPECT_TRUE(close_to_ref(y, ref::gather_qmm(x, q[0], q[1], q[2], li, ri, false, 32, 5, "affine")));
+}
+
+// Regression: the fused kernel factors the bias out of the sum, so an infinite
+// activation times a zero code became NaN instead of +-Inf (NanInf suite).
+TEST_P(CpuIsa, InfiniteActivationsKeepIeeeResultsOnTheFewRowPath) {
+  const int64_t N = 20, K = 64;
+  auto q = quantize(randn({N, K}, Dtype::float32, 5, 1.0), 32, 4, "affine");
+  Array x = randint({2, K}, Dtype::float32, 6, -2, 2);
+  x.data<float>()[3] = std::numeric_limits<float>::infinity();
+  Array y = quantized_matmul(x, q[0], q[1], q[2], true, 32, 4);
+  EXPECT_TRUE(all_close(y, ref::quantized_matmul(x, q[0], q[1], q[2], true, 32, 4, "affine"), 1e-5, 1e-3));
+}
+
+// ---------------------------------------------------------------------------
+// gather_mm / block_masked_mm
+
+TEST_P(CpuIsa, GatherMmEveryDtypeAndLayout) {
+  struct C {
+    int64_t M, N, K;
+  };
+  for (Dtype dt : {Dtype::float32, Dtype::float16, Dtype::bfloat16}) {
+    for (const C& c : std::vector<C>{{1, 13, 7}, {3, 40, 70}, {33, 45, 129}, {130, 33, 200}}) {
+      for (bool kmajor : {false, true}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " M=" + std::to_string(c.M) + " N=" + std::to_string(c.N) +
+                     " K=" + std::to_string(c.K) + (kmajor ? " K-major b" : ""));
+        Array a = randn({3, c.M, c.K}, dt, 200 + c.M);
+        Array b = kmajor ? randn({4, c.N, c.K}, dt, 300 + c.N).swapaxes(-1, -2)
+                         : randn({4, c.K, c.N}, dt, 300 + c.N);
+        Array li = cpu_int64({2, 0, 1, 1, 0}), ri = cpu_int64({3, 3, 0, 2, 1});
+        Array y = gather_mm(a, b, li, ri);
+        ASSERT_TRUE(close_to_ref(y, ref::gather_mm(a, b, li, ri)));
+        Array y2 = matmul(a, b.slice(0, 0, 1));  // one b: rows of all batches stacked
+        ASSERT_TRUE(close_to_ref(y2, ref::matmul(ref::to_tensor(a), ref::to_tensor(b.slice(0, 0, 1)))));
+      }
+    }
+  }
+}
+
+TEST_P(CpuIsa, BlockMaskedMmBoolAndFloatMasks) {
+  for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
+    for (int bs : {32, 64}) {
+      const int64_t M = 2 * bs + 5, N = bs + 13, K = 2 * bs + 9;
+      const int64_t tm = (M + bs - 1) / bs, tn = (N + bs - 1) / bs, tk = (K + bs - 1) / bs;
+      for (bool kmajor : {false, true}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " bs=" + std::to_string(bs) + (kmajor ? " K-major b" : ""));
+        Array a = randn({2, M, K}, dt, 400 + bs);
+        Array b = kmajor ? randn({2, N, K}, dt, 401 + bs).swapaxes(-1, -2) : randn({2, K, N}, dt, 401 + bs);
+        Array mo = randint({2, tm, tn}, Dtype::bool_, 402, 0, 1);
+        Array ml = randint({2, tm, tk}, Dtype::bool_, 403, 0, 1);
+        Array mr = randint({2, tk, tn}, Dtype::bool_, 404, 0, 1);
+        mo.data<bool>()[0] = true;  // at least one computed block
+        ml.data<bool>()[0] = true;
+        mr.data<bool>()[0] = true;
+        Array y = block_masked_mm(a, b, bs, mo, ml, mr);
+        ASSERT_TRUE(close_to_ref(y, ref::block_masked_mm(a, b, bs, mo, ml, mr)));
+        Array fo = randn({2, tm, tn}, Dtype::float32, 405), fl = randn({2, tm, tk}, Dtype::float32, 406);
+        Array fr = randn({2, tk, tn}, Dtype::float32, 407);
+        Array yf = block_masked_mm(a, b, bs, fo, fl, fr);
+        ASSERT_TRUE(close_to_ref(yf, ref::block_masked_mm(a, b, bs, fo, fl, fr)));
+        Array yo = block_masked_mm(a, b, bs, mo, std::nullopt, std::nullopt);
+        ASSERT_TRUE(close_to_ref(yo, ref::block_masked_mm(a, b, bs, mo, std::nullopt, std::nullopt)));
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// quantize / dequantize: bytes identical to the scalar level
+
+/// Random values with the corner cases the rounding steps care about.
+Array awkward_values(const Shape& s, Dtype dt, uint64_t seed) {
+  Array w = randn(s, Dtype::float32, seed, 1.0);
+  float* p = w.data<float>();
+  const int64_t n = w.size();
+  const float specials[] = {0.0f, -0.0f, 1e-30f, -3e-39f, 6.0f, -6.0f, 0.25f, 448.0f, 1e6f, 2.5f, -0.75f, 65504.0f};
+  for (int64_t i = 0; i < n; i += 7) p[i] = specials[(i / 7) % 12] * (i % 3 == 0 ? 1.0f : 0.37f);
+  if (n > 40) {
+    p[5] = std::numeric_limits<float>::quiet_NaN();
+    p[33] = std::numeric_limits<float>::infinity();
+  }
+  return w.astype(dt);
+}
+
+TEST_P(CpuIsa, QuantizeAndDequantizeAreBitIdenticalToScalar) {
+  const Isa isa = level_of(GetParam());
+  for (const Fmt& f : all_formats()) {
+    for (Dtype dt : {Dtype::float32, Dtype::float16, Dtype::bfloat16}) {
+      SCOPED_TRACE(fmt_name(f) + " " + dtype_name(dt));
+      const Shape shape = {7, 3 * 128};
+      // Finite data: quantize; the dequantize half also sees specials through the codes and scales.
+      Array w = awkward_values(shape, dt, 500 + f.bits);
+      std::vector<Array> got, want;
+      got = quantize(w, f.gs, f.bits, f.mode);
+      {
+        IsaScope s(Isa::scalar);
+        want = quantize(w, f.gs, f.bits, f.mode);
+      }
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(bit_equal(got[i], want[i])) << "output " << i;
+      std::optional<Array> b;
+      if (want.size() == 3) b = want[2];
+      for (std::optional<Dtype> odt : {std::optional<Dtype>(), std::optional<Dtype>(Dtype::float32),
+                                       std::optional<Dtype>(Dtype::float16), std::optional<Dtype>(Dtype::bfloat16)}) {
+        Array d1 = dequantize(want[0], want[1], b, f.gs, f.bits, f.mode, std::nullopt, odt);
+        Array d0;
+        {
+          IsaScope s(Isa::scalar);
+          d0 = dequantize(want[0], want[1], b, f.gs, f.bits, f.mode, std::nullopt, odt);
+        }
+        ASSERT_TRUE(bit_equal(d1, d0)) << "dequantize to " << (odt ? dtype_name(*odt) : "default");
+      }
+      (void)isa;
+    }
+  }
+}
+
+TEST_P(CpuIsa, DequantizeOfArbitraryBitsMatchesScalar) {
+  // Raw random words and scales cover every code, NaN/Inf/subnormal scales included.
+  for (const Fmt& f : all_formats()) {
+    const int64_t rows = 5, cols = 2 * f.gs * (f.bits == 3 ? 1 : 2);
+    Array wq = randint({rows, cols * f.bits / 32}, Dtype::int64, 600 + f.bits, 0, 1 << 30)
+                   .astype(Dtype::uint32);
+    for (int64_t i = 0; i < wq.size(); ++i) wq.data<uint32_t>()[i] = wq.data<uint32_t>()[i] * 2654435761u;
+    std::vector<Array> sv;
+    std::optional<Array> bias;
+    if (std::string(f.mode) == "affine") {
+      for (Dtype sdt : {Dtype::float32, Dtype::float16, Dtype::bfloat16}) {
+        Array s = randn({rows, cols / f.gs}, Dtype::float32, 601, 10.0);
+        s.data<float>()[1] = std::numeric_limits<float>::quiet_NaN();
+        s.data<float>()[2] = -std::numeric_limits<float>::infinity();
+        s.data<float>()[3] = 1e-42f;
+        Array sb = randn({rows, cols / f.gs}, Dtype::float32, 602, 1e4);
+        Array s1 = s.astype(sdt), b1 = sb.astype(sdt);
+        Array d1 = dequantize(wq, s1, b1, f.gs, f.bits, f.mode);
+        Array d0;
+        {
+          IsaScope sc(Isa::scalar);
+          d0 = dequantize(wq, s1, b1, f.gs, f.bits, f.mode);
+        }
+        ASSERT_TRUE(bit_equal(d1, d0)) << fmt_name(f) << " scales " << dtype_name(sdt);
+      }
+    } else {
+      Array s = randint({rows, cols / f.gs}, Dtype::int64, 603, 0, 255).astype(Dtype::uint8);
+      s.data<uint8_t>()[0] = 0;
+      s.data<uint8_t>()[1] = 255;
+      for (Dtype odt : {Dtype::float32, Dtype::float16, Dtype::bfloat16}) {
+        for (bool gscale : {false, true}) {
+          if (gscale && std::string(f.mode) != "nvfp4") continue;
+          std::optional<Array> g;
+          if (gscale) g = Array::scalar(3.5, Dtype::float32);
+          Array d1 = dequantize(wq, s, std::nullopt, f.gs, f.bits, f.mode, g, odt);
+          Array d0;
+          {
+            IsaScope sc(Isa::scalar);
+            d0 = dequantize(wq, s, std::nullopt, f.gs, f.bits, f.mode, g, odt);
+          }
+          ASSERT_TRUE(bit_equal(d1, d0)) << fmt_name(f) << " to " << dtype_name(odt) << (gscale ? " global" : "");
+        }
+      }
+    }
+  }
+}
+
+TEST_P(CpuIsa, Nvfp4GlobalScaleQuantizeMatchesScalar) {
+  for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
+    Array w = awkward_values({6, 64}, dt, 700);
+    Array g = Array::scalar(1234.5, Dtype::float32);
+    auto got = quantize(w, 16, 4, "nvfp4", g);
+    std::vector<Array> want;
+    {
+      IsaScope s(Isa::scalar);
+      want = quantize(w, 16, 4, "nvfp4", g);
+    }
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_TRUE(bit_equal(got[i], want[i])) << dtype_name(dt) << " " << i;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// every output element written: run the selected kernel on a poisoned output
+
+TEST_P(CpuIsa, KernelsWriteEveryOutputElement) {
+  auto& reg = detail::registries();
+  const float poison = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t M : {1, 3, 17}) {
+    const int64_t N = 37, K = 128;
+    auto q = quantize(randn({N, K}, Dtype::float32, 800, 0.1), 64, 4, "affine");
+    detail::QmmDesc d;
+    d.M = M;
+    d.N = N;
+    d.K = K;
+    detail::QmmArgs a;
+    a.x = randn({1, M, K}, Dtype::float32, 801);
+    a.w = q[0].reshape({1, N, K / 8});
+    a.scales = q[1].reshape({1, N, K / 64});
+    a.biases = q[2].reshape({1, N, K / 64});
+    a.lhs = cpu_int64({0});
+    a.rhs = cpu_int64({0});
+    a.out = Array::full({1, M, N}, poison, Dtype::float32);
+    reg.qmm.run(d, a, Stream(Device::cpu()));
+    EXPECT_TRUE(close_to_ref(a.out.reshape({M, N}),
+                             ref::quantized_matmul(a.x.reshape({M, K}), q[0], q[1], q[2], true, 64, 4, "affine")))
+        << "M=" << M;
+  }
+  {
+    detail::GemmDesc d;
+    d.M = 19;
+    d.N = 35;
+    d.K = 40;
+    detail::GemmArgs g;
+    g.a = randn({1, d.M, d.K}, Dtype::float32, 802);
+    g.b = randn({1, d.K, d.N}, Dtype::float32, 803);
+    g.lhs = cpu_int64({0});
+    g.rhs = cpu_int64({0});
+    g.out = Array::full({1, d.M, d.N}, poison, Dtype::float32);
+    reg.gemm.run(d, g, Stream(Device::cpu()));
+    EXPECT_TRUE(close_to_ref(g.out, ref::matmul(ref::to_tensor(g.a), ref::to_tensor(g.b))));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Levels, CpuIsa, ::testing::ValuesIn(level_names()),
+                         [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
+
+}  // namespace
+}  // namespace mmkit::test
