@@ -18,6 +18,7 @@
 
 #include "core/registry.h"
 #include "cpu/cpu_isa.h"
+#include "formats/format.h"
 #include "test_util.h"
 
 namespace mmkit::test {
@@ -71,7 +72,7 @@ std::string fmt_name(const Fmt& f) {
 
 Array cpu_int64(const std::vector<int64_t>& v) { return Array::from_vector(v); }
 
-class CpuIsa : public ::testing::TestWithParam<std::string> {
+class CpuIsaLevel : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override { scope_ = std::make_unique<IsaScope>(level_of(GetParam())); }
   void TearDown() override { scope_.reset(); }
@@ -89,7 +90,7 @@ class CpuIsa : public ::testing::TestWithParam<std::string> {
 // ---------------------------------------------------------------------------
 // dispatch
 
-TEST_P(CpuIsa, ReportsAndSelectsTheLevelsKernels) {
+TEST_P(CpuIsaLevel, ReportsAndSelectsTheLevelsKernels) {
   const Isa isa = level_of(GetParam());
   EXPECT_EQ(std::string(cpu_isa()), GetParam());
   auto& reg = detail::registries();
@@ -137,7 +138,7 @@ struct QCase {
   int64_t M, N, K_groups;  // K = K_groups * group size
 };
 
-TEST_P(CpuIsa, QuantizedMatmulEveryFormat) {
+TEST_P(CpuIsaLevel, QuantizedMatmulEveryFormat) {
   const std::vector<QCase> cases = {{1, 40, 1}, {3, 13, 2}, {16, 37, 3}, {17, 24, 2}, {33, 19, 4}};
   uint64_t seed = 100;
   for (const Fmt& f : all_formats()) {
@@ -161,7 +162,7 @@ TEST_P(CpuIsa, QuantizedMatmulEveryFormat) {
   }
 }
 
-TEST_P(CpuIsa, QuantizedMatmulHalfPrecision) {
+TEST_P(CpuIsaLevel, QuantizedMatmulHalfPrecision) {
   for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
     for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}}) {
       for (int64_t M : {1, 5, 33}) {
@@ -181,19 +182,22 @@ TEST_P(CpuIsa, QuantizedMatmulHalfPrecision) {
 
 // Integer codes, power-of-two scales and integer activations: every partial
 // sum is exact in float32, so the result must equal the reference exactly.
-TEST_P(CpuIsa, QuantizedMatmulExactSums) {
+TEST_P(CpuIsaLevel, QuantizedMatmulExactSums) {
   for (int bits : {2, 3, 4, 5, 6, 8}) {
     for (bool transpose : {true, false}) {
       SCOPED_TRACE("bits " + std::to_string(bits) + (transpose ? " T" : " N"));
       const int gs = 32;
       const int64_t M = 3, N = transpose ? 21 : 64, K = transpose ? 96 : 64;
       const int64_t rows = transpose ? N : K, cols = transpose ? K : N;
-      Array codes = randint({rows, cols}, Dtype::float32, 40 + bits, 0, (1 << bits) - 1);
-      // scale 0.5, bias -1: w = code / 2 - 1 is a small dyadic number
-      Array wf = Array::full({rows, cols}, 0.0, Dtype::float32);
-      for (int64_t i = 0; i < rows * cols; ++i) wf.data<float>()[i] = codes.data<float>()[i] * 0.5f - 1.0f;
-      // quantize picks its own (exact) scale and bias for these integer steps
-      auto q = quantize(wf, gs, bits, "affine");
+      // hand-packed codes, scale 0.5, bias -1: w = code / 2 - 1 is a small dyadic number
+      Array codes = randint({rows, cols}, Dtype::int64, 40 + bits, 0, (1 << bits) - 1);
+      Array wq = Array::zeros({rows, cols * bits / 32}, Dtype::uint32);
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t j = 0; j < cols; ++j)
+          fmt::pack_code(wq.data<uint32_t>() + r * (cols * bits / 32), j, bits,
+                         static_cast<uint32_t>(codes.data<int64_t>()[r * cols + j]));
+      std::vector<Array> q = {wq, Array::full({rows, cols / gs}, 0.5, Dtype::float32),
+                              Array::full({rows, cols / gs}, -1.0, Dtype::float32)};
       Array x = randint({M, K}, Dtype::float32, 50 + bits, -4, 4);
       Array y = quantized_matmul(x, q[0], q[1], q[2], transpose, gs, bits);
       EXPECT_TRUE(all_close(y, ref::quantized_matmul(x, q[0], q[1], q[2], transpose, gs, bits, "affine"), 0.0, 0.0));
@@ -201,7 +205,7 @@ TEST_P(CpuIsa, QuantizedMatmulExactSums) {
   }
 }
 
-TEST_P(CpuIsa, GatherQmmGroupsRowsByExpert) {
+TEST_P(CpuIsaLevel, GatherQmmGroupsRowsByExpert) {
   const int64_t E = 5, N = 50, K = 128, Bx = 6;
   for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 6, 32}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}}) {
     auto q = quantize(randn({E, N, K}, Dtype::float32, 77, 0.1), f.gs, f.bits, f.mode);
@@ -228,7 +232,7 @@ TEST_P(CpuIsa, GatherQmmGroupsRowsByExpert) {
   }
 }
 
-TEST_P(CpuIsa, GatherQmmNotTransposedMatchesReference) {
+TEST_P(CpuIsaLevel, GatherQmmNotTransposedMatchesReference) {
   const int64_t E = 3, K = 96, N = 64;
   auto q = quantize(randn({E, K, N}, Dtype::float32, 90, 0.1), 32, 5, "affine");
   Array x = randn({4, 2, K}, Dtype::float32, 91);
@@ -239,7 +243,7 @@ TEST_P(CpuIsa, GatherQmmNotTransposedMatchesReference) {
 
 // Regression: the fused kernel factors the bias out of the sum, so an infinite
 // activation times a zero code became NaN instead of +-Inf (NanInf suite).
-TEST_P(CpuIsa, InfiniteActivationsKeepIeeeResultsOnTheFewRowPath) {
+TEST_P(CpuIsaLevel, InfiniteActivationsKeepIeeeResultsOnTheFewRowPath) {
   const int64_t N = 20, K = 64;
   auto q = quantize(randn({N, K}, Dtype::float32, 5, 1.0), 32, 4, "affine");
   Array x = randint({2, K}, Dtype::float32, 6, -2, 2);
@@ -251,7 +255,7 @@ TEST_P(CpuIsa, InfiniteActivationsKeepIeeeResultsOnTheFewRowPath) {
 // ---------------------------------------------------------------------------
 // gather_mm / block_masked_mm
 
-TEST_P(CpuIsa, GatherMmEveryDtypeAndLayout) {
+TEST_P(CpuIsaLevel, GatherMmEveryDtypeAndLayout) {
   struct C {
     int64_t M, N, K;
   };
@@ -273,7 +277,7 @@ TEST_P(CpuIsa, GatherMmEveryDtypeAndLayout) {
   }
 }
 
-TEST_P(CpuIsa, BlockMaskedMmBoolAndFloatMasks) {
+TEST_P(CpuIsaLevel, BlockMaskedMmBoolAndFloatMasks) {
   for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
     for (int bs : {32, 64}) {
       const int64_t M = 2 * bs + 5, N = bs + 13, K = 2 * bs + 9;
@@ -318,7 +322,7 @@ Array awkward_values(const Shape& s, Dtype dt, uint64_t seed) {
   return w.astype(dt);
 }
 
-TEST_P(CpuIsa, QuantizeAndDequantizeAreBitIdenticalToScalar) {
+TEST_P(CpuIsaLevel, QuantizeAndDequantizeAreBitIdenticalToScalar) {
   const Isa isa = level_of(GetParam());
   for (const Fmt& f : all_formats()) {
     for (Dtype dt : {Dtype::float32, Dtype::float16, Dtype::bfloat16}) {
@@ -351,7 +355,7 @@ TEST_P(CpuIsa, QuantizeAndDequantizeAreBitIdenticalToScalar) {
   }
 }
 
-TEST_P(CpuIsa, DequantizeOfArbitraryBitsMatchesScalar) {
+TEST_P(CpuIsaLevel, DequantizeOfArbitraryBitsMatchesScalar) {
   // Raw random words and scales cover every code, NaN/Inf/subnormal scales included.
   for (const Fmt& f : all_formats()) {
     const int64_t rows = 5, cols = 2 * f.gs * (f.bits == 3 ? 1 : 2);
@@ -398,7 +402,7 @@ TEST_P(CpuIsa, DequantizeOfArbitraryBitsMatchesScalar) {
   }
 }
 
-TEST_P(CpuIsa, Nvfp4GlobalScaleQuantizeMatchesScalar) {
+TEST_P(CpuIsaLevel, Nvfp4GlobalScaleQuantizeMatchesScalar) {
   for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
     Array w = awkward_values({6, 64}, dt, 700);
     Array g = Array::scalar(1234.5, Dtype::float32);
@@ -415,7 +419,7 @@ TEST_P(CpuIsa, Nvfp4GlobalScaleQuantizeMatchesScalar) {
 // ---------------------------------------------------------------------------
 // every output element written: run the selected kernel on a poisoned output
 
-TEST_P(CpuIsa, KernelsWriteEveryOutputElement) {
+TEST_P(CpuIsaLevel, KernelsWriteEveryOutputElement) {
   auto& reg = detail::registries();
   const float poison = std::numeric_limits<float>::quiet_NaN();
   for (int64_t M : {1, 3, 17}) {
@@ -454,7 +458,7 @@ TEST_P(CpuIsa, KernelsWriteEveryOutputElement) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Levels, CpuIsa, ::testing::ValuesIn(level_names()),
+INSTANTIATE_TEST_SUITE_P(CpuIsa, CpuIsaLevel, ::testing::ValuesIn(level_names()),
                          [](const ::testing::TestParamInfo<std::string>& i) { return i.param; });
 
 }  // namespace

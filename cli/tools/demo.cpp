@@ -10,6 +10,7 @@
 #include "mmkit/quantize.h"
 #include "ref/ref.h"
 #include "tools/random.h"
+#include "tools/timing.h"
 #include "tools/util.h"
 
 namespace mmkit::tools {
@@ -68,32 +69,6 @@ struct ErrAcc {
   }
   double rel() const { return ssr > 0 ? std::sqrt(sse / ssr) : (sse > 0 ? INFINITY : 0.0); }
 };
-
-struct Timing {
-  std::vector<double> t, gbps, pct;
-};
-
-/// Runs `call(routing r)` until the time budget and min_reps are met.
-template <typename Call, typename Bytes>
-Timing time_op(const DemoOptions& o, Device dev, const Roofline& roof, double flops, const Call& call,
-               const Bytes& bytes_of) {
-  Timing tm;
-  double spent = 0;
-  for (int r = 0; r < o.max_reps && (r < o.min_reps || spent < o.time_budget_s); ++r) {
-    const int which = r % kTimingRoutings;
-    const double t0 = now_s();
-    { Array out = call(which); }
-    sync_device(dev);
-    const double t = now_s() - t0;
-    spent += t;
-    const double b = bytes_of(which);
-    tm.t.push_back(t);
-    tm.gbps.push_back(b / t / 1e9);
-    const double tmin = roof.t_min_s(b, flops);
-    tm.pct.push_back(tmin > 0 ? 100.0 * tmin / t : 0.0);
-  }
-  return tm;
-}
 
 }  // namespace
 
@@ -269,21 +244,28 @@ DemoResult run_demo(const DemoOptions& o, const DemoProgress& progress) {
   const double gu_flops = 2.0 * T * k * 2 * I * H, dn_flops = 2.0 * T * k * H * I;
   auto gu_moved = [&](int r) { return routing_distinct[r] * gu_bytes + act * (T * H + T * k * 2 * I); };
   auto dn_moved = [&](int r) { return routing_distinct[r] * dn_bytes + act * (T * k * I + T * k * H); };
-  const Timing tg = time_op(o, dev, res.roofline, gu_flops, [&](int r) { return gate_up(routings[r]); }, gu_moved);
-  const Timing td = time_op(o, dev, res.roofline, dn_flops, [&](int r) { return down(routings[r]); }, dn_moved);
+  const TimingPolicy pol{o.time_budget_s, o.min_reps, o.max_reps};
+  const TimingSummary tg = summarize(
+      time_calls(dev, pol, [&](int i) { return gate_up(routings[i % kTimingRoutings]); },
+                 [&](int i) { return gu_moved(i % kTimingRoutings); }),
+      gu_flops, res.roofline);
+  const TimingSummary td = summarize(
+      time_calls(dev, pol, [&](int i) { return down(routings[i % kTimingRoutings]); },
+                 [&](int i) { return dn_moved(i % kTimingRoutings); }),
+      dn_flops, res.roofline);
 
   const std::string devname = dev.is_cpu() ? "cpu" : res.device_label;
-  auto make_row = [&](const std::string& op, const std::string& shape, const Timing& tm, const ErrAcc& err,
+  auto make_row = [&](const std::string& op, const std::string& shape, const TimingSummary& tm, const ErrAcc& err,
                       double wbytes, double bf16) {
     DemoRow row;
     row.op = op;
     row.shape = shape;
     row.device = devname;
-    row.reps = static_cast<int>(tm.t.size());
-    row.us_median = median(tm.t) * 1e6;
-    row.us_min = *std::min_element(tm.t.begin(), tm.t.end()) * 1e6;
-    row.gbps = median(tm.gbps);
-    row.pct_roofline = median(tm.pct);
+    row.reps = tm.samples;
+    row.us_median = tm.us_median;
+    row.us_min = tm.us_min;
+    row.gbps = tm.gbps;
+    row.pct_roofline = tm.pct_roofline;
     row.max_abs_err = err.max_abs;
     row.rel_err = err.rel();
     row.ref_max_abs = err.ref_max;
@@ -301,26 +283,14 @@ DemoResult run_demo(const DemoOptions& o, const DemoProgress& progress) {
   // on the host and are not timed), checked end to end against float64.
   DemoRow layer = make_row("moe layer", "T=" + std::to_string(T) + " H=" + std::to_string(H), tg, e_layer,
                            E * (gu_bytes + dn_bytes), bf16_gu + bf16_dn);
-  const double tgm = median(tg.t), tdm = median(td.t);
-  layer.reps = std::min(res.rows[0].reps, res.rows[1].reps);
-  layer.us_median = (tgm + tdm) * 1e6;
-  layer.us_min = res.rows[0].us_min + res.rows[1].us_min;
-  const double moved = median([&] {
-    std::vector<double> v;
-    for (int r = 0; r < kTimingRoutings; ++r) v.push_back(gu_moved(r) + dn_moved(r));
-    return v;
-  }());
-  layer.gbps = moved / (tgm + tdm) / 1e9;
-  const double tmin = res.roofline.t_min_s(median([&] {
-    std::vector<double> v;
-    for (int r = 0; r < kTimingRoutings; ++r) v.push_back(gu_moved(r));
-    return v;
-  }()), gu_flops) + res.roofline.t_min_s(median([&] {
-    std::vector<double> v;
-    for (int r = 0; r < kTimingRoutings; ++r) v.push_back(dn_moved(r));
-    return v;
-  }()), dn_flops);
-  layer.pct_roofline = tmin > 0 ? 100.0 * tmin / (tgm + tdm) : 0.0;
+  // Sum of the two medians; bytes and the roofline time are the medians' sums too.
+  const double tsum = (tg.us_median + td.us_median) * 1e-6;
+  layer.reps = std::min(tg.samples, td.samples);
+  layer.us_median = tsum * 1e6;
+  layer.us_min = tg.us_min + td.us_min;
+  layer.gbps = (tg.bytes + td.bytes) / tsum / 1e9;
+  const double tmin = res.roofline.t_min_s(tg.bytes, gu_flops) + res.roofline.t_min_s(td.bytes, dn_flops);
+  layer.pct_roofline = tmin > 0 ? 100.0 * tmin / tsum : 0.0;
   res.rows.push_back(layer);
   return res;
 }
@@ -355,10 +325,12 @@ std::string format_demo(const DemoResult& r) {
   s += format_table({"op", "shape", "device", "time", "GB/s", "% roofline", "max abs err", "rel err", "memory saved vs bf16"},
                     rows, {false, false, false, true, true, true, true, true, true});
   s += "\n";
-  s += "time: median of " + std::to_string(r.rows[0].reps) + "+ runs, each on fresh random expert choices (" +
-       std::to_string(r.timing_routings) + " routings) so weights stream from memory; GB/s counts the distinct\n"
-       "  experts' weights + activations; % roofline = max(bytes / bandwidth, flops / peak) / time. SwiGLU and the\n"
-       "  weighted sum run on the host, untimed.\n";
+  s += "time: median of " + std::to_string(r.rows[0].reps) + " samples" +
+       (r.device.is_gpu() ? " (each the mean of a group of back-to-back calls, one synchronize per group)" : "") +
+       ";\n  every call takes fresh random expert choices (" + std::to_string(r.timing_routings) +
+       " routings) so the weights come from memory, not cache.\n"
+       "GB/s: distinct experts' weights + activations per call; % roofline = max(bytes / bandwidth, flops / peak)\n"
+       "  / time. SwiGLU and the weighted sum run on the host, untimed.\n";
   s += "error: " + std::to_string(r.checked_tokens) + " of " + std::to_string(r.tokens) +
        " tokens (every output) against float64 on the dequantized weights; rel err = ||y - ref|| / ||ref||.\n"
        "  The layer row compares the whole layer (bfloat16 intermediates) with an all-float64 chain.\n";

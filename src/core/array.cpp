@@ -25,8 +25,12 @@ std::string shape_str(const Shape& s) {
 std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << shape_str(s); }
 
 int64_t shape_size(const Shape& s) {
+  for (int64_t d : s)
+    if (d == 0) return 0;
   int64_t n = 1;
-  for (int64_t d : s) n *= d;
+  for (int64_t d : s)
+    if (__builtin_mul_overflow(n, d, &n))  // a view (broadcast, reshape) may claim any shape
+      throw_error("shape", "the element count of ", shape_str(s), " overflows int64.");
   return n;
 }
 
@@ -247,6 +251,7 @@ Array Array::reshape(const Shape& new_shape) const {
 }
 
 Array Array::broadcast_to(const Shape& target) const {
+  (void)shape_size(target);  // refuse views whose element count overflows
   if (target.size() < shape_.size())
     throw_error("broadcast_to", "Cannot broadcast array of shape ", shape_str(shape_), " into shape ", shape_str(target), ".");
   const size_t lead = target.size() - shape_.size();

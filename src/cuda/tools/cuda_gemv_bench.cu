@@ -1,0 +1,270 @@
+// GEMV / GEMM bandwidth bench of the CUDA backend's quantized matmul
+// kernels, measured against the same run's ceilings:
+//   * device-to-device copy bandwidth (cudaMemcpyAsync, 2 x 512 MiB buffers,
+//     bytes read + written), the roofline for memory-bound kernels;
+//   * cuBLAS bf16 GEMV/GEMM on the same shape (peer).
+// Every kernel call is timed alone with CUDA events (median of the runs after
+// a warm-up); the weights rotate over copies totalling > 100 MB (several
+// times the L2) so each call reads them from HBM. The registry entry runs
+// directly on prepared device arrays: launch-inclusive, front-end-exclusive.
+// Before timing, each quantized case is checked against the generic kernel.
+//
+//   cuda_gemv_bench [--json out.json] [--quick]
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/registry.h"
+#include "formats/format.h"
+#include "mmkit/mmkit.h"
+#include "ops/descriptors.h"
+
+namespace {
+
+using namespace mmkit;
+
+#define CK(x)                                                                                   \
+  do {                                                                                          \
+    cudaError_t e_ = (x);                                                                       \
+    if (e_ != cudaSuccess) {                                                                    \
+      std::fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
+      std::exit(1);                                                                             \
+    }                                                                                           \
+  } while (0)
+
+template <typename F>
+double median_us(int warmup, int iters, F&& body) {
+  cudaEvent_t a, b;
+  CK(cudaEventCreate(&a));
+  CK(cudaEventCreate(&b));
+  for (int i = 0; i < warmup; ++i) body(i);
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    CK(cudaEventRecord(a, cudaStreamLegacy));
+    body(warmup + i);
+    CK(cudaEventRecord(b, cudaStreamLegacy));
+    CK(cudaEventSynchronize(b));
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, a, b));
+    t.push_back(ms * 1e3);
+  }
+  CK(cudaEventDestroy(a));
+  CK(cudaEventDestroy(b));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Result {
+  std::string name;
+  int64_t M, N, K;
+  double us, gbs, pct_copy, tflops;
+  double max_err;
+};
+
+struct QFmt {
+  const char* label;
+  fmt::Mode mode;
+  int bits, gs;
+};
+
+Array random_codes(int64_t rows, int64_t words, uint64_t seed) {
+  std::mt19937 g(static_cast<uint32_t>(seed));
+  std::vector<uint32_t> v(static_cast<size_t>(rows * words));
+  for (auto& x : v) x = g();
+  return Array::from_vector(v, {1, rows, words}).to(Device::gpu());
+}
+
+Array random_scales(const QFmt& f, int64_t rows, int64_t groups, uint64_t seed, bool bias) {
+  std::mt19937 g(static_cast<uint32_t>(seed));
+  if (f.mode == fmt::Mode::affine) {
+    std::normal_distribution<float> n(0.0f, bias ? 0.05f : 0.01f);
+    std::vector<float> v(static_cast<size_t>(rows * groups));
+    for (auto& x : v) x = n(g);
+    return Array::from_vector(v, {1, rows, groups}).astype(Dtype::bfloat16).to(Device::gpu());
+  }
+  std::vector<uint8_t> v(static_cast<size_t>(rows * groups));
+  for (auto& x : v) x = f.mode == fmt::Mode::nvfp4 ? static_cast<uint8_t>(0x28 + g() % 16) : static_cast<uint8_t>(118 + g() % 6);
+  return Array::from_vector(v, {1, rows, groups}).to(Device::gpu());
+}
+
+double max_abs_diff(const Array& a, const Array& b) {
+  auto x = a.to_double_vector(), y = b.to_double_vector();
+  double m = 0;
+  for (size_t i = 0; i < x.size(); ++i) m = std::max(m, std::fabs(x[i] - y[i]));
+  return m;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string json_path;
+  bool quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
+    else if (!std::strcmp(argv[i], "--quick")) quick = true;
+  }
+  if (gpu_count() == 0) {
+    std::printf("cuda_gemv_bench: no CUDA GPU (built_with_cuda=%d); nothing measured\n", built_with_cuda());
+    return 0;
+  }
+  cudaDeviceProp prop{};
+  CK(cudaGetDeviceProperties(&prop, 0));
+  int driver = 0, runtime = 0;
+  cudaDriverGetVersion(&driver);
+  cudaRuntimeGetVersion(&runtime);
+  std::printf("device: %s, %d SMs, L2 %d MB, driver %d, runtime %d\n", prop.name, prop.multiProcessorCount,
+              prop.l2CacheSize >> 20, driver, runtime);
+  const int iters = quick ? 30 : 100, warm = 10;
+
+  // ---- ceiling: device-to-device copy ------------------------------------------------
+  const size_t copy_bytes = size_t{512} << 20;
+  void *c0 = nullptr, *c1 = nullptr;
+  CK(cudaMalloc(&c0, copy_bytes));
+  CK(cudaMalloc(&c1, copy_bytes));
+  CK(cudaMemset(c0, 1, copy_bytes));
+  const double copy_us = median_us(3, 20, [&](int) { CK(cudaMemcpyAsync(c1, c0, copy_bytes, cudaMemcpyDeviceToDevice, cudaStreamLegacy)); });
+  const double copy_gbs = 2.0 * copy_bytes / (copy_us * 1e-6) / 1e9;
+  CK(cudaFree(c0));
+  CK(cudaFree(c1));
+  std::printf("device-to-device copy: %.1f GB/s (read + write, 512 MiB, median of 20)\n", copy_gbs);
+
+  auto& reg = detail::registries();
+  std::vector<Result> results;
+  const int64_t N = 8192, K = 8192;
+  const int64_t kRotateBytes = int64_t{200} << 20;
+
+  // ---- quantized matmuls ---------------------------------------------------------------
+  std::vector<QFmt> fmts = {{"affine b4 g64", fmt::Mode::affine, 4, 64},  {"affine b4 g128", fmt::Mode::affine, 4, 128},
+                            {"affine b4 g32", fmt::Mode::affine, 4, 32},  {"affine b2 g64", fmt::Mode::affine, 2, 64},
+                            {"affine b3 g64", fmt::Mode::affine, 3, 64},  {"affine b8 g64", fmt::Mode::affine, 8, 64},
+                            {"mxfp4", fmt::Mode::mxfp4, 4, 32},           {"nvfp4", fmt::Mode::nvfp4, 4, 16},
+                            {"mxfp8", fmt::Mode::mxfp8, 8, 32}};
+  if (quick) fmts.resize(1);
+  for (const QFmt& f : fmts) {
+    const bool headline = f.mode == fmt::Mode::affine && f.bits == 4 && f.gs == 64;
+    std::vector<int64_t> Ms = {1};
+    if (headline) Ms = quick ? std::vector<int64_t>{1, 8, 256} : std::vector<int64_t>{1, 2, 4, 8, 16, 64, 256, 2048};
+    const int64_t words = K * f.bits / 32, groups = K / f.gs;
+    const double wbytes = double(N) * words * 4 + double(N) * groups * (f.mode == fmt::Mode::affine ? 4 : 1);
+    const int copies = static_cast<int>(std::max<int64_t>(2, kRotateBytes / static_cast<int64_t>(wbytes) + 1));
+    std::vector<detail::QmmArgs> sets(copies);
+    for (int c = 0; c < copies; ++c) {
+      sets[c].w = random_codes(N, words, 10 + c);
+      sets[c].scales = random_scales(f, N, groups, 100 + c, false);
+      if (f.mode == fmt::Mode::affine) sets[c].biases = random_scales(f, N, groups, 200 + c, true);
+      sets[c].lhs = Array::from_vector(std::vector<int64_t>{0}, {1}).to(Device::gpu());
+      sets[c].rhs = sets[c].lhs;
+    }
+    for (int64_t M : Ms) {
+      detail::QmmDesc d;
+      d.format = {f.mode, f.bits, f.gs};
+      d.M = M;
+      d.N = N;
+      d.K = K;
+      d.dtype = Dtype::bfloat16;
+      Array x = Array::from_vector(std::vector<float>(static_cast<size_t>(M * K), 0.0f), {1, M, K});
+      {
+        std::mt19937 g(7);
+        std::normal_distribution<float> n(0.0f, 1.0f / 90.0f);
+        for (int64_t i = 0; i < M * K; ++i) x.data<float>()[i] = n(g);
+      }
+      x = x.astype(Dtype::bfloat16).to(Device::gpu());
+      for (auto& s : sets) {
+        s.x = x;
+        s.out = Array::empty({1, M, N}, Dtype::bfloat16, Device::gpu());
+      }
+      const auto& entry = reg.qmm.select(d, Device::Type::gpu);
+      // Check against the generic kernel before timing.
+      detail::QmmArgs chk = sets[0];
+      chk.out = Array::empty({1, M, N}, Dtype::bfloat16, Device::gpu());
+      const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* generic = nullptr;
+      for (const auto& e : reg.qmm.entries())
+        if (e.device == Device::Type::gpu && e.name == "cuda_qmm_generic") generic = &e;
+      const Stream st(Device::gpu());
+      entry.run(d, sets[0], st);
+      double err = -1;
+      if (generic && M <= 256) {
+        generic->run(d, chk, st);
+        err = max_abs_diff(sets[0].out, chk.out);
+      }
+      const int it = M >= 1024 ? std::max(10, iters / 5) : iters;
+      const double us = median_us(warm, it, [&](int i) { entry.run(d, sets[i % copies], st); });
+      const double bytes = wbytes + double(M) * K * 2 + double(M) * N * 2;
+      Result r{std::string(f.label) + " [" + entry.name + "]", M, N, K, us, bytes / (us * 1e-6) / 1e9, 0,
+               2.0 * M * N * K / (us * 1e-6) / 1e12, err};
+      r.pct_copy = 100.0 * r.gbs / copy_gbs;
+      results.push_back(r);
+      std::printf("  %-40s M=%-5lld %9.2f us %8.1f GB/s %6.1f%% of copy %7.2f TFLOP/s  check max|diff|=%.3g\n",
+                  r.name.c_str(), static_cast<long long>(M), us, r.gbs, r.pct_copy, r.tflops, err);
+      std::fflush(stdout);
+    }
+  }
+
+  // ---- peer: cuBLAS bf16 ---------------------------------------------------------------
+  {
+    cublasHandle_t h;
+    if (cublasCreate(&h) == CUBLAS_STATUS_SUCCESS) {
+      const size_t wb = size_t(N) * K * 2;
+      const int copies = 2;
+      std::vector<void*> w(copies);
+      for (auto& p : w) {
+        CK(cudaMalloc(&p, wb));
+        CK(cudaMemset(p, 0x3c, wb));
+      }
+      for (int64_t M : quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 16, 256, 2048}) {
+        void *x = nullptr, *y = nullptr;
+        CK(cudaMalloc(&x, size_t(M) * K * 2));
+        CK(cudaMalloc(&y, size_t(M) * N * 2));
+        CK(cudaMemset(x, 0x3c, size_t(M) * K * 2));
+        const float alpha = 1.0f, beta = 0.0f;
+        // y^T (N, M) = W (N, K) x^T: column-major view with W stored (N, K) row-major = (K, N) col-major.
+        auto run = [&](int i) {
+          cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(M), static_cast<int>(K), &alpha,
+                       w[i % copies], CUDA_R_16BF, static_cast<int>(K), x, CUDA_R_16BF, static_cast<int>(K), &beta, y,
+                       CUDA_R_16BF, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+        };
+        const double us = median_us(warm, M >= 1024 ? 20 : iters, run);
+        const double bytes = double(wb) + double(M) * K * 2 + double(M) * N * 2;
+        Result r{"cuBLAS bf16 (peer)", M, N, K, us, bytes / (us * 1e-6) / 1e9, 0, 2.0 * M * N * K / (us * 1e-6) / 1e12,
+                 -1};
+        r.pct_copy = 100.0 * r.gbs / copy_gbs;
+        results.push_back(r);
+        std::printf("  %-40s M=%-5lld %9.2f us %8.1f GB/s %6.1f%% of copy %7.2f TFLOP/s\n", r.name.c_str(),
+                    static_cast<long long>(M), us, r.gbs, r.pct_copy, r.tflops);
+        CK(cudaFree(x));
+        CK(cudaFree(y));
+      }
+      for (auto p : w) CK(cudaFree(p));
+      cublasDestroy(h);
+    }
+  }
+
+  std::printf("\n%-42s %6s %10s %9s %8s %9s\n", "kernel (8192 x 8192, bf16 x)", "M", "us", "GB/s", "% copy", "TFLOP/s");
+  for (const auto& r : results)
+    std::printf("%-42s %6lld %10.2f %9.1f %8.1f %9.2f\n", r.name.c_str(), static_cast<long long>(r.M), r.us, r.gbs,
+                r.pct_copy, r.tflops);
+  std::printf("copy bandwidth (same run): %.1f GB/s\n", copy_gbs);
+
+  if (!json_path.empty()) {
+    std::ofstream o(json_path);
+    o << "{\n  \"device\": \"" << prop.name << "\", \"driver\": " << driver << ", \"runtime\": " << runtime
+      << ",\n  \"copy_gbs\": " << copy_gbs << ",\n  \"results\": [\n";
+    for (size_t i = 0; i < results.size(); ++i) {
+      const auto& r = results[i];
+      o << "    {\"name\": \"" << r.name << "\", \"M\": " << r.M << ", \"N\": " << r.N << ", \"K\": " << r.K
+        << ", \"median_us\": " << r.us << ", \"gbs\": " << r.gbs << ", \"pct_copy\": " << r.pct_copy
+        << ", \"tflops\": " << r.tflops << ", \"check_max_abs_diff\": " << r.max_err << "}"
+        << (i + 1 < results.size() ? "," : "") << "\n";
+    }
+    o << "  ]\n}\n";
+  }
+  return 0;
+}

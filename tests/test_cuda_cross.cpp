@@ -1,0 +1,513 @@
+// Cross-backend tests of the CUDA backend: the same calls on the GPU and on
+// the CPU. quantize / dequantize / fp8 must be bit-identical; matmuls on
+// exactly representable data (integer activations, integer codes,
+// power-of-two scales: every float32 partial sum exact) must be bit-identical
+// too, whichever GPU kernel runs; on random data (N(0,1) weights, x / sqrt(K))
+// both backends must lie within the float64 reference's tolerance. Shapes are
+// drawn at random (fixed seeds) across the dispatch boundaries of the GPU
+// kernels (M = 1..8 -> qmv, M > 8 half -> tensor cores, the rest generic).
+// Every test skips with the reason when no GPU is present.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <set>
+#include <sstream>
+#include <tuple>
+#include <string>
+#include <vector>
+
+#include "core/registry.h"
+#include "formats/format.h"
+#include "test_util.h"
+
+namespace mmkit::test {
+namespace {
+
+#define MMKIT_REQUIRE_GPU()                                                                   \
+  do {                                                                                        \
+    if (!built_with_cuda()) GTEST_SKIP() << "mmkit was built without CUDA";                   \
+    if (gpu_count() == 0) GTEST_SKIP() << "no CUDA GPU is present (built with CUDA)";          \
+  } while (0)
+
+const Device kGpu = Device::gpu();
+Array gpu(const Array& a) { return a.to(kGpu); }
+Array cpu(const Array& a) { return a.to(Device::cpu()); }
+
+struct Fmt {
+  const char* mode;
+  int bits;
+  int gs;
+  bool affine() const { return std::string(mode) == "affine"; }
+};
+
+std::vector<Fmt> all_formats() {
+  std::vector<Fmt> f;
+  for (int b : {2, 3, 4, 5, 6, 8})
+    for (int g : {32, 64, 128}) f.push_back({"affine", b, g});
+  f.push_back({"mxfp4", 4, 32});
+  f.push_back({"mxfp8", 8, 32});
+  f.push_back({"nvfp4", 4, 16});
+  return f;
+}
+
+std::string name(const Fmt& f, Dtype dt) {
+  std::string s = f.mode;
+  if (f.affine()) s += " b" + std::to_string(f.bits) + " g" + std::to_string(f.gs);
+  return s + " " + dtype_name(dt);
+}
+
+const Dtype kFloats[] = {Dtype::float32, Dtype::float16, Dtype::bfloat16};
+
+/// Quantized weights (rows, cols) whose dequantized values are exact and
+/// small: random codes, scales in {0.5, 1, 2} (E8M0 126..128, E4M3 0x30 /
+/// 0x38 / 0x40), affine biases small integers; mxfp8 codes restricted to
+/// magnitudes 1/8 .. 30 so products with small integers stay exact.
+struct QW {
+  Array w, scales;
+  std::optional<Array> biases;
+};
+
+QW exact_quantized(const Fmt& f, int64_t rows, int64_t cols, Dtype dt, uint64_t seed) {
+  std::mt19937_64 g(seed);
+  const int64_t words = cols * f.bits / 32, groups = cols / f.gs;
+  std::vector<uint32_t> q(static_cast<size_t>(rows * words), 0u);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < cols; ++j) {
+      uint32_t c;
+      if (std::string(f.mode) == "mxfp8") {
+        const uint32_t e = 4 + g() % 8, m = g() % 8, s = g() % 2;  // 2^-3 .. 2^4 * 1.875
+        c = (s << 7) | (e << 3) | m;
+      } else {
+        c = static_cast<uint32_t>(g() % (1u << f.bits));
+      }
+      fmt::pack_code(q.data() + r * words, j, f.bits, c);
+    }
+  QW out;
+  out.w = Array::from_vector(q, {rows, words});
+  if (f.affine()) {
+    std::vector<float> s(static_cast<size_t>(rows * groups)), b(s.size());
+    for (size_t i = 0; i < s.size(); ++i) {
+      const float p[3] = {0.5f, 1.0f, 2.0f};
+      s[i] = (g() % 2 ? -1.0f : 1.0f) * p[g() % 3];
+      b[i] = static_cast<float>(static_cast<int>(g() % 9) - 4);
+    }
+    out.scales = Array::from_vector(s, {rows, groups}).astype(dt);
+    out.biases = Array::from_vector(b, {rows, groups}).astype(dt);
+  } else {
+    std::vector<uint8_t> s(static_cast<size_t>(rows * groups));
+    const bool nv = std::string(f.mode) == "nvfp4";
+    for (auto& v : s) {
+      const uint8_t e8[3] = {126, 127, 128}, e4[3] = {0x30, 0x38, 0x40};
+      v = nv ? e4[g() % 3] : e8[g() % 3];
+    }
+    out.scales = Array::from_vector(s, {rows, groups});
+  }
+  return out;
+}
+
+Array small_ints(const Shape& s, Dtype dt, uint64_t seed) { return randint(s, Dtype::float32, seed, -3, 3).astype(dt); }
+
+std::optional<Array> opt_gpu(const std::optional<Array>& a) {
+  if (!a) return std::nullopt;
+  return gpu(*a);
+}
+
+// ---------------------------------------------------------------------------
+// quantize / dequantize / fp8: bit-exact
+
+TEST(CudaCross, QuantizeDequantizeBitExactEveryFormatAndDtype) {
+  MMKIT_REQUIRE_GPU();
+  std::mt19937_64 g(7);
+  uint64_t seed = 100;
+  for (const Fmt& f : all_formats())
+    for (Dtype dt : kFloats) {
+      SCOPED_TRACE(name(f, dt));
+      const int64_t rows = 1 + g() % 37, cols = f.gs * (1 + g() % 5);
+      Array w = randn({rows, cols}, Dtype::float32, seed++, 1.0);
+      // Special groups: all zero, constant, one large outlier, tiny values.
+      float* p = w.data<float>();
+      for (int64_t j = 0; j < cols && rows > 3; ++j) {
+        p[j] = 0.0f;
+        p[cols + j] = 0.37f;
+        p[2 * cols + j] = j == 5 ? 300.0f : p[2 * cols + j];
+        p[3 * cols + j] *= 1e-6f;
+      }
+      w = w.astype(dt);
+      auto qc = quantize(w, f.gs, f.bits, f.mode);
+      auto qg = quantize(gpu(w), f.gs, f.bits, f.mode);
+      ASSERT_EQ(qc.size(), qg.size());
+      for (size_t i = 0; i < qc.size(); ++i) EXPECT_TRUE(bit_equal(qg[i], qc[i])) << "output " << i;
+      std::optional<Array> bc, bg;
+      if (f.affine()) {
+        bc = qc[2];
+        bg = gpu(qc[2]);
+      }
+      for (Dtype odt : kFloats) {
+        Array dc = dequantize(qc[0], qc[1], bc, f.gs, f.bits, f.mode, std::nullopt, odt);
+        Array dg = dequantize(gpu(qc[0]), gpu(qc[1]), bg, f.gs, f.bits, f.mode, std::nullopt, odt);
+        EXPECT_TRUE(bit_equal(dg, dc)) << "dequantize to " << dtype_name(odt);
+      }
+    }
+}
+
+TEST(CudaCross, Nvfp4GlobalScaleBitExact) {
+  MMKIT_REQUIRE_GPU();
+  for (Dtype dt : kFloats) {
+    Array w = randn({33, 64}, Dtype::float32, 3, 2.0).astype(dt);
+    Array gs = Array::from_vector(std::vector<float>{5.5f}, Shape{});
+    auto qc = quantize(w, 16, 4, "nvfp4", gs);
+    auto qg = quantize(gpu(w), 16, 4, "nvfp4", gpu(gs));
+    EXPECT_TRUE(bit_equal(qg[0], qc[0])) << dtype_name(dt);
+    EXPECT_TRUE(bit_equal(qg[1], qc[1])) << dtype_name(dt);
+    Array dc = dequantize(qc[0], qc[1], std::nullopt, 16, 4, "nvfp4", gs, dt);
+    Array dg = dequantize(gpu(qc[0]), gpu(qc[1]), std::nullopt, 16, 4, "nvfp4", gpu(gs), dt);
+    EXPECT_TRUE(bit_equal(dg, dc)) << dtype_name(dt);
+  }
+}
+
+TEST(CudaCross, DequantizePromotedScalesBitExact) {
+  MMKIT_REQUIRE_GPU();
+  // float16 scales with bfloat16 biases promote to float32 (two roundings in float32).
+  auto q = quantize(randn({20, 128}, Dtype::float32, 9), 64, 5, "affine");
+  Array s = q[1].astype(Dtype::float16), b = q[2].astype(Dtype::bfloat16);
+  Array dc = dequantize(q[0], s, b, 64, 5, "affine");
+  Array dg = dequantize(gpu(q[0]), gpu(s), gpu(b), 64, 5, "affine");
+  EXPECT_TRUE(bit_equal(dg, dc));
+}
+
+TEST(CudaCross, Fp8BitExact) {
+  MMKIT_REQUIRE_GPU();
+  std::vector<uint8_t> all(256);
+  for (int i = 0; i < 256; ++i) all[i] = static_cast<uint8_t>(i);
+  Array bytes = Array::from_vector(all);
+  for (Dtype dt : kFloats) {
+    EXPECT_TRUE(bit_equal(from_fp8(gpu(bytes), dt), from_fp8(bytes, dt))) << dtype_name(dt);
+    std::vector<float> v = {0.0f, -0.0f, 1e-9f, -3e-3f, 0.0019531f, 0.015625f, 1.0f, 447.0f, 448.0f, 500.0f, -1e30f};
+    Array x = Array::from_vector(v);
+    Array r = randn({1000}, Dtype::float32, 11, 20.0);
+    for (Array a : {x, r}) {
+      a = a.astype(dt);
+      EXPECT_TRUE(bit_equal(to_fp8(gpu(a)), to_fp8(a))) << dtype_name(dt);
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// quantized matmuls
+
+struct QmmCase {
+  Fmt f;
+  Dtype dt;
+  bool transpose;
+  int64_t M, N, K;
+};
+
+std::string describe(const QmmCase& c) {
+  std::ostringstream os;
+  os << name(c.f, c.dt) << (c.transpose ? " T" : " N") << " M=" << c.M << " N=" << c.N << " K=" << c.K;
+  return os.str();
+}
+
+void check_exact_qmm(const QmmCase& c, uint64_t seed) {
+  SCOPED_TRACE(describe(c));
+  const int64_t rows = c.transpose ? c.N : c.K, cols = c.transpose ? c.K : c.N;
+  QW q = exact_quantized(c.f, rows, cols, c.dt, seed);
+  Array x = small_ints({c.M, c.K}, c.dt, seed + 1);
+  Array yc = quantized_matmul(x, q.w, q.scales, q.biases, c.transpose, c.f.gs, c.f.bits, c.f.mode);
+  Array yg = quantized_matmul(gpu(x), gpu(q.w), gpu(q.scales), opt_gpu(q.biases), c.transpose, c.f.gs, c.f.bits,
+                              c.f.mode);
+  ASSERT_TRUE(yg.device().is_gpu());
+  EXPECT_TRUE(bit_equal(yg, yc));
+}
+
+TEST(CudaCross, QmmExactEveryFormatEveryPath) {
+  MMKIT_REQUIRE_GPU();
+  uint64_t seed = 1000;
+  for (const Fmt& f : all_formats())
+    for (Dtype dt : kFloats)
+      for (bool t : {true, false}) {
+        // M = 1 and 5 (qmv), 40 (tensor cores for half, generic for float32),
+        // odd N; K two groups (+ a K that is not a multiple of 32 for nvfp4).
+        const int64_t K = 2 * f.gs, N = t ? 37 : 2 * f.gs;
+        for (int64_t M : {1, 5, 40}) check_exact_qmm({f, dt, t, M, N, K}, seed++);
+      }
+  check_exact_qmm({{"nvfp4", 4, 16}, Dtype::bfloat16, true, 3, 24, 48}, seed++);
+  check_exact_qmm({{"nvfp4", 4, 16}, Dtype::float16, true, 17, 24, 48}, seed++);
+}
+
+TEST(CudaCross, QmmExactTileEdges) {
+  MMKIT_REQUIRE_GPU();
+  uint64_t seed = 5000;
+  const Fmt f4{"affine", 4, 64};
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16, Dtype::float32})
+    for (int64_t M : {8, 9, 63, 64, 65, 129})
+      for (int64_t N : {1, 63, 64, 65, 130}) check_exact_qmm({f4, dt, true, M, N, 192}, seed++);
+  check_exact_qmm({{"affine", 3, 32}, Dtype::bfloat16, true, 300, 70, 96}, seed++);
+  check_exact_qmm({{"mxfp4", 4, 32}, Dtype::float16, true, 77, 129, 512}, seed++);
+}
+
+TEST(CudaCross, QmmRandomShapesWithinTolerance) {
+  MMKIT_REQUIRE_GPU();
+  std::mt19937_64 g(42);
+  const auto fmts = all_formats();
+  for (int it = 0; it < 48; ++it) {
+    const Fmt f = fmts[g() % fmts.size()];
+    const Dtype dt = kFloats[g() % 3];
+    const bool t = g() % 4 != 0;
+    const int64_t Ms[] = {1, 2, 3, 4, 6, 8, 9, 16, 33, 100, 257};
+    const int64_t M = Ms[g() % 11];
+    const int64_t K = t ? f.gs * (1 + g() % 12) : 1 + g() % 300;
+    const int64_t N = t ? 1 + g() % 200 : f.gs * (1 + g() % 6);
+    QmmCase c{f, dt, t, M, N, K};
+    SCOPED_TRACE(describe(c));
+    Array wf = randn(t ? Shape{N, K} : Shape{K, N}, Dtype::float32, 7000 + it, 1.0).astype(dt);
+    auto q = quantize(wf, f.gs, f.bits, f.mode);
+    std::optional<Array> b;
+    if (f.affine()) b = q[2];
+    Array x = randn({M, K}, Dtype::float32, 9000 + it, 1.0 / std::sqrt(static_cast<double>(K))).astype(dt);
+    ref::Tensor r = ref::quantized_matmul(x, q[0], q[1], b, t, f.gs, f.bits, f.mode);
+    ASSERT_GT(r.max_abs(), 0.0);
+    Array yg = quantized_matmul(gpu(x), gpu(q[0]), gpu(q[1]), opt_gpu(b), t, f.gs, f.bits, f.mode);
+    EXPECT_TRUE(all_close(yg, r, rtol_for(yg.dtype()), 2e-5 * r.max_abs())) << "gpu";
+    Array yc = quantized_matmul(x, q[0], q[1], b, t, f.gs, f.bits, f.mode);
+    EXPECT_TRUE(all_close(yc, r, rtol_for(yc.dtype()), 2e-5 * r.max_abs())) << "cpu";
+  }
+}
+
+TEST(CudaCross, GatherQmmHostAndDeviceIndices) {
+  MMKIT_REQUIRE_GPU();
+  uint64_t seed = 300;
+  for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}, Fmt{"affine", 6, 32}})
+    for (Dtype dt : kFloats)
+      for (int64_t M : {1, 4, 20}) {
+        SCOPED_TRACE(name(f, dt) + " M=" + std::to_string(M));
+        const int64_t E = 5, Bx = 3, N = 40, K = 2 * f.gs * 2;
+        QW q = exact_quantized(f, E * N, K, dt, seed++);
+        Array w = q.w.reshape({E, N, q.w.shape(-1)});
+        Array s = q.scales.reshape({E, N, q.scales.shape(-1)});
+        std::optional<Array> b;
+        if (q.biases) b = q.biases->reshape({E, N, q.biases->shape(-1)});
+        Array x = small_ints({Bx, M, K}, dt, seed++);
+        Array lhs = Array::from_vector(std::vector<int32_t>{2, 0, 1, 1, 2, 0, 0}, {7});
+        Array rhs = Array::from_vector(std::vector<int32_t>{4, 4, 0, 3, 1, 2, 0}, {7});
+        Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode);
+        Array yh = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), lhs, rhs, true, f.gs, f.bits, f.mode);
+        Array yd = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+        EXPECT_TRUE(bit_equal(yh, yc)) << "host indices";
+        EXPECT_TRUE(bit_equal(yd, yc)) << "device indices";
+        // Sorted rhs only (the sorted_indices hint).
+        Array rs = Array::from_vector(std::vector<int64_t>{0, 0, 1, 3, 3, 4}, {6});
+        Array x6 = small_ints({6, M, K}, dt, seed++);
+        Array zc = gather_qmm(x6, w, s, b, std::nullopt, rs, true, f.gs, f.bits, f.mode, true);
+        Array zg = gather_qmm(gpu(x6), gpu(w), gpu(s), opt_gpu(b), std::nullopt, gpu(rs), true, f.gs, f.bits, f.mode,
+                              true);
+        EXPECT_TRUE(bit_equal(zg, zc)) << "sorted rhs";
+      }
+}
+
+TEST(CudaCross, QmmBatchedBroadcastAndEmpty) {
+  MMKIT_REQUIRE_GPU();
+  const Fmt f{"affine", 4, 32};
+  QW q = exact_quantized(f, 2 * 24, 64, Dtype::float32, 77);
+  Array w = q.w.reshape({2, 1, 24, q.w.shape(-1)}), s = q.scales.reshape({2, 1, 24, 2}), b = q.biases->reshape({2, 1, 24, 2});
+  Array x = small_ints({3, 5, 64}, Dtype::float32, 78);
+  Array yc = quantized_matmul(x, w, s, b, true, 32, 4);
+  Array yg = quantized_matmul(gpu(x), gpu(w), gpu(s), gpu(b), true, 32, 4);
+  EXPECT_TRUE(bit_equal(yg, yc));
+  // M = 0 and K = 0.
+  Array x0 = Array::zeros({0, 64}, Dtype::float32);
+  EXPECT_EQ(quantized_matmul(gpu(x0), gpu(q.w), gpu(q.scales), gpu(*q.biases), true, 32, 4).shape(), (Shape{0, 48}));
+}
+
+// ---------------------------------------------------------------------------
+// gather_mm / matmul
+
+TEST(CudaCross, GatherMmExactBothLayoutsEveryDtype) {
+  MMKIT_REQUIRE_GPU();
+  uint64_t seed = 500;
+  for (Dtype dt : kFloats)
+    for (bool kmajor : {false, true})
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{1, 8, 16}, {5, 33, 40}, {64, 64, 64},
+                             {70, 130, 96}, {3, 7, 5}, {129, 24, 200}}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + (kmajor ? " K-major" : " N-major") + " M=" + std::to_string(M) +
+                     " N=" + std::to_string(N) + " K=" + std::to_string(K));
+        Array a = small_ints({3, M, K}, dt, seed++);
+        // K-major b: a transposed view of a contiguous (E, N, K) array.
+        Array b = kmajor ? small_ints({4, N, K}, dt, seed++).swapaxes(-1, -2) : small_ints({4, K, N}, dt, seed++);
+        Array lhs = Array::from_vector(std::vector<int64_t>{0, 2, 1, 2, 0}, {5});
+        Array rhs = Array::from_vector(std::vector<int64_t>{3, 3, 0, 1, 2}, {5});
+        Array yc = gather_mm(a, b, lhs, rhs);
+        Array bg = kmajor ? gpu(b.swapaxes(-1, -2).contiguous()).swapaxes(-1, -2) : gpu(b);
+        Array yg = gather_mm(gpu(a), bg, gpu(lhs), gpu(rhs));
+        EXPECT_TRUE(bit_equal(yg, yc));
+        Array mc = matmul(a, b.index(0, 1));
+        Array mg = matmul(gpu(a), bg.index(0, 1));
+        EXPECT_TRUE(bit_equal(mg, mc)) << "matmul";
+      }
+}
+
+TEST(CudaCross, GatherMmRandomWithinTolerance) {
+  MMKIT_REQUIRE_GPU();
+  std::mt19937_64 g(5);
+  for (int it = 0; it < 12; ++it) {
+    const Dtype dt = kFloats[it % 3];
+    const int64_t M = 1 + g() % 150, N = 1 + g() % 150, K = 8 * (1 + g() % 40);
+    Array a = randn({2, M, K}, Dtype::float32, 50 + it, 1.0 / std::sqrt(static_cast<double>(K))).astype(dt);
+    Array b = randn({3, K, N}, Dtype::float32, 80 + it).astype(dt);
+    Array lhs = Array::from_vector(std::vector<int64_t>{1, 0, 1}, {3});
+    Array rhs = Array::from_vector(std::vector<int64_t>{2, 0, 1}, {3});
+    ref::Tensor r = ref::gather_mm(a, b, lhs, rhs);
+    Array y = gather_mm(gpu(a), gpu(b), lhs, rhs);
+    EXPECT_TRUE(all_close(y, r, rtol_for(dt), 2e-5 * r.max_abs())) << dtype_name(dt) << " " << M << "x" << N << "x" << K;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// block_masked_mm
+
+TEST(CudaCross, BlockMaskedExactBoolAndFloatMasks) {
+  MMKIT_REQUIRE_GPU();
+  uint64_t seed = 900;
+  for (int bs : {32, 64})
+    for (Dtype dt : kFloats)
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{64, 64, 64}, {100, 70, 130}, {1, 128, 96}}) {
+        SCOPED_TRACE("bs=" + std::to_string(bs) + " " + dtype_name(dt) + " M=" + std::to_string(M));
+        const int64_t tm = (M + bs - 1) / bs, tn = (N + bs - 1) / bs, tk = (K + bs - 1) / bs;
+        Array a = small_ints({2, M, K}, dt, seed++), b = small_ints({2, K, N}, dt, seed++);
+        Array mo = randint({2, tm, tn}, Dtype::bool_, seed++, 0, 1);
+        Array ml = randint({2, tm, tk}, Dtype::bool_, seed++, 0, 1);
+        Array mr = randint({2, tk, tn}, Dtype::bool_, seed++, 0, 1);
+        Array fo = randint({2, tm, tn}, Dtype::float32, seed++, -2, 2).astype(dt);
+        Array fl = randint({2, tm, tk}, Dtype::float32, seed++, 0, 2).astype(dt);
+        Array fr = randint({2, tk, tn}, Dtype::float32, seed++, -1, 1).astype(dt);
+        auto both = [&](const std::optional<Array>& o, const std::optional<Array>& l, const std::optional<Array>& r,
+                        const char* what) {
+          Array yc = block_masked_mm(a, b, bs, o, l, r);
+          Array yg = block_masked_mm(gpu(a), gpu(b), bs, opt_gpu(o), opt_gpu(l), opt_gpu(r));
+          EXPECT_TRUE(bit_equal(yg, yc)) << what;
+        };
+        both(mo, ml, mr, "bool out + operands");
+        both(mo, std::nullopt, std::nullopt, "bool out");
+        both(std::nullopt, ml, mr, "bool operands");
+        both(fo, fl, fr, "float out + operands");
+        both(std::nullopt, fl, fr, "float operands");
+        both(fo, std::nullopt, std::nullopt, "float out");
+        // K-major b.
+        Array bt = small_ints({2, N, K}, dt, seed++);
+        Array yc = block_masked_mm(a, bt.swapaxes(-1, -2), bs, mo, ml, mr);
+        Array yg = block_masked_mm(gpu(a), gpu(bt).swapaxes(-1, -2), bs, gpu(mo), gpu(ml), gpu(mr));
+        EXPECT_TRUE(bit_equal(yg, yc)) << "K-major b";
+      }
+}
+
+// ---------------------------------------------------------------------------
+// one small call of every GPU kernel: the subset scripts/gpu-check runs under
+// compute-sanitizer (memcheck, racecheck)
+
+TEST(CudaSmoke, EveryKernelOnceOnExactData) {
+  MMKIT_REQUIRE_GPU();
+  // quantize / dequantize / fp8
+  for (const Fmt& f : {Fmt{"affine", 3, 64}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}, Fmt{"mxfp8", 8, 32}}) {
+    Array w = randn({9, 128}, Dtype::bfloat16, 1);
+    auto qc = quantize(w, f.gs, f.bits, f.mode);
+    auto qg = quantize(gpu(w), f.gs, f.bits, f.mode);
+    for (size_t i = 0; i < qc.size(); ++i) EXPECT_TRUE(bit_equal(qg[i], qc[i])) << f.mode << " output " << i;
+    std::optional<Array> b;
+    if (f.affine()) b = qc[2];
+    EXPECT_TRUE(bit_equal(dequantize(gpu(qc[0]), gpu(qc[1]), opt_gpu(b), f.gs, f.bits, f.mode),
+                          dequantize(qc[0], qc[1], b, f.gs, f.bits, f.mode)))
+        << f.mode;
+  }
+  Array r = randn({300}, Dtype::float16, 2, 50.0);
+  EXPECT_TRUE(bit_equal(to_fp8(gpu(r)), to_fp8(r)));
+  EXPECT_TRUE(bit_equal(from_fp8(gpu(to_fp8(r)), Dtype::bfloat16), from_fp8(to_fp8(r), Dtype::bfloat16)));
+  // qmv, tensor-core qmm, generic qmm
+  check_exact_qmm({{"affine", 3, 32}, Dtype::bfloat16, true, 3, 37, 128}, 1);
+  check_exact_qmm({{"nvfp4", 4, 16}, Dtype::float16, true, 1, 20, 48}, 2);
+  check_exact_qmm({{"affine", 4, 64}, Dtype::float16, true, 70, 65, 128}, 3);
+  check_exact_qmm({{"mxfp8", 8, 32}, Dtype::bfloat16, true, 20, 8, 64}, 4);
+  check_exact_qmm({{"affine", 5, 32}, Dtype::float32, false, 5, 64, 33}, 5);
+  // gather_qmm with device indices, one of them out of range (clamped, reported)
+  {
+    const Fmt f{"affine", 4, 32};
+    QW q = exact_quantized(f, 3 * 16, 64, Dtype::bfloat16, 6);
+    Array w = q.w.reshape({3, 16, 8}), s = q.scales.reshape({3, 16, 2}), b = q.biases->reshape({3, 16, 2});
+    Array x = small_ints({2, 4, 64}, Dtype::bfloat16, 7);
+    Array lhs = Array::from_vector(std::vector<int64_t>{1, 0, 1}, {3});
+    Array rhs = Array::from_vector(std::vector<int64_t>{2, 5, 0}, {3});
+    (void)gather_qmm(gpu(x), gpu(w), gpu(s), gpu(b), gpu(lhs), gpu(rhs), true, 32, 4);
+    EXPECT_THROW(synchronize(kGpu), Error);
+  }
+  // gather_mm: tensor cores (both layouts) and SIMT
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float32})
+    for (bool kmajor : {false, true}) {
+      Array a = small_ints({2, 20, 40}, dt, 8);
+      Array bt = small_ints({2, 24, 40}, dt, 9);
+      Array b = kmajor ? bt.swapaxes(-1, -2) : bt.swapaxes(-1, -2).contiguous();
+      Array bg = kmajor ? gpu(bt).swapaxes(-1, -2) : gpu(b);
+      EXPECT_TRUE(bit_equal(matmul(gpu(a), bg), matmul(a, b))) << dtype_name(dt) << kmajor;
+    }
+  // block_masked_mm, both block sizes, bool and float masks
+  for (int bs : {32, 64}) {
+    Array a = small_ints({70, 100}, Dtype::float16, 10), b = small_ints({100, 40}, Dtype::float16, 11);
+    const int64_t tm = (70 + bs - 1) / bs, tn = (40 + bs - 1) / bs, tk = (100 + bs - 1) / bs;
+    Array mo = randint({tm, tn}, Dtype::bool_, 12, 0, 1), ml = randint({tm, tk}, Dtype::bool_, 13, 0, 1);
+    Array fr = randint({tk, tn}, Dtype::float32, 14, -1, 2);
+    Array mr = randint({tk, tn}, Dtype::bool_, 16, 0, 1);
+    EXPECT_TRUE(bit_equal(block_masked_mm(gpu(a), gpu(b), bs, gpu(mo), gpu(ml), gpu(mr)),
+                          block_masked_mm(a, b, bs, mo, ml, mr)))
+        << bs;
+    EXPECT_TRUE(bit_equal(block_masked_mm(gpu(a), gpu(b), bs, std::nullopt, std::nullopt, gpu(fr)),
+                          block_masked_mm(a, b, bs, std::nullopt, std::nullopt, fr)))
+        << bs;
+  }
+  // strided copy with conversion
+  Array h = randn({6, 10, 4}, Dtype::float32, 15);
+  EXPECT_TRUE(bit_equal(gpu(h).transpose({2, 0, 1}).astype(Dtype::bfloat16), h.transpose({2, 0, 1}).astype(Dtype::bfloat16)));
+}
+
+// ---------------------------------------------------------------------------
+// every GPU registry entry is reachable
+
+TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
+  MMKIT_REQUIRE_GPU();
+  auto& r = detail::registries();
+  std::set<std::string> seen;
+  detail::QmmDesc q;
+  q.format = {fmt::Mode::affine, 4, 64};
+  q.K = 4096;
+  q.N = 4096;
+  q.dtype = Dtype::bfloat16;
+  for (int64_t M : {1, 8, 9, 512}) {
+    q.M = M;
+    seen.insert(r.qmm.select(q, Device::Type::gpu).name);
+  }
+  q.transpose = false;
+  seen.insert(r.qmm.select(q, Device::Type::gpu).name);
+  detail::GemmDesc gd;
+  gd.M = gd.N = gd.K = 256;
+  for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
+    gd.dtype = dt;
+    seen.insert(r.gemm.select(gd, Device::Type::gpu).name);
+  }
+  seen.insert(r.block_masked.select(detail::BlockMaskedDesc{}, Device::Type::gpu).name);
+  seen.insert(r.quantize.select(detail::QuantizeDesc{}, Device::Type::gpu).name);
+  seen.insert(r.dequantize.select(detail::DequantizeDesc{}, Device::Type::gpu).name);
+  seen.insert(r.fp8.select(detail::Fp8Desc{}, Device::Type::gpu).name);
+  auto check_family = [&](const auto& reg) {
+    for (const auto& e : reg.entries())
+      if (e.device == Device::Type::gpu) EXPECT_TRUE(seen.count(e.name)) << e.name << " is never selected";
+  };
+  check_family(r.qmm);
+  check_family(r.gemm);
+  check_family(r.block_masked);
+  check_family(r.quantize);
+  check_family(r.dequantize);
+  check_family(r.fp8);
+  EXPECT_TRUE(seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") && seen.count("cuda_qmm_generic"));
+}
+
+}  // namespace
+}  // namespace mmkit::test

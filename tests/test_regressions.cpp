@@ -1,0 +1,75 @@
+// One test per bug found (by the fuzzers in fuzz/ or the large-shape tests),
+// named after the bug, so it cannot come back. docs/fuzzing.md lists them.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "test_util.h"
+
+namespace mmkit::test {
+namespace {
+
+Array host(const Array& a) { return a.to(Device::cpu()); }
+Array dev(const Array& a) { return a.to(test_device()); }
+
+// fuzz_quantize, UBSan "inf is outside the range of representable values of
+// type 'int'": the mx exponent rint(log2(amax / maxval)) was converted to int
+// and uint8 unclamped. Inf groups were undefined behaviour; groups below
+// 6 * 2^-127.5 wrapped to scale byte 255 (= Inf) and dequantized to Inf/NaN.
+TEST(Regression, MxQuantizeExponentIsClampedToTheE8M0Range) {
+  MMKIT_REQUIRE_DEVICE();
+  for (const char* mode : {"mxfp4", "mxfp8"}) {
+    SCOPED_TRACE(mode);
+    std::vector<float> v(3 * 32, 0.5f);
+    v[7] = std::numeric_limits<float>::infinity();      // group 0: exponent +Inf
+    for (int i = 32; i < 64; ++i) v[i] = std::ldexp(3.0f, -128);  // group 1: exponent -129 unclamped
+    v[64] = -std::numeric_limits<float>::infinity();     // group 2: exponent +Inf
+    auto q = quantize(dev(Array::from_vector(v, {1, 96})), 32, std::nullopt, mode);
+    const auto s = host(q[1]).to_vector<uint8_t>();
+    EXPECT_EQ(s[0], 254);
+    EXPECT_EQ(s[1], 0) << "a tiny group must get 2^-127, not a wrapped byte";
+    EXPECT_EQ(s[2], 254);
+    const auto d =
+        host(dequantize(q[0], q[1], std::nullopt, 32, std::nullopt, mode, std::nullopt, Dtype::float32)).to_double_vector();
+    // 1.5 * 2^-127 is exact in both element formats with the clamped scale.
+    for (int i = 32; i < 64; ++i) EXPECT_EQ(d[i], std::ldexp(3.0, -128)) << "element " << i;
+  }
+}
+
+// Portable affine quantizer: a NaN element reached static_cast<uint32_t>(NaN)
+// (undefined); it must get code 0 like the SIMD kernels give.
+TEST(Regression, AffineQuantizeOfNaNGivesCodeZero) {
+  MMKIT_REQUIRE_DEVICE();
+  std::vector<float> v(64);
+  for (int i = 0; i < 64; ++i) v[i] = static_cast<float>(i % 32) - 16.0f;
+  v[3] = std::numeric_limits<float>::quiet_NaN();
+  for (int bits : {2, 3, 4, 5, 6, 8}) {
+    auto q = quantize(dev(Array::from_vector(v, {2, 32})), 32, bits, "affine");
+    const Array w = host(q[0]).contiguous();
+    uint32_t c = 0;
+    for (int i = 0; i < bits; ++i) {
+      const int64_t t = 3 * bits + i;
+      c |= ((w.data<uint32_t>()[t / 32] >> (t % 32)) & 1u) << i;
+    }
+    EXPECT_EQ(c, 0u) << "bits " << bits;
+  }
+}
+
+// Array::broadcast_to / reshape accepted shapes whose element count overflows
+// int64 (signed overflow in shape_size, then garbage sizes inside the ops).
+TEST(Regression, ShapeElementCountOverflowIsAnError) {
+  const int64_t big = int64_t{1} << 40;
+  const Array one = Array::scalar(1.0);
+  EXPECT_THROW(one.broadcast_to({big, big}), Error);
+  EXPECT_THROW(Array::zeros({0}).reshape({big, big, 0}).reshape({big, big}), Error);
+  EXPECT_THROW(shape_size({big, big, big}), Error);
+  EXPECT_THROW(quantize(Array::scalar(1.0).broadcast_to({big, big, 64}), 64, 4), Error);
+  // An empty shape with huge dims is fine (0 elements), in any order.
+  EXPECT_EQ(shape_size({big, big, 0}), 0);
+  EXPECT_EQ(Array::zeros({0}).reshape({big, big, 0}).size(), 0);
+}
+
+}  // namespace
+}  // namespace mmkit::test
