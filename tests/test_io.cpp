@@ -231,8 +231,10 @@ TEST_F(SafetensorsTest, WriterRejectsMisuse) {
     expect_err([&] { w.close(); }, "1 of 2");                             // b missing
     expect_err([&] { w.write("c", a); }, "'c'");                          // undeclared
   }
-  expect_err([&] { SafetensorsWriter w(p, {{"__metadata__", Dtype::float32, {1}}}); }, "__metadata__");
-  expect_err([&] { SafetensorsWriter w(p, {{"", Dtype::float32, {1}}}); }, "''");
+  // Regression (use after free in the writer): the error message for an
+  // invalid name was built from the freed declaration list.
+  expect_err([&] { SafetensorsWriter w(p, {{"__metadata__", Dtype::float32, {1}}}); }, "'__metadata__'");
+  expect_err([&] { SafetensorsWriter w(p, {{"ok", Dtype::float32, {1}}, {"", Dtype::float32, {1}}}); }, "''");
   expect_err([&] { save_safetensors("/nonexistent-dir/x.safetensors", {{"a", a}}); }, "/nonexistent-dir");
 }
 

@@ -223,8 +223,11 @@ TEST(NanInf, FpDequantizeOfE8M0Byte255IsInfiniteTimesTheCode) {
     auto d = host(dequantize(dev(wq), dev(s), std::nullopt, 32, 4, "mxfp4", std::nullopt, dt)).to_double_vector();
     for (int j = 0; j < 32; ++j) {
       const int c = j % 16;
-      if (c % 8 == 0) EXPECT_TRUE(std::isnan(d[j])) << dtype_name(dt) << " element " << j;
-      else EXPECT_EQ(d[j], c < 8 ? kInf : -kInf) << dtype_name(dt) << " element " << j;
+      if (c % 8 == 0) {
+        EXPECT_TRUE(std::isnan(d[j])) << dtype_name(dt) << " element " << j;
+      } else {
+        EXPECT_EQ(d[j], c < 8 ? kInf : -kInf) << dtype_name(dt) << " element " << j;
+      }
     }
   }
 }
@@ -273,8 +276,11 @@ TEST(NanInf, QuantizedMatmulPropagatesNaNAndInfFromX) {
     for (int64_t n = 0; n < N; ++n) {
       EXPECT_TRUE(std::isnan(v[1 * N + n])) << "row with a NaN, column " << n;
       const double w7 = transpose ? wd.v[n * K + 7] : wd.v[7 * N + n];
-      if (w7 == 0.0) EXPECT_TRUE(std::isnan(v[2 * N + n])) << "Inf * 0, column " << n;
-      else EXPECT_EQ(v[2 * N + n], w7 > 0 ? kInf : -kInf) << "column " << n;
+      if (w7 == 0.0) {
+        EXPECT_TRUE(std::isnan(v[2 * N + n])) << "Inf * 0, column " << n;
+      } else {
+        EXPECT_EQ(v[2 * N + n], w7 > 0 ? kInf : -kInf) << "column " << n;
+      }
       EXPECT_TRUE(std::isfinite(v[n]) && std::isfinite(v[3 * N + n])) << "clean rows stay finite";
     }
   }
@@ -331,8 +337,11 @@ TEST(NanInf, GatherMmPropagatesNaNAndInf) {
     for (int m = 0; m < 3; ++m) {
       // batch 1 of a against b[2]: column 4 meets the Inf, column 3 meets it nowhere
       const double a17 = a.data<float>()[(1 * 3 + m) * 40 + 7];
-      if (a17 == 0.0) EXPECT_TRUE(std::isnan(v[(1 * 3 + m) * 5 + 4]));
-      else EXPECT_EQ(v[(1 * 3 + m) * 5 + 4], a17 > 0 ? kInf : -kInf);
+      if (a17 == 0.0) {
+        EXPECT_TRUE(std::isnan(v[(1 * 3 + m) * 5 + 4]));
+      } else {
+        EXPECT_EQ(v[(1 * 3 + m) * 5 + 4], a17 > 0 ? kInf : -kInf);
+      }
       for (int n = 0; n < 5; ++n) EXPECT_TRUE(std::isfinite(v[(2 * 3 + m) * 5 + n])) << "entry 2 is clean";
     }
   }

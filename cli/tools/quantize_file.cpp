@@ -112,6 +112,7 @@ QuantizeFileReport quantize_safetensors(const std::string& in, const std::string
     }
   }
   const SafetensorsReader reader(in);  // validates the whole header first
+  rep.in_bytes = fs::file_size(in);    // before OUT (which may be IN with --force) replaces it
   if (fs::exists(out) && !o.force) throw_error(kOp, "'", out, "' already exists; pass --force to overwrite it.");
 
   // ---- plan: which tensors become <module>.weight/.scales/.biases -------------------
@@ -183,7 +184,6 @@ QuantizeFileReport quantize_safetensors(const std::string& in, const std::string
     w.close();
   }
   tmp.commit();
-  rep.in_bytes = fs::file_size(in);
   rep.out_bytes = fs::file_size(out);
   return rep;
 }

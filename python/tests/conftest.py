@@ -15,7 +15,12 @@ except ImportError as e:  # a source checkout on sys.path shadows the installed 
 
 def _session_seed():
     env = os.environ.get("MMKIT_TEST_SEED")
-    return int(env) if env else random.SystemRandom().randrange(2**31)
+    if env:
+        return int(env)
+    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")  # pytest-xdist: one seed for all workers
+    if run_id:
+        return int(run_id[:8], 16) % 2**31
+    return random.SystemRandom().randrange(2**31)
 
 
 SEED = _session_seed()

@@ -35,7 +35,7 @@ inline F decode_table() {
 
 /// Codes in the low BITS of each lane (higher bits are garbage) -> float values.
 template <int BITS, int KIND>
-inline F decode(I v, F table) {
+MMKIT_INLINE F decode(I v, F table) {
   if constexpr (KIND == kAffine) {
 #if defined(__AVX512F__)
     if constexpr (BITS <= 4) return _mm512_permutexvar_ps(v, table);
@@ -61,7 +61,7 @@ inline F decode(I v, F table) {
 
 /// Code C of a 32-code unit whose BITS words (transposed) start at u[0].
 template <int BITS, int C>
-inline I extract(const uint32_t* u) {
+MMKIT_INLINE I extract(const uint32_t* u) {
   constexpr int t = C * BITS, w = t / 32, s = t % 32;
   const I lo = S::loadi(u + w * S::L);
   I v = s ? S::template srli<s>(lo) : lo;
@@ -70,8 +70,8 @@ inline I extract(const uint32_t* u) {
 }
 
 template <int N, class Fn>
-inline void unroll(Fn&& fn) {
-  [&]<int... C>(std::integer_sequence<int, C...>) { (fn(std::integral_constant<int, C>{}), ...); }
+MMKIT_INLINE void unroll(Fn&& fn) {
+  [&]<int... C>(std::integer_sequence<int, C...>) MMKIT_LAMBDA_INLINE { (fn(std::integral_constant<int, C>{}), ...); }
   (std::make_integer_sequence<int, N>{});
 }
 

@@ -26,6 +26,11 @@
 #error "define MMKIT_ISA_NS before including cpu/simd.h"
 #endif
 
+// Forces inlining of the small helpers and lambdas the kernels unroll over
+// (otherwise accumulators spill to memory across calls).
+#define MMKIT_INLINE __attribute__((always_inline)) inline
+#define MMKIT_LAMBDA_INLINE __attribute__((always_inline))
+
 namespace mmkit::cpu::MMKIT_ISA_NS {
 
 #if defined(__AVX512F__)

@@ -176,8 +176,9 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, const std::vector<
   uint64_t off = 0;
   for (auto& t : impl_->tensors) {
     if (t.name == "__metadata__" || t.name.empty()) {
+      const std::string bad = t.name;  // t lives in *impl_, which is freed next
       delete impl_;
-      throw_error(kOp, "invalid tensor name '", t.name, "'.");
+      throw_error(kOp, "invalid tensor name '", bad, "'.");
     }
     const uint64_t nb = static_cast<uint64_t>(shape_size(t.shape)) * itemsize(t.dtype);
     t.data_begin = off;
@@ -189,8 +190,9 @@ SafetensorsWriter::SafetensorsWriter(const std::string& path, const std::vector<
   while ((header.size() + 8) % 8) header.push_back(' ');  // align the data section to 8 bytes
   impl_->f.open(path, std::ios::binary | std::ios::trunc);
   if (!impl_->f) {
+    const int err = errno;
     delete impl_;
-    throw_error(kOp, "cannot open '", path, "' for writing: ", std::strerror(errno), ".");
+    throw_error(kOp, "cannot open '", path, "' for writing: ", std::strerror(err), ".");
   }
   uint64_t hlen = header.size();
   unsigned char lenbuf[8];
