@@ -160,7 +160,7 @@ const std::map<std::string, Example>& examples() {
       gather_qmm(F({3, 4, 64}), U({2, 32, 8}), F({2, 32, 1}), F({2, 32, 1}), I32({0, 1}), I32({0, 1, 1}));
     };
     e["gather_qmm_rhs_out_of_range"] = [] {
-      gather_qmm(F({3, 4, 64}), U({2, 32, 8}), F({2, 32, 1}), F({2, 32, 1}), std::nullopt, I32({1, 5}));
+      gather_qmm(F({2, 4, 64}), U({2, 32, 8}), F({2, 32, 1}), F({2, 32, 1}), std::nullopt, I32({1, 5}));
     };
     e["gather_qmm_lhs_negative"] = [] {
       gather_qmm(F({3, 4, 64}), U({2, 32, 8}), F({2, 32, 1}), F({2, 32, 1}), I32({-1, 0}), I32({1, 1}));

@@ -173,6 +173,50 @@ double rel_frobenius(const Array& y, const ref::Tensor& r) {
 }
 
 // ---------------------------------------------------------------------------
+// the ops on the device under test (MMKIT_TEST_DEVICE): inputs are moved
+// there first, so the same cases run on every backend (a no-op on the CPU)
+
+namespace dev {
+Array D(const Array& a) { return a.is_null() ? a : a.to(test_device()); }
+std::optional<Array> D(const std::optional<Array>& a) {
+  if (!a) return a;
+  return D(*a);
+}
+Array quantized_matmul(const Array& x, const Array& w, const Array& s, const std::optional<Array>& b = std::nullopt,
+                       bool t = true, std::optional<int> gs = std::nullopt, std::optional<int> bits = std::nullopt,
+                       const std::string& mode = "affine") {
+  return mmkit::quantized_matmul(D(x), D(w), D(s), D(b), t, gs, bits, mode);
+}
+Array gather_qmm(const Array& x, const Array& w, const Array& s, const std::optional<Array>& b,
+                 const std::optional<Array>& lhs, const std::optional<Array>& rhs, bool t = true,
+                 std::optional<int> gs = std::nullopt, std::optional<int> bits = std::nullopt,
+                 const std::string& mode = "affine", bool sorted = false) {
+  return mmkit::gather_qmm(D(x), D(w), D(s), D(b), D(lhs), D(rhs), t, gs, bits, mode, sorted);
+}
+Array gather_mm(const Array& a, const Array& b, const std::optional<Array>& lhs = std::nullopt,
+                const std::optional<Array>& rhs = std::nullopt, bool sorted = false) {
+  return mmkit::gather_mm(D(a), D(b), D(lhs), D(rhs), sorted);
+}
+Array matmul(const Array& a, const Array& b) { return mmkit::matmul(D(a), D(b)); }
+Array block_masked_mm(const Array& a, const Array& b, int bs, const std::optional<Array>& mo = std::nullopt,
+                      const std::optional<Array>& ml = std::nullopt, const std::optional<Array>& mr = std::nullopt) {
+  return mmkit::block_masked_mm(D(a), D(b), bs, D(mo), D(ml), D(mr));
+}
+std::vector<Array> quantize(const Array& w, std::optional<int> gs = std::nullopt, std::optional<int> bits = std::nullopt,
+                            const std::string& mode = "affine", const std::optional<Array>& g = std::nullopt) {
+  return mmkit::quantize(D(w), gs, bits, mode, D(g));
+}
+Array dequantize(const Array& w, const Array& s, const std::optional<Array>& b = std::nullopt,
+                 std::optional<int> gs = std::nullopt, std::optional<int> bits = std::nullopt,
+                 const std::string& mode = "affine", const std::optional<Array>& g = std::nullopt,
+                 std::optional<Dtype> dt = std::nullopt) {
+  return mmkit::dequantize(D(w), D(s), D(b), gs, bits, mode, D(g), dt);
+}
+Array to_fp8(const Array& x) { return mmkit::to_fp8(D(x)); }
+Array from_fp8(const Array& x, Dtype dt = Dtype::bfloat16) { return mmkit::from_fp8(D(x), dt); }
+}  // namespace dev
+
+// ---------------------------------------------------------------------------
 // quantized weights built directly from codes
 
 struct QW {
@@ -361,14 +405,14 @@ TEST(ExactPacking, DequantizeAndMatmulReadHandPackedCodes) {
       }
       Array wq = Array::from_vector(words, {rows, cols * bits / 32});
       Array s = Array::full({rows, 2}, 1.0, dt), b = Array::zeros({rows, 2}, dt);
-      Array y = dequantize(wq, s, b, 32, bits, "affine");
+      Array y = dev::dequantize(wq, s, b, 32, bits, "affine");
       std::vector<double> expect(codes.begin(), codes.end());
       EXPECT_TRUE(exact(y, ref::Tensor{{rows, cols}, expect}, dt));
       // x = identity: out[m, n] = w[n, m]
       std::vector<float> eye(cols * cols, 0.0f);
       for (int i = 0; i < cols; ++i) eye[i * cols + i] = 1.0f;
       Array x = Array::from_vector(eye, {cols, cols}).astype(dt);
-      Array o = quantized_matmul(x, wq, s, b, true, 32, bits, "affine");
+      Array o = dev::quantized_matmul(x, wq, s, b, true, 32, bits, "affine");
       std::vector<double> t(static_cast<size_t>(cols * rows));
       for (int m = 0; m < cols; ++m)
         for (int n = 0; n < rows; ++n) t[m * rows + n] = codes[n * cols + m];
@@ -434,7 +478,7 @@ void run_qmm_exact(const Fmt& f, Dtype dt, bool transpose) {
     Array w = q.w.to(test_device()), s = q.scales.to(test_device());
     std::optional<Array> b;
     if (q.biases) b = q.biases->to(test_device());
-    Array y = quantized_matmul(x, w, s, b, transpose, f.gs, f.bits, f.mode);
+    Array y = dev::quantized_matmul(x, w, s, b, transpose, f.gs, f.bits, f.mode);
     ref::Tensor r = ref::quantized_matmul(x, w, s, b, transpose, f.gs, f.bits, f.mode);
     const int64_t K = transpose ? c.cols : c.rows;
     const bool empty = shape_size(r.shape) == 0;
@@ -461,11 +505,11 @@ TEST_P(QmmExact, GatherWithoutIndicesIsQuantizedMatmul) {
   const auto [f, dt] = GetParam();
   QW q = make_qw({3}, 5, 2 * f.gs, f, dt, 77);
   Array x = ints({2, 1, 4, 2 * f.gs}, dt, 78);
-  Array y = gather_qmm(x, q.w, q.scales, q.biases, std::nullopt, std::nullopt, true, f.gs, f.bits, f.mode);
+  Array y = dev::gather_qmm(x, q.w, q.scales, q.biases, std::nullopt, std::nullopt, true, f.gs, f.bits, f.mode);
   EXPECT_TRUE(exact(y, ref::quantized_matmul(x, q.w, q.scales, q.biases, true, f.gs, f.bits, f.mode), dt));
   Array x1 = ints({2 * f.gs}, dt, 79);  // 1-D x is allowed without indices
   QW q2 = make_qw({}, 5, 2 * f.gs, f, dt, 80);
-  Array y1 = gather_qmm(x1, q2.w, q2.scales, q2.biases, std::nullopt, std::nullopt, true, f.gs, f.bits, f.mode);
+  Array y1 = dev::gather_qmm(x1, q2.w, q2.scales, q2.biases, std::nullopt, std::nullopt, true, f.gs, f.bits, f.mode);
   EXPECT_TRUE(exact(y1, ref::quantized_matmul(x1, q2.w, q2.scales, q2.biases, true, f.gs, f.bits, f.mode), dt));
 }
 
@@ -487,11 +531,11 @@ TEST_P(QmmExact, StridedInputs) {
   Array s = wide.slice(1, 0, 2 * groups, 2);
   ASSERT_EQ(s.shape(), q.scales.shape());
   ASSERT_FALSE(s.is_contiguous());
-  Array y = quantized_matmul(x, q.w, s, q.biases, true, f.gs, f.bits, f.mode);
+  Array y = dev::quantized_matmul(x, q.w, s, q.biases, true, f.gs, f.bits, f.mode);
   EXPECT_TRUE(exact(y, ref::quantized_matmul(x.copy(), q.w, q.scales, q.biases, true, f.gs, f.bits, f.mode), dt));
   // a broadcast (stride-0) scales array, as MLX's test_quantize_strided
   Array s0 = q.scales.slice(1, 0, 1).broadcast_to(q.scales.shape());
-  Array y0 = quantized_matmul(x, q.w, s0, q.biases, true, f.gs, f.bits, f.mode);
+  Array y0 = dev::quantized_matmul(x, q.w, s0, q.biases, true, f.gs, f.bits, f.mode);
   EXPECT_TRUE(exact(y0, ref::quantized_matmul(x, q.w, s0.copy(), q.biases, true, f.gs, f.bits, f.mode), dt));
 }
 
@@ -548,7 +592,7 @@ void run_gather_qmm_exact(const Fmt& f, Dtype dt, bool transpose) {
       SCOPED_TRACE(c.name + " M=" + std::to_string(M) + (transpose ? " T" : " N"));
       QW q = make_qw(c.wbatch, rows, cols, f, dt, ++seed);
       Array x = ints(c.x, dt, ++seed);
-      Array y = gather_qmm(x, q.w, q.scales, q.biases, c.lhs, c.rhs, transpose, f.gs, f.bits, f.mode, c.sorted);
+      Array y = dev::gather_qmm(x, q.w, q.scales, q.biases, c.lhs, c.rhs, transpose, f.gs, f.bits, f.mode, c.sorted);
       ref::Tensor r = ref::gather_qmm(x, q.w, q.scales, q.biases, c.lhs, c.rhs, transpose, f.gs, f.bits, f.mode);
       EXPECT_TRUE(exact(y, r, dt, shape_size(r.shape) == 0));
     }
@@ -581,7 +625,7 @@ TEST_P(GatherQmmExact, BroadcastViewOperands) {
   if (q.biases) b = bc(*q.biases, 3);
   Array x = bc(ints({1, 4, 2 * f.gs}, dt, 322), 2);
   Array lhs = idx({1, 0, 1}, {3}, Dtype::int32), rhs = idx({2, 1, 0}, {3}, Dtype::int32);
-  Array y = gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode);
+  Array y = dev::gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode);
   EXPECT_TRUE(exact(y, ref::gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode), dt));
 }
 
@@ -591,12 +635,12 @@ TEST_P(GatherQmmExact, EmptyShapes) {
   const auto [f, dt] = GetParam();
   Array rhs = idx({1, 0}, {2}, Dtype::int32);
   QW q = make_qw({2}, 5, f.gs, f, dt, 400);
-  Array y = gather_qmm(ints({2, 0, f.gs}, dt, 401), q.w, q.scales, q.biases, std::nullopt, rhs, true, f.gs, f.bits,
+  Array y = dev::gather_qmm(ints({2, 0, f.gs}, dt, 401), q.w, q.scales, q.biases, std::nullopt, rhs, true, f.gs, f.bits,
                        f.mode);
   EXPECT_EQ(y.shape(), (Shape{2, 0, 5}));
   EXPECT_EQ(y.dtype(), dt);
   QW q0 = make_qw({2}, 5, 0, f, dt, 402);  // K = 0
-  Array y0 = gather_qmm(ints({2, 3, 0}, dt, 403), q0.w, q0.scales, q0.biases, std::nullopt, rhs, true, f.gs, f.bits,
+  Array y0 = dev::gather_qmm(ints({2, 3, 0}, dt, 403), q0.w, q0.scales, q0.biases, std::nullopt, rhs, true, f.gs, f.bits,
                         f.mode);
   EXPECT_TRUE(all_zero(y0, {2, 3, 5}, dt));
 }
@@ -618,9 +662,9 @@ TEST(QmmPromotion, AffineOutputDtype) {
     SCOPED_TRACE(std::string(dtype_name(p.x)) + " x " + dtype_name(p.s));
     QW q = make_qw({}, 5, 64, f, p.s, 11);
     Array x = ints({3, 64}, p.x, 12);
-    Array y = quantized_matmul(x, q.w, q.scales, q.biases, true, 32, 4, "affine");
+    Array y = dev::quantized_matmul(x, q.w, q.scales, q.biases, true, 32, 4, "affine");
     EXPECT_TRUE(exact(y, ref::quantized_matmul(x, q.w, q.scales, q.biases, true, 32, 4, "affine"), p.out));
-    Array yg = gather_qmm(x, q.w.expand_dims(0), q.scales.expand_dims(0), q.biases->expand_dims(0), std::nullopt,
+    Array yg = dev::gather_qmm(x, q.w.expand_dims(0), q.scales.expand_dims(0), q.biases->expand_dims(0), std::nullopt,
                           Array::scalar(0, Dtype::int32), true, 32, 4, "affine");
     EXPECT_TRUE(exact(yg, ref::quantized_matmul(x, q.w, q.scales, q.biases, true, 32, 4, "affine"), p.out));
   }
@@ -628,7 +672,7 @@ TEST(QmmPromotion, AffineOutputDtype) {
   QW q = make_qw({}, 5, 64, f, Dtype::float16, 13);
   Array x = ints({3, 64}, Dtype::float16, 14);
   Array bb = q.biases->astype(Dtype::bfloat16);
-  Array y = quantized_matmul(x, q.w, q.scales, bb, true, 32, 4, "affine");
+  Array y = dev::quantized_matmul(x, q.w, q.scales, bb, true, 32, 4, "affine");
   EXPECT_TRUE(exact(y, ref::quantized_matmul(x, q.w, q.scales, bb, true, 32, 4, "affine"), Dtype::float32));
 }
 
@@ -638,7 +682,7 @@ TEST(QmmPromotion, FpModesReturnXDtype) {
     for (Dtype dt : kFloatDtypes) {
       QW q = make_qw({}, 4, 64, f, dt, 15);
       Array x = ints({2, 64}, dt, 16);
-      Array y = quantized_matmul(x, q.w, q.scales, std::nullopt, true, f.gs, f.bits, f.mode);
+      Array y = dev::quantized_matmul(x, q.w, q.scales, std::nullopt, true, f.gs, f.bits, f.mode);
       EXPECT_EQ(y.dtype(), dt) << f.mode;
     }
 }
@@ -705,11 +749,11 @@ TEST_P(GatherMmExact, Cases) {
   const Dtype dt = GetParam();
   for (const MmCase& c : gather_mm_cases(dt)) {
     SCOPED_TRACE(c.name);
-    Array y = gather_mm(c.a, c.b, c.lhs, c.rhs, c.sorted);
+    Array y = dev::gather_mm(c.a, c.b, c.lhs, c.rhs, c.sorted);
     ref::Tensor r = ref::gather_mm(c.a, c.b, c.lhs, c.rhs);
     EXPECT_TRUE(exact(y, r, dt, shape_size(r.shape) == 0));
     if (!c.lhs && !c.rhs) {
-      EXPECT_TRUE(exact(matmul(c.a, c.b), r, dt));
+      EXPECT_TRUE(exact(dev::matmul(c.a, c.b), r, dt));
     }
   }
 }
@@ -718,13 +762,13 @@ TEST_P(GatherMmExact, EmptyShapes) {
   MMKIT_REQUIRE_DEVICE();
   const Dtype dt = GetParam();
   // K = 0 gives zeros, M = 0 / N = 0 give empty outputs, with and without indices
-  EXPECT_TRUE(all_zero(gather_mm(ints({4, 0}, dt, 1), ints({0, 3}, dt, 2)), {4, 3}, dt));
+  EXPECT_TRUE(all_zero(dev::gather_mm(ints({4, 0}, dt, 1), ints({0, 3}, dt, 2)), {4, 3}, dt));
   Array rhs = idx({1, 0}, {2}, Dtype::int32);
-  EXPECT_TRUE(all_zero(gather_mm(ints({2, 4, 0}, dt, 3), ints({2, 0, 3}, dt, 4), std::nullopt, rhs), {2, 4, 3}, dt));
-  Array e = gather_mm(ints({2, 0, 5}, dt, 5), ints({2, 5, 3}, dt, 6), std::nullopt, rhs);
+  EXPECT_TRUE(all_zero(dev::gather_mm(ints({2, 4, 0}, dt, 3), ints({2, 0, 3}, dt, 4), std::nullopt, rhs), {2, 4, 3}, dt));
+  Array e = dev::gather_mm(ints({2, 0, 5}, dt, 5), ints({2, 5, 3}, dt, 6), std::nullopt, rhs);
   EXPECT_EQ(e.shape(), (Shape{2, 0, 3}));
   EXPECT_EQ(e.dtype(), dt);
-  Array n0 = gather_mm(ints({4, 5}, dt, 7), ints({5, 0}, dt, 8));
+  Array n0 = dev::gather_mm(ints({4, 5}, dt, 7), ints({5, 0}, dt, 8));
   EXPECT_EQ(n0.shape(), (Shape{4, 0}));
 }
 
@@ -739,9 +783,9 @@ TEST(GatherMmPromotion, MixedDtypes) {
               P{Dtype::int32, Dtype::float16, Dtype::float16}}) {
     Array a = ints({3, 5, 9}, p.a, 1), b = ints({2, 9, 4}, p.b, 2);
     Array rhs = idx({1, 0, 1}, {3}, Dtype::int32);
-    EXPECT_TRUE(exact(gather_mm(a, b, std::nullopt, rhs), ref::gather_mm(a, b, std::nullopt, rhs), p.out));
+    EXPECT_TRUE(exact(dev::gather_mm(a, b, std::nullopt, rhs), ref::gather_mm(a, b, std::nullopt, rhs), p.out));
     Array a2 = ints({5, 9}, p.a, 3);
-    EXPECT_TRUE(exact(gather_mm(a2, b.index(0, 0)), ref::gather_mm(a2, b.index(0, 0), std::nullopt, std::nullopt), p.out));
+    EXPECT_TRUE(exact(dev::gather_mm(a2, b.index(0, 0)), ref::gather_mm(a2, b.index(0, 0), std::nullopt, std::nullopt), p.out));
   }
 }
 
@@ -843,7 +887,7 @@ TEST_P(BlockMaskedExact, Cases) {
   const Dtype dt = GetParam();
   for (const BmmCase& c : block_masked_cases(dt)) {
     SCOPED_TRACE(c.name);
-    Array y = block_masked_mm(c.a, c.b, c.bs, c.mo, c.ml, c.mr);
+    Array y = dev::block_masked_mm(c.a, c.b, c.bs, c.mo, c.ml, c.mr);
     ref::Tensor r = ref::block_masked_mm(c.a, c.b, c.bs, c.mo, c.ml, c.mr);
     EXPECT_TRUE(exact(y, r, dt, c.zero_ok));
     if (c.zero_ok && shape_size(r.shape) > 0 && c.name.rfind("all_masked", 0) == 0) {
@@ -863,21 +907,21 @@ TEST_P(BlockMaskedExact, NanUnderMasks) {
   Array a = Array::from_vector(av, {64, 64}).astype(dt), b = Array::from_vector(bv, {64, 64}).astype(dt);
   // lhs block (0,0) masked off
   Array lb = bool_array({0, 1, 1, 1}, {2, 2});
-  Array y = block_masked_mm(a, b, bs, std::nullopt, lb, std::nullopt);
+  Array y = dev::block_masked_mm(a, b, bs, std::nullopt, lb, std::nullopt);
   std::vector<double> v = y.to_double_vector();
   for (size_t i = 0; i < v.size(); ++i) ASSERT_FALSE(std::isnan(v[i])) << "bool mask must drop NaN, at " << i;
   EXPECT_EQ(v[0], 32.0);   // row 0: only k-block 1 contributes
   EXPECT_EQ(v[64 * 40], 64.0);  // row 40 is in row block 1: both k-blocks
   Array lf = Array::from_vector(std::vector<float>{0, 1, 1, 1}, {2, 2});
-  Array z = block_masked_mm(a, b, bs, std::nullopt, lf, std::nullopt);
+  Array z = dev::block_masked_mm(a, b, bs, std::nullopt, lf, std::nullopt);
   std::vector<double> w = z.to_double_vector();
   for (int n = 0; n < 64; ++n) EXPECT_TRUE(std::isnan(w[n])) << "float mask multiplies: NaN * 0 is NaN, col " << n;
   EXPECT_EQ(w[64], 32.0);  // row 1 has no NaN
   // a bool out mask writes 0 over a NaN block, a float 0 out mask keeps NaN
   Array ob = bool_array({0, 1, 1, 1}, {2, 2});
-  EXPECT_EQ(block_masked_mm(a, b, bs, ob).to_double_vector()[0], 0.0);
+  EXPECT_EQ(dev::block_masked_mm(a, b, bs, ob).to_double_vector()[0], 0.0);
   Array of = Array::from_vector(std::vector<float>{0, 1, 1, 1}, {2, 2});
-  EXPECT_TRUE(std::isnan(block_masked_mm(a, b, bs, of).to_double_vector()[0]));
+  EXPECT_TRUE(std::isnan(dev::block_masked_mm(a, b, bs, of).to_double_vector()[0]));
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, BlockMaskedExact, ::testing::ValuesIn(kFloatDtypes), dtype_param_name);
@@ -990,7 +1034,7 @@ TEST_P(QuantizeExact, KnownCodesScalesAndRoundTrip) {
     eq = Array::from_vector(packed, {rows, cols * f.bits / 32});
     es = Array::from_vector(sv, {rows, groups});
   }
-  auto q = quantize(w.to(test_device()), f.gs, f.bits, f.mode);
+  auto q = dev::quantize(w.to(test_device()), f.gs, f.bits, f.mode);
   ASSERT_EQ(q.size(), is_affine(f) ? 3u : 2u);
   EXPECT_TRUE(bit_equal(q[0], eq)) << "w_q";
   EXPECT_TRUE(bit_equal(q[1], es)) << "scales";
@@ -999,11 +1043,11 @@ TEST_P(QuantizeExact, KnownCodesScalesAndRoundTrip) {
   }
   std::optional<Array> qb;
   if (is_affine(f)) qb = q[2];
-  Array back = dequantize(q[0], q[1], qb, f.gs, f.bits, f.mode, std::nullopt, dt);
-  EXPECT_TRUE(bit_equal(back, w)) << "dequantize(quantize(w)) == w";
+  Array back = dev::dequantize(q[0], q[1], qb, f.gs, f.bits, f.mode, std::nullopt, dt);
+  EXPECT_TRUE(bit_equal(back, w)) << "dev::dequantize(dev::quantize(w)) == w";
   // batched weights quantize row by row
   Array w3 = w.reshape({1, rows, cols}).broadcast_to({2, rows, cols});
-  auto q3 = quantize(w3, f.gs, f.bits, f.mode);
+  auto q3 = dev::quantize(w3, f.gs, f.bits, f.mode);
   EXPECT_EQ(q3[0].shape(), (Shape{2, rows, cols * f.bits / 32}));
   EXPECT_TRUE(bit_equal(q3[0].index(0, 1), eq));
   EXPECT_TRUE(bit_equal(q3[1].index(0, 1), es));
@@ -1012,11 +1056,11 @@ TEST_P(QuantizeExact, KnownCodesScalesAndRoundTrip) {
 TEST_P(QuantizeExact, EmptyWeights) {
   MMKIT_REQUIRE_DEVICE();
   const auto [f, dt] = GetParam();
-  auto q = quantize(Array::zeros({0, f.gs}, dt), f.gs, f.bits, f.mode);
+  auto q = dev::quantize(Array::zeros({0, f.gs}, dt), f.gs, f.bits, f.mode);
   EXPECT_EQ(q[0].shape(), (Shape{0, f.bits * f.gs / 32}));
   EXPECT_EQ(q[1].shape(), (Shape{0, 1}));
   EXPECT_EQ(q[1].dtype(), is_affine(f) ? dt : Dtype::uint8);
-  auto z = quantize(Array::zeros({3, 0}, dt), f.gs, f.bits, f.mode);
+  auto z = dev::quantize(Array::zeros({3, 0}, dt), f.gs, f.bits, f.mode);
   EXPECT_EQ(z[0].shape(), (Shape{3, 0}));
   EXPECT_EQ(z[1].shape(), (Shape{3, 0}));
 }
@@ -1028,13 +1072,13 @@ TEST_P(QuantizeExact, DequantizeBuiltWeights) {
   QW q = make_qw({2}, 3, 2 * f.gs, f, dt, 606);
   std::optional<Dtype> out_dt;
   if (!is_affine(f)) out_dt = dt;  // fp modes default to bfloat16
-  Array y = dequantize(q.w, q.scales, q.biases, f.gs, f.bits, f.mode, std::nullopt, out_dt);
+  Array y = dev::dequantize(q.w, q.scales, q.biases, f.gs, f.bits, f.mode, std::nullopt, out_dt);
   EXPECT_TRUE(exact(y, ref::dequantize(q.w, q.scales, q.biases, f.gs, f.bits, f.mode), dt));
   if (!is_affine(f)) {
-    Array d = dequantize(q.w, q.scales, std::nullopt, f.gs, f.bits, f.mode);
+    Array d = dev::dequantize(q.w, q.scales, std::nullopt, f.gs, f.bits, f.mode);
     EXPECT_TRUE(exact(d, ref::dequantize(q.w, q.scales, q.biases, f.gs, f.bits, f.mode), Dtype::bfloat16));
   } else {
-    Array d = dequantize(q.w, q.scales, q.biases, f.gs, f.bits, f.mode, std::nullopt, Dtype::float32);
+    Array d = dev::dequantize(q.w, q.scales, q.biases, f.gs, f.bits, f.mode, std::nullopt, Dtype::float32);
     EXPECT_TRUE(exact(d, ref::dequantize(q.w, q.scales, q.biases, f.gs, f.bits, f.mode), Dtype::float32));
   }
 }
@@ -1050,12 +1094,12 @@ TEST(QuantizeExactNvfp4, GlobalScaleRoundTrip) {
   v[20] = -6 * 1.5f;
   Array w = Array::from_vector(v, {1, 32});
   Array gsc = Array::scalar(5376.0, Dtype::float32);
-  auto q = quantize(w, std::nullopt, std::nullopt, "nvfp4", gsc);
+  auto q = dev::quantize(w, std::nullopt, std::nullopt, "nvfp4", gsc);
   std::vector<uint8_t> s = q[1].to_vector<uint8_t>();
   ASSERT_EQ(s.size(), 2u);
   EXPECT_EQ(int(s[0]), 0x34) << "e4m3(0.75)";  // 1.5 * 2^-1: e = 6, m = 4
   EXPECT_EQ(int(s[1]), 0x34);
-  Array back = dequantize(q[0], q[1], std::nullopt, std::nullopt, std::nullopt, "nvfp4", gsc, Dtype::float32);
+  Array back = dev::dequantize(q[0], q[1], std::nullopt, std::nullopt, std::nullopt, "nvfp4", gsc, Dtype::float32);
   EXPECT_TRUE(bit_equal(back, w));
   // without the global scale the stored codes give half the values
   ref::Tensor half = ref::dequantize(q[0], q[1], std::nullopt, 16, 4, "nvfp4");
@@ -1072,7 +1116,7 @@ TEST(DequantizeExactSpecial, ScaleAndElementCorners) {
   Array w = Array::from_vector(pack_row(codes, 8), {8, 8});
   Array s = Array::full({8, 1}, 127, Dtype::uint8);
   for (Dtype dt : kFloatDtypes) {
-    Array y = dequantize(w, s, std::nullopt, 32, 8, "mxfp8", std::nullopt, dt);
+    Array y = dev::dequantize(w, s, std::nullopt, 32, 8, "mxfp8", std::nullopt, dt);
     ref::Tensor r = ref::dequantize(w, s, std::nullopt, 32, 8, "mxfp8");
     EXPECT_TRUE(exact(y, r, dt)) << dt;
     std::vector<double> v = y.to_double_vector();
@@ -1088,24 +1132,24 @@ TEST(DequantizeExactSpecial, ScaleAndElementCorners) {
   for (uint8_t sb : {uint8_t(0), uint8_t(1), uint8_t(200)})
     for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
       Array s4 = Array::full({1, 1}, sb, Dtype::uint8);
-      Array y = dequantize(w4, s4, std::nullopt, 32, 4, "mxfp4", std::nullopt, dt);
+      Array y = dev::dequantize(w4, s4, std::nullopt, 32, 4, "mxfp4", std::nullopt, dt);
       EXPECT_TRUE(exact(y, ref::dequantize(w4, s4, std::nullopt, 32, 4, "mxfp4"), dt)) << int(sb) << " " << dt;
     }
   // e8m0 255 = +inf: non-zero codes give +-inf, zero codes NaN
   Array s255 = Array::full({1, 1}, 255, Dtype::uint8);
-  std::vector<double> inf = dequantize(w4, s255, std::nullopt, 32, 4, "mxfp4", std::nullopt, Dtype::float32)
+  std::vector<double> inf = dev::dequantize(w4, s255, std::nullopt, 32, 4, "mxfp4", std::nullopt, Dtype::float32)
                                 .to_double_vector();
   EXPECT_TRUE(std::isnan(inf[0]));
   EXPECT_EQ(inf[1], std::numeric_limits<double>::infinity());
   EXPECT_EQ(inf[9], -std::numeric_limits<double>::infinity());
   // float16 output computes the scale in float16 (SPEC 2.4): 2^16 overflows
   Array s143 = Array::full({1, 1}, 143, Dtype::uint8);
-  std::vector<double> h = dequantize(w4, s143, std::nullopt, 32, 4, "mxfp4", std::nullopt, Dtype::float16)
+  std::vector<double> h = dev::dequantize(w4, s143, std::nullopt, 32, 4, "mxfp4", std::nullopt, Dtype::float16)
                               .to_double_vector();
   EXPECT_EQ(h[1], std::numeric_limits<double>::infinity()) << "0.5 * 2^16 with the scale rounded to float16";
   // ... and small scales flush to zero in float16
   Array s100 = Array::full({1, 1}, 100, Dtype::uint8);
-  std::vector<double> z = dequantize(w4, s100, std::nullopt, 32, 4, "mxfp4", std::nullopt, Dtype::float16)
+  std::vector<double> z = dev::dequantize(w4, s100, std::nullopt, 32, 4, "mxfp4", std::nullopt, Dtype::float16)
                               .to_double_vector();
   EXPECT_EQ(z[7], 0.0);
 }
@@ -1121,7 +1165,7 @@ TEST(DequantizeExactSpecial, AffineRoundsInScaleDtype) {
   // scale 1 + 2^-10 (float16), code 15: 15 + 15*2^-10 needs 14 bits -> rounds in float16
   Array s = Array::full({1, 1}, 1.0 + std::ldexp(1.0, -10), Dtype::float16);
   Array b = Array::full({1, 1}, 1024.0, Dtype::float16);
-  std::vector<double> y = dequantize(w, s, b, 32, 4, "affine", std::nullopt, Dtype::float32).to_double_vector();
+  std::vector<double> y = dev::dequantize(w, s, b, 32, 4, "affine", std::nullopt, Dtype::float32).to_double_vector();
   const float p = round_to(Dtype::float16, 15.0f * (1.0f + std::ldexp(1.0f, -10)));
   EXPECT_EQ(y[1], static_cast<double>(round_to(Dtype::float16, p + 1024.0f)));
   EXPECT_EQ(y[2], 1024.0);
@@ -1136,7 +1180,7 @@ TEST(Fp8Exact, DecodeEveryByte) {
   for (int i = 0; i < 256; ++i) all[i] = static_cast<uint8_t>(i);
   Array b = Array::from_vector(all, {16, 16});
   for (Dtype dt : kFloatDtypes) {
-    Array y = from_fp8(b, dt);
+    Array y = dev::from_fp8(b, dt);
     ASSERT_EQ(y.shape(), (Shape{16, 16}));
     std::vector<double> v = y.to_double_vector();
     for (int i = 0; i < 256; ++i) {
@@ -1146,7 +1190,7 @@ TEST(Fp8Exact, DecodeEveryByte) {
       EXPECT_EQ(v[i], ref) << "byte " << i << " " << dt;
     }
   }
-  EXPECT_EQ(from_fp8(b).dtype(), Dtype::bfloat16);
+  EXPECT_EQ(dev::from_fp8(b).dtype(), Dtype::bfloat16);
 }
 
 TEST(Fp8Exact, EncodeRoundsToNearestEvenAndSaturates) {
@@ -1182,14 +1226,14 @@ TEST(Fp8Exact, EncodeRoundsToNearestEvenAndSaturates) {
   add(std::ldexp(1.0f, -20), 0x00);
   for (Dtype dt : kFloatDtypes) {
     Array x = Array::from_vector(v, {static_cast<int64_t>(v.size())}).astype(dt);
-    std::vector<uint8_t> got = to_fp8(x).to_vector<uint8_t>();
+    std::vector<uint8_t> got = dev::to_fp8(x).to_vector<uint8_t>();
     std::vector<float> xv = x.astype(Dtype::float32).to_vector<float>();
     for (size_t i = 0; i < v.size(); ++i) {
       if (xv[i] != v[i] && !std::isnan(v[i])) continue;  // not representable in dt
       EXPECT_EQ(int(got[i]), int(expect[i])) << "value " << v[i] << " in " << dt;
     }
   }
-  EXPECT_EQ(to_fp8(Array::zeros({0, 3}, Dtype::float32)).shape(), (Shape{0, 3}));
+  EXPECT_EQ(dev::to_fp8(Array::zeros({0, 3}, Dtype::float32)).shape(), (Shape{0, 3}));
 }
 
 // ---------------------------------------------------------------------------
@@ -1218,7 +1262,7 @@ TEST_P(QmmTolerance, QuantizedMatmulAndGather) {
     SCOPED_TRACE(transpose ? "transpose" : "no transpose");
     const Shape wshape = transpose ? Shape{3, N, K} : Shape{3, K, 256};
     Array w = randn(wshape, dt, 71 + transpose, inv);
-    auto q = quantize(w, f.gs, f.bits, f.mode);
+    auto q = dev::quantize(w, f.gs, f.bits, f.mode);
     std::optional<Array> b;
     if (is_affine(f)) b = q[2];
     const int64_t Nout = transpose ? N : 256;
@@ -1226,20 +1270,20 @@ TEST_P(QmmTolerance, QuantizedMatmulAndGather) {
     Array w0 = q[0].index(0, 1), s0 = q[1].index(0, 1);
     std::optional<Array> b0;
     if (b) b0 = b->index(0, 1);
-    Array y = quantized_matmul(x, w0, s0, b0, transpose, f.gs, f.bits, f.mode);
+    Array y = dev::quantized_matmul(x, w0, s0, b0, transpose, f.gs, f.bits, f.mode);
     ASSERT_EQ(y.shape(), (Shape{M, Nout}));
     EXPECT_TRUE(close_to_ref(y, ref::quantized_matmul(x, w0, s0, b0, transpose, f.gs, f.bits, f.mode), dt));
     // batched
     Array xb = randn({2, 1, 5, K}, dt, 73);
-    Array yb = quantized_matmul(xb, q[0], q[1], b, transpose, f.gs, f.bits, f.mode);
+    Array yb = dev::quantized_matmul(xb, q[0], q[1], b, transpose, f.gs, f.bits, f.mode);
     EXPECT_TRUE(close_to_ref(yb, ref::quantized_matmul(xb, q[0], q[1], b, transpose, f.gs, f.bits, f.mode), dt));
     // gather, unsorted and sorted
     Array xg = randn({8, 1, K}, dt, 74);
     Array rhs = idx({2, 0, 1, 1, 0, 2, 2, 1}, {8}, Dtype::int32);
-    Array yg = gather_qmm(xg, q[0], q[1], b, std::nullopt, rhs, transpose, f.gs, f.bits, f.mode);
+    Array yg = dev::gather_qmm(xg, q[0], q[1], b, std::nullopt, rhs, transpose, f.gs, f.bits, f.mode);
     EXPECT_TRUE(close_to_ref(yg, ref::gather_qmm(xg, q[0], q[1], b, std::nullopt, rhs, transpose, f.gs, f.bits, f.mode), dt));
     Array rs = idx({0, 0, 0, 1, 1, 2, 2, 2}, {8}, Dtype::int32);
-    Array ys = gather_qmm(xg, q[0], q[1], b, std::nullopt, rs, transpose, f.gs, f.bits, f.mode, true);
+    Array ys = dev::gather_qmm(xg, q[0], q[1], b, std::nullopt, rs, transpose, f.gs, f.bits, f.mode, true);
     EXPECT_TRUE(close_to_ref(ys, ref::gather_qmm(xg, q[0], q[1], b, std::nullopt, rs, transpose, f.gs, f.bits, f.mode), dt));
   }
 }
@@ -1255,13 +1299,13 @@ TEST_P(MmTolerance, GatherMmAndBlockMasked) {
   const double inv = 1.0 / std::sqrt(static_cast<double>(K));
   Array a = randn({4, M, K}, dt, 81), b = randn({3, K, N}, dt, 82, inv);
   Array lhs = idx({3, 1, 0, 2, 2}, {5}, Dtype::int32), rhs = idx({0, 2, 2, 1, 0}, {5}, Dtype::int32);
-  EXPECT_TRUE(close_to_ref(gather_mm(a, b, lhs, rhs), ref::gather_mm(a, b, lhs, rhs), dt));
-  EXPECT_TRUE(close_to_ref(gather_mm(a.index(0, 0), b), ref::gather_mm(a.index(0, 0), b, std::nullopt, std::nullopt), dt));
+  EXPECT_TRUE(close_to_ref(dev::gather_mm(a, b, lhs, rhs), ref::gather_mm(a, b, lhs, rhs), dt));
+  EXPECT_TRUE(close_to_ref(dev::gather_mm(a.index(0, 0), b), ref::gather_mm(a.index(0, 0), b, std::nullopt, std::nullopt), dt));
   for (int bs : {32, 64}) {
     const int64_t tm = tiles(M, bs), tn = tiles(N, bs), tk = tiles(K, bs);
     Array mo = rand_mask({tm, tn}, true, 83), ml = rand_mask({tm, tk}, false, 84), mr = rand_mask({tk, tn}, false, 85);
     Array a0 = a.index(0, 0), b0 = b.index(0, 0);
-    EXPECT_TRUE(close_to_ref(block_masked_mm(a0, b0, bs, mo, ml, mr), ref::block_masked_mm(a0, b0, bs, mo, ml, mr), dt));
+    EXPECT_TRUE(close_to_ref(dev::block_masked_mm(a0, b0, bs, mo, ml, mr), ref::block_masked_mm(a0, b0, bs, mo, ml, mr), dt));
   }
 }
 
@@ -1276,7 +1320,7 @@ TEST_P(QuantizeTolerance, ErrorWithinOneStep) {
   MMKIT_REQUIRE_DEVICE();
   const auto [f, dt] = GetParam();
   Array w = randn({16, 256}, dt, 91);
-  auto q = quantize(w, f.gs, f.bits, f.mode);
+  auto q = dev::quantize(w, f.gs, f.bits, f.mode);
   std::optional<Array> b;
   if (is_affine(f)) b = q[2];
   ref::Tensor r = ref::dequantize(q[0], q[1], b, f.gs, f.bits, f.mode);

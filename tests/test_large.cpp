@@ -77,7 +77,7 @@ TEST(Large, ShapeOverflowIsAnError) {
   // A view whose element count does not fit in int64 is refused when made.
   const Array one = Array::scalar(1.0);
   EXPECT_EQ(error_of([&] { one.broadcast_to({big, big}); }).rfind("[shape]", 0), 0u);
-  EXPECT_EQ(error_of([&] { Array::zeros({0}).reshape({big, big, 0}).reshape({big, big}); }).rfind("[shape]", 0), 0u);
+  EXPECT_EQ(error_of([&] { Array::zeros({0}, Dtype::float32).reshape({big, big, 0}).reshape({big, big}); }).rfind("[shape]", 0), 0u);
 }
 
 TEST(Large, ImpossibleAllocationIsAnError) {

@@ -63,12 +63,12 @@ TEST(Regression, ShapeElementCountOverflowIsAnError) {
   const int64_t big = int64_t{1} << 40;
   const Array one = Array::scalar(1.0);
   EXPECT_THROW(one.broadcast_to({big, big}), Error);
-  EXPECT_THROW(Array::zeros({0}).reshape({big, big, 0}).reshape({big, big}), Error);
+  EXPECT_THROW(Array::zeros({0}, Dtype::float32).reshape({big, big, 0}).reshape({big, big}), Error);
   EXPECT_THROW(shape_size({big, big, big}), Error);
   EXPECT_THROW(quantize(Array::scalar(1.0).broadcast_to({big, big, 64}), 64, 4), Error);
   // An empty shape with huge dims is fine (0 elements), in any order.
   EXPECT_EQ(shape_size({big, big, 0}), 0);
-  EXPECT_EQ(Array::zeros({0}).reshape({big, big, 0}).size(), 0);
+  EXPECT_EQ(Array::zeros({0}, Dtype::float32).reshape({big, big, 0}).size(), 0);
 }
 
 }  // namespace

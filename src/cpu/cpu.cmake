@@ -21,8 +21,11 @@ target_sources(mmkit PRIVATE ${MMKIT_CPU_BASE_SOURCES} ${MMKIT_CPU_AVX512_SOURCE
 if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
   # F + BW + VL + DQ is the avx512 level cpu_isa.cpp checks for. VNNI is not
   # enabled: the float32 paths do not use integer dot products (docs/kernels/cpu.md).
+  # -fno-tree-loop-distribute-patterns: GCC otherwise turns the stores of
+  # transposed registers into memcpy calls whose rep-movsb stores stall the
+  # loads that follow.
   set_source_files_properties(${MMKIT_CPU_AVX512_SOURCES} PROPERTIES
-    COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mf16c;-mavx2")
+    COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mf16c;-mavx2;-fno-tree-loop-distribute-patterns")
   set_source_files_properties(${MMKIT_CPU_AVX2_SOURCES} PROPERTIES
-    COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+    COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-fno-tree-loop-distribute-patterns")
 endif()
