@@ -297,43 +297,20 @@ inline void check_matmul_result(const Array& y, const ref::Tensor& r, BoundFn&& 
   }
 }
 
-/// |a| elementwise, same dtype (bools and unsigned unchanged).
+/// |a| elementwise for float arrays (the sign bit cleared, NaN stays NaN);
+/// other dtypes are returned as a contiguous copy (callers cast to a float
+/// dtype first).
 inline Array abs_array(const Array& a) {
   Array c = a.contiguous().copy();
-  switch (c.dtype()) {
-    case Dtype::float32: {
-      auto* p = c.data<uint32_t>();
-      for (int64_t i = 0; i < c.size(); ++i) p[i] &= 0x7fffffffu;
-      break;
-    }
-    case Dtype::float16:
-    case Dtype::bfloat16: {
-      auto* p = c.data<uint16_t>();
-      for (int64_t i = 0; i < c.size(); ++i) p[i] &= 0x7fffu;
-      break;
-    }
-    case Dtype::int8: {
-      auto* p = c.data<int8_t>();
-      for (int64_t i = 0; i < c.size(); ++i) p[i] = static_cast<int8_t>(p[i] < 0 ? -(p[i] + 1) + 1 : p[i]);
-      break;
-    }
-    case Dtype::int16: {
-      auto* p = c.data<int16_t>();
-      for (int64_t i = 0; i < c.size(); ++i) p[i] = static_cast<int16_t>(p[i] < 0 ? -static_cast<int>(p[i]) : p[i]);
-      break;
-    }
-    case Dtype::int32: {
-      auto* p = c.data<int32_t>();
-      for (int64_t i = 0; i < c.size(); ++i) p[i] = p[i] < 0 ? static_cast<int32_t>(-static_cast<int64_t>(p[i])) : p[i];
-      break;
-    }
-    case Dtype::int64: {
-      auto* p = c.data<int64_t>();
-      for (int64_t i = 0; i < c.size(); ++i)
-        p[i] = p[i] < 0 ? static_cast<int64_t>(0ull - static_cast<uint64_t>(p[i])) : p[i];
-      break;
-    }
-    default: break;
+  if (c.dtype() == Dtype::float32) {
+    auto* p = c.data<uint32_t>();
+    for (int64_t i = 0; i < c.size(); ++i) p[i] &= 0x7fffffffu;
+  } else if (c.dtype() == Dtype::float16 || c.dtype() == Dtype::bfloat16) {
+    auto* p = c.data<uint16_t>();
+    for (int64_t i = 0; i < c.size(); ++i) p[i] &= 0x7fffu;
+  } else if (is_integral(c.dtype()) && c.dtype() != Dtype::bool_ && c.dtype() != Dtype::uint8 &&
+             c.dtype() != Dtype::uint32) {
+    return abs_array(c.astype(Dtype::float32)).astype(c.dtype());  // small mask values only
   }
   return c;
 }

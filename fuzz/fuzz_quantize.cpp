@@ -17,8 +17,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const Dtype dt = pick_float_dtype(p);
   const int style = p.ConsumeIntegralInRange<int>(0, 2);
   Shape shape = pick_shape(p, 4, 4);
-  if (!shape.empty()) shape.back() = (p.ConsumeIntegralInRange<int64_t>(0, 4) + 1) % 5 * 16 * (p.ConsumeBool() ? 1 : 2) +
-                   (p.ConsumeIntegralInRange<int>(0, 7) == 7 ? 1 : 0);
+  if (!shape.empty()) {
+    // a multiple of 16 or 32 (0..128) most of the time, sometimes off by one
+    const int64_t units = (p.ConsumeIntegralInRange<int64_t>(0, 4) + 1) % 5;
+    shape.back() = units * (p.ConsumeBool() ? 16 : 32) + (p.ConsumeIntegralInRange<int>(0, 7) == 7 ? 1 : 0);
+  }
   std::optional<Array> gscale;
   if (p.ConsumeIntegralInRange<int>(0, 7) == 7) {
     const Shape gshape = pick_shape(p, 2, 2);

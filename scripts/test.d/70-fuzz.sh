@@ -33,7 +33,7 @@ for corpus in "$ROOT"/fuzz/corpus/*/; do
     # New inputs go to the scratch dir (first corpus argument); the checked-in
     # corpus is only read. Findings are written as $OUT/$t-crash-*.
     envs=(); [ "$isa" = native ] || envs=(MMKIT_CPU_ISA="$isa")
-    if ! env "${envs[@]}" "$exe" -max_total_time="$secs" -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+    if ! env "${envs[@]}" "$exe" -max_total_time="$secs" -max_len=1024 -len_control=0 -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
          -artifact_prefix="$OUT/$t-" "$scratch" "$corpus" >"$log" 2>&1; then
       ok=0
       echo "[fuzz] $t ($isa) FAILED; log $log; last lines:"

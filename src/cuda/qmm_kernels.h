@@ -9,6 +9,11 @@ namespace mmkit::cuda {
 
 /// Largest M the GEMV kernel takes (beyond it the tiled kernels win).
 inline constexpr int kQmvMaxM = 8;
+/// Largest M the tensor-core GEMV (4-bit affine) takes.
+inline constexpr int kQmvMmaMaxM = 32;
+
+bool qmv_mma_supports(const detail::QmmDesc& d);
+bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
 bool qmv_supports(const detail::QmmDesc& d);
 /// false when a pointer is not aligned for the vector loads (caller falls back).

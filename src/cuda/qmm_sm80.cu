@@ -9,8 +9,9 @@
 //   acc += s * dot(x, q) + b * sum(x)
 // in float32, so only the float32 accumulation rounds (SPEC decision 5).
 // Tile: 64 x 64 x 32 (one pack of 32 codes per weight row and k-step), 4
-// warps of 32 x 32, two shared stages: x by cp.async, weights through
-// registers (the next k-step's pack is loaded before this one's mma).
+// warps of 32 x 32; x tiles and the packed weight codes stream through a
+// 4-stage cp.async ring (3 k-steps in flight), each k-step's codes are
+// decoded from shared memory into one T tile before its mma.
 // Bound: dequantisation ALU work at large M (about 3 ops per code per 64 rows
 // of M); the aim of this version is >= 25% of the bf16 tensor peak at
 // M >= 512, and correctness for every format. (M <= 8 goes to qmv.cu.)
@@ -25,6 +26,8 @@
 
 namespace mmkit::cuda {
 namespace {
+
+constexpr int kStages = 4;  // k-steps of x and packed weights in flight (cp.async ring)
 
 struct MmaQParams {
   const void* x;
@@ -51,9 +54,12 @@ __device__ __forceinline__ void decode_half(const uint32_t (&pk)[BITS], uint32_t
 template <typename T, QKind KIND, int BITS, int GPP>
 __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p) {
   constexpr int BM = MmaTile::BM, BN = MmaTile::BN, LDA = MmaTile::LDA;
+  constexpr int S = kStages;
   constexpr bool kAffine = KIND == QKind::affine;
-  __shared__ __align__(16) T As[2][BM * LDA];  // (stage, BM, BK) x tiles
-  __shared__ __align__(16) T Bs[2][BN * LDA];  // (stage, BN, BK) code tiles
+  constexpr int CW = BITS % 4 == 0 ? 4 : (BITS % 2 == 0 ? 2 : 1);  // words per cp.async of packed codes
+  __shared__ __align__(16) T As[S][BM * LDA];             // (stage, BM, BK) x tiles
+  __shared__ __align__(16) uint32_t Wq[S][BN * BITS];     // (stage, BN, BITS) packed codes
+  __shared__ __align__(16) T Bs[BN * LDA];                // (BN, BK) decoded codes
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / 2, wn = warp % 2;
   const int m0 = blockIdx.y * BM, n0 = blockIdx.x * BN;
@@ -77,8 +83,7 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
 
     if (ok) {  // uniform over the block
       const T* xb = X + (xi * M + m0) * static_cast<int64_t>(K);
-      const uint32_t* wrow = p.w + ((wi * N + n0 + brow) * static_cast<int64_t>(P)) * BITS;
-      const bool bvalid = n0 + brow < N;
+      const uint32_t* wbase = p.w + (wi * N + n0) * static_cast<int64_t>(P) * BITS;
       const int64_t sbase = (wi * N) * static_cast<int64_t>(G);
       float g[2][4][4], xa[2][4];
       auto zero_groups = [&] {
@@ -123,43 +128,50 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
             }
         zero_groups();
       };
-      zero_groups();
-
-      uint32_t pk[BITS];
-      auto load_b = [&](int kt) {
-        if (bvalid) {
-          load_pack_cached<BITS>(pk, wrow + static_cast<int64_t>(kt) * BITS);
-        } else {
+      // One k-step (32 codes) of x and packed weights into stage `st`.
+      auto issue = [&](int kt, int st) {
+        cp_async_tile_rows<T>(As[st], xb + kt * 32, K, M - m0, K - kt * 32, tid);
+        constexpr int chunks = BN * BITS / CW;
 #pragma unroll
-          for (int i = 0; i < BITS; ++i) pk[i] = 0u;
+        for (int q = 0; q < (chunks + MmaTile::THREADS - 1) / MmaTile::THREADS; ++q) {
+          const int id = tid + q * MmaTile::THREADS;
+          if (id < chunks) {
+            const int r = id / (BITS / CW), j = (id % (BITS / CW)) * CW;
+            const bool in = n0 + r < N;
+            const uint32_t* src = wbase + (static_cast<int64_t>(r) * P + kt) * BITS + j;
+            cp_async_ca<4 * CW>(&Wq[st][r * BITS + j], in ? src : wbase, in);
+          }
         }
       };
-      load_b(0);
-      cp_async_tile_rows<T>(As[0], xb, K, M - m0, K, tid);
-      cp_async_commit();
-
+      zero_groups();
+#pragma unroll
+      for (int st = 0; st < S - 1; ++st) {
+        if (st < P) issue(st, st);
+        cp_async_commit();
+      }
       for (int kt = 0; kt < P; ++kt) {
-        const int st = kt & 1;
+        const int st = kt % S;
+        cp_async_wait<S - 2>();
+        __syncthreads();  // stage kt landed everywhere; the previous k-step's reads are done
         {
+          uint32_t pk[BITS];
+#pragma unroll
+          for (int i = 0; i < BITS; ++i) pk[i] = Wq[st][brow * BITS + i];
           uint32_t v[8];
           if (bhalf == 0) decode_half<T, KIND, BITS, 0>(pk, v);
           else decode_half<T, KIND, BITS, 1>(pk, v);
-          uint4* dst = reinterpret_cast<uint4*>(Bs[st] + brow * LDA + 16 * bhalf);
+          uint4* dst = reinterpret_cast<uint4*>(Bs + brow * LDA + 16 * bhalf);
           dst[0] = make_uint4(v[0], v[1], v[2], v[3]);
           dst[1] = make_uint4(v[4], v[5], v[6], v[7]);
         }
-        if (kt + 1 < P) {
-          load_b(kt + 1);
-          cp_async_tile_rows<T>(As[st ^ 1], xb + (kt + 1) * 32, K, M - m0, K - (kt + 1) * 32, tid);
-        }
+        if (kt + S - 1 < P) issue(kt + S - 1, (kt + S - 1) % S);
         cp_async_commit();
-        cp_async_wait<1>();
-        __syncthreads();
+        __syncthreads();  // Bs ready
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {
           uint32_t a[2][4], bf[4][2];
           load_a_frags<T>(a, As[st], wm, ks, lane);
-          load_b_frags<T>(bf, Bs[st], wn, ks, lane);
+          load_b_frags<T>(bf, Bs, wn, ks, lane);
 #pragma unroll
           for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
@@ -173,8 +185,9 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
         if constexpr (GPP == 1) {
           if (((kt + 1) * 32) % p.gs == 0) fold((kt * 32) / p.gs);
         }
-        __syncthreads();
       }
+      cp_async_wait<0>();
+      __syncthreads();  // before the next batch entry reuses the stages
     }
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -221,6 +234,7 @@ bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) %
 bool qmm_mma_supports(const detail::QmmDesc& d) {
   if (!d.transpose || (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16)) return false;
   if (d.M <= kQmvMaxM || d.K % 32 != 0 || d.K == 0) return false;
+  if (qmv_mma_supports(d)) return false;  // the GEMV kernel covers these rows
   if (d.M >= (int64_t{1} << 31) / 2 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
   if (ceil_div(d.M, MmaTile::BM) > 65535) return false;
   const DeviceInfo& info = device_info(current_device());

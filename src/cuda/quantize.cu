@@ -2,7 +2,9 @@
 // backend (src/cpu/quantize_cpu.cpp, SPEC.md 1.3, 1.4, 2.4): the same float32
 // operations in the same order, with explicit round-to-nearest intrinsics
 // (__fdiv_rn, __fmul_rn, ...) and this file compiled with -fmad=false, so no
-// contraction changes a rounding step. log2 of the mx scale is computed in
+// contraction changes a rounding step; NaN results follow x86 rules (sign and
+// payload, device/common.cuh) where they can reach an output. log2 of the mx
+// scale is computed in
 // float64 and rounded once (correctly rounded in practice, like glibc's).
 //
 // Mapping: quantize runs one thread per (row, group), which owns the group's
@@ -72,19 +74,19 @@ __global__ void quantize_affine_kernel(const T* __restrict__ w, int64_t groups_t
       wmax = std_max(wmax, x);
     }
     const bool flip = fabsf(wmin) > fabsf(wmax);
-    float s = std_max(__fdiv_rn(__fsub_rn(wmax, wmin), n_max), eps);
+    float s = std_max(div_x86(sub_x86(wmax, wmin), n_max), eps);
     if (!flip) s = -s;
     const float edge = flip ? wmin : wmax;
-    const float q0 = rintf(__fdiv_rn(edge, s));
+    const float q0 = rint_x86(div_x86(edge, s));
     float bias = 0.0f;
     if (q0 != 0.0f) {
-      s = __fdiv_rn(edge, q0);
+      s = div_x86(edge, q0);
       bias = edge;
     }
     uint32_t* row = q + gi * wpg;
     for (int j = 0; j < wpg; ++j) row[j] = 0u;
     for (int i = 0; i < gs; ++i) {
-      float c = rintf(__fdiv_rn(__fsub_rn(to_f<T>(v[i]), bias), s));
+      float c = rint_x86(div_x86(sub_x86(to_f<T>(v[i]), bias), s));
       c = std_min(std_max(c, 0.0f), n_max);
       fmt::pack_code(row, i, bits, c == c ? static_cast<uint32_t>(c) : 0u);  // NaN -> code 0
     }
@@ -142,7 +144,7 @@ __global__ void dequantize_affine_kernel(const uint32_t* __restrict__ q, const S
     const int64_t gi = r * groups + j / gs;
     const float s = to_f<S>(scales[gi]), b = to_f<S>(biases[gi]);
     const float c = static_cast<float>(fmt::unpack_code(q + r * words, j, bits));
-    out[i] = from_f<O>(round_to<S>(__fadd_rn(round_to<S>(__fmul_rn(c, s)), b)));  // two roundings in S, as MLX
+    out[i] = from_f<O>(round_to<S>(add_x86(round_to<S>(mul_x86(c, s)), b)));  // two roundings in S, as MLX
   }
 }
 
@@ -151,16 +153,16 @@ __global__ void dequantize_fp_kernel(const uint32_t* __restrict__ q, const uint8
                                      const float* __restrict__ global_scale, O* __restrict__ out, int64_t rows,
                                      int64_t cols, int gs, int bits, bool e8m0_scale, bool e4m3_elem) {
   const int64_t n = rows * cols, words = cols * bits / 32, groups = cols / gs;
-  const float gmul = global_scale ? __fdiv_rn(*global_scale, 2688.0f) : 1.0f;
+  const float gmul = global_scale ? div_x86(*global_scale, 2688.0f) : 1.0f;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / cols, j = i - r * cols;
     const uint32_t sb = scales[r * groups + j / gs];
-    const float s = global_scale ? __fmul_rn(fmt::e4m3_to_float(sb), gmul)
+    const float s = global_scale ? mul_x86(fmt::e4m3_to_float(sb), gmul)
                                  : round_to<O>(e8m0_scale ? fmt::e8m0_to_float(sb) : fmt::e4m3_to_float(sb));
     const uint32_t c = fmt::unpack_code(q + r * words, j, bits);
     const float e = e4m3_elem ? fmt::e4m3_to_float(c) : fmt::e2m1_to_float(c);
-    out[i] = from_f<O>(__fmul_rn(e, s));
+    out[i] = from_f<O>(mul_x86(e, s));
   }
 }
 

@@ -66,6 +66,22 @@ __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float v) {
   return __ushort_as_bfloat16(f_to_bf16_bits(v));
 }
 
+// NaN results with x86 (SSE/AVX) rules, so NaN bit patterns match the CPU
+// backend: a NaN operand comes back quieted (the first one), an invalid
+// operation on non-NaN operands gives the negative default NaN 0xFFC00000.
+// (The GPU itself always returns the positive canonical NaN.)
+__device__ __forceinline__ float x86_nan(float r, float a, float b) {
+  if (r == r) return r;
+  if (a != a) return __uint_as_float(__float_as_uint(a) | 0x00400000u);
+  if (b != b) return __uint_as_float(__float_as_uint(b) | 0x00400000u);
+  return __uint_as_float(0xFFC00000u);
+}
+__device__ __forceinline__ float mul_x86(float a, float b) { return x86_nan(__fmul_rn(a, b), a, b); }
+__device__ __forceinline__ float add_x86(float a, float b) { return x86_nan(__fadd_rn(a, b), a, b); }
+__device__ __forceinline__ float sub_x86(float a, float b) { return x86_nan(__fsub_rn(a, b), a, b); }
+__device__ __forceinline__ float div_x86(float a, float b) { return x86_nan(__fdiv_rn(a, b), a, b); }
+__device__ __forceinline__ float rint_x86(float a) { return a != a ? __uint_as_float(__float_as_uint(a) | 0x00400000u) : rintf(a); }
+
 /// Rounds v to T's precision and back (round_to() of dtype.h).
 template <typename T>
 __device__ __forceinline__ float round_to(float v) { return to_f<T>(from_f<T>(v)); }

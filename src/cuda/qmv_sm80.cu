@@ -1,0 +1,308 @@
+// qmv_sm80: tensor-core GEMV for 4-bit affine weights and few rows,
+//   out[l] (M, N) = x[lhs[l]] (M, K) @ dequantize(w[rhs[l]]) (N, K)^T,
+// M <= 32 (1, 2 or 4 tiles of 8 columns), float16 / bfloat16 activations,
+// transpose=true, K % 128 == 0, group size 32 / 64 / 128.
+//
+// mma.sync m16n8k16 with the weights as A (16 rows x 16 k) and x^T as B
+// (16 k x 8 columns = the M rows), float32 accumulation. Codes go into A
+// exactly (a nibble pair (i, i+4) of a word becomes one T pair with a LOP3
+// and one subtraction of the magic 128 / 1024); the k order inside an mma is
+// a permutation of the physical codes, applied identically to x (4 PRMTs per
+// 8 activations), so the dot product is unchanged. A second mma against a
+// ones matrix gives sum(x) per group, and each group is folded in float32:
+//   acc += s * dot(x, q) + b * sum(x).
+// Thread (g, c) of a warp (g = lane / 4, c = lane % 4) reads W = gs / 32
+// consecutive words of rows g and g + 8 per group, so every mma step lies in
+// one group. Groups whose sum(x), scale or bias is not finite are recomputed
+// element by element (x * (s * q + b)), so Inf and NaN propagate exactly as in
+// the reference.
+// Tile: a block is 4 warps on 16 weight rows, each warp a quarter of K, D = 4
+// k-tiles of 128 codes in flight per warp (registers), warps reduced through
+// shared memory. About 2 instructions per code instead of ~5 for qmv.cu.
+// Bound: weight bandwidth; target >= 60% (aim 80%) of the measured copy
+// bandwidth at M = 1, 8192 x 8192 (src/cuda/tools/cuda_gemv_bench.cu).
+// Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*), conformance, NaN/Inf tests.
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "cuda/device/common.cuh"
+#include "cuda/device/decode.cuh"
+#include "cuda/device/mma.cuh"
+#include "cuda/qmm_kernels.h"
+
+namespace mmkit::cuda {
+namespace {
+
+constexpr int kWarps = 4;   // K split inside a block
+constexpr int kRowsPerBlock = 16;
+
+struct QmvMmaParams {
+  const void* x;
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  const int64_t* lhs;
+  const int64_t* rhs;
+  void* out;
+  int M, N, K;
+  int64_t x_batch, w_batch, L;
+  IndexGuard guard;
+};
+
+/// Nibbles (i, i + 4) of v >> 4i as an exact T pair (the shift is the caller's).
+template <typename T>
+__device__ __forceinline__ uint32_t dec_pair(uint32_t v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    const uint32_t h = (v & 0x000F000Fu) | 0x43004300u;  // 128 + q
+    __nv_bfloat162 r = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&h), __floats2bfloat162_rn(128.0f, 128.0f));
+    return *reinterpret_cast<uint32_t*>(&r);
+  } else {
+    const uint32_t h = (v & 0x000F000Fu) | 0x64006400u;  // 1024 + q
+    __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&h), __floats2half2_rn(1024.0f, 1024.0f));
+    return *reinterpret_cast<uint32_t*>(&r);
+  }
+}
+
+template <int W>
+__device__ __forceinline__ void load_words(uint32_t* dst, const uint32_t* src) {
+  if constexpr (W == 4) {
+    const uint4 r = ld_stream_v4(src);
+    dst[0] = r.x;
+    dst[1] = r.y;
+    dst[2] = r.z;
+    dst[3] = r.w;
+  } else if constexpr (W == 2) {
+    const uint2 r = ld_stream_v2(src);
+    dst[0] = r.x;
+    dst[1] = r.y;
+  } else {
+    dst[0] = __ldg(src);  // two threads' loads share a sector: keep it in L1
+  }
+}
+
+/// Exact contribution of one group to out[row][m]: x * (s * q + b) element by
+/// element (taken only when the group's data is not finite).
+template <typename T, int GS>
+__device__ __noinline__ float exact_group(const T* xm, const uint32_t* wr, float s, float b) {
+  float e = 0.0f;
+  for (int k = 0; k < GS; ++k) {
+    const float q = static_cast<float>((wr[k / 8] >> (4 * (k % 8))) & 15u);
+    e = fmaf(to_f<T>(xm[k]), fmaf(s, q, b), e);
+  }
+  return e;
+}
+
+// MT = 1 keeps <= 128 registers so 4 blocks (16 warps) fit per SM: one wave of
+// 512 blocks for N = 8192 on 132 SMs.
+template <typename T, int GS, int MT>
+__global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(QmvMmaParams p) {
+  constexpr int kDepth = MT == 1 ? 4 : 2;  // k-tiles (128 codes) in flight per warp
+  constexpr int W = GS / 32;   // words per thread, row and group
+  constexpr int CH = 4 / W;    // groups per k-tile of 128 codes
+  __shared__ float red[kWarps][kRowsPerBlock][8 * MT];  // (warp, row, m) partial sums
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int M = p.M, N = p.N, K = p.K;
+  const int n0 = blockIdx.x * kRowsPerBlock;
+  const int ra = n0 + g, rb = n0 + g + 8;
+  const bool va = ra < N, vb = rb < N;
+  const int words_per_row = K / 8;
+  const int tiles = K / 128, G = K / GS;
+  const int tb = static_cast<int>(static_cast<int64_t>(tiles) * warp / kWarps);
+  const int te = static_cast<int>(static_cast<int64_t>(tiles) * (warp + 1) / kWarps);
+  const T* X = static_cast<const T*>(p.x);
+  const T* S = static_cast<const T*>(p.scales);
+  const T* B = static_cast<const T*>(p.biases);
+  T* O = static_cast<T*>(p.out);
+  const uint32_t ones = std::is_same_v<T, __nv_bfloat16> ? 0x3F803F80u : 0x3C003C00u;
+
+  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
+    const int64_t xi = p.lhs[l], wi = p.rhs[l];
+    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
+                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    float acc[MT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[mt][e] = 0.0f;
+    if (ok) {
+      const uint32_t* wa = p.w + (wi * N + (va ? ra : n0)) * static_cast<int64_t>(words_per_row);
+      const uint32_t* wbp = p.w + (wi * N + (vb ? rb : n0)) * static_cast<int64_t>(words_per_row);
+      // Thread (g, c) supplies x rows g, g + 8, ... (one per 8-column m-tile).
+      const T* xr[MT];
+      bool xv[MT];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        xv[mt] = mt * 8 + g < M;
+        xr[mt] = X + (xi * M + (xv[mt] ? mt * 8 + g : 0)) * static_cast<int64_t>(K);
+      }
+      const int64_t sa = (wi * N + ra) * static_cast<int64_t>(G), sb = (wi * N + rb) * static_cast<int64_t>(G);
+
+      uint32_t bufa[kDepth][4], bufb[kDepth][4];
+      auto load_tile = [&](int t, uint32_t (&a)[4], uint32_t (&b)[4]) {
+#pragma unroll
+        for (int q = 0; q < CH; ++q) {
+          const int off = t * 16 + q * 4 * W + c * W;  // word offset in the row
+          if (va) load_words<W>(a + q * W, wa + off);
+          else
+#pragma unroll
+            for (int j = 0; j < W; ++j) a[q * W + j] = 0u;
+          if (vb) load_words<W>(b + q * W, wbp + off);
+          else
+#pragma unroll
+            for (int j = 0; j < W; ++j) b[q * W + j] = 0u;
+        }
+      };
+      auto compute_tile = [&](int t, const uint32_t (&a)[4], const uint32_t (&b)[4]) {
+#pragma unroll
+        for (int q = 0; q < CH; ++q) {
+          float gacc[MT][4], xacc[MT][4];
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) gacc[mt][e] = xacc[mt][e] = 0.0f;
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            const uint32_t A = a[q * W + j], Bw = b[q * W + j];
+            const int koff = (t * 16 + q * 4 * W + c * W + j) * 8;  // first code of the word
+            // Weight fragments for the word's two k16 steps: pairs (i, i+4), (i+1, i+5).
+            uint32_t af[2][4];
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+              const int i = 2 * s;
+              af[s][0] = dec_pair<T>(A >> (4 * i));
+              af[s][1] = dec_pair<T>(Bw >> (4 * i));
+              af[s][2] = dec_pair<T>(A >> (4 * i + 4));
+              af[s][3] = dec_pair<T>(Bw >> (4 * i + 4));
+            }
+            const uint32_t of[4] = {ones, ones, ones, ones};
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+              uint4 xw = make_uint4(0u, 0u, 0u, 0u);
+              if (xv[mt]) xw = __ldg(reinterpret_cast<const uint4*>(xr[mt] + koff));
+              const uint32_t xp[4] = {__byte_perm(xw.x, xw.z, 0x5410), __byte_perm(xw.x, xw.z, 0x7632),
+                                      __byte_perm(xw.y, xw.w, 0x5410), __byte_perm(xw.y, xw.w, 0x7632)};
+#pragma unroll
+              for (int s = 0; s < 2; ++s) {
+                mma16816<T>(gacc[mt], af[s], xp[2 * s], xp[2 * s + 1]);
+                mma16816<T>(xacc[mt], of, xp[2 * s], xp[2 * s + 1]);
+              }
+            }
+          }
+          const int grp = t * CH + q;
+          float s_a = 0.0f, b_a = 0.0f, s_b = 0.0f, b_b = 0.0f;
+          if (va) {
+            s_a = to_f<T>(S[sa + grp]);
+            b_a = to_f<T>(B[sa + grp]);
+          }
+          if (vb) {
+            s_b = to_f<T>(S[sb + grp]);
+            b_b = to_f<T>(B[sb + grp]);
+          }
+          const float sv[4] = {s_a, s_a, s_b, s_b}, bv[4] = {b_a, b_a, b_b, b_b};
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int row = e < 2 ? ra : rb, m = mt * 8 + 2 * c + (e & 1);
+              if (isfinite(xacc[mt][e]) && isfinite(sv[e]) && isfinite(bv[e])) {
+                acc[mt][e] = fmaf(sv[e], gacc[mt][e], fmaf(bv[e], xacc[mt][e], acc[mt][e]));
+              } else if (m < M && row < N) {
+                acc[mt][e] += exact_group<T, GS>(X + (xi * M + m) * static_cast<int64_t>(K) + grp * GS,
+                                                 p.w + (wi * N + row) * static_cast<int64_t>(words_per_row) + grp * GS / 8,
+                                                 sv[e], bv[e]);
+              }
+            }
+        }
+      };
+
+#pragma unroll
+      for (int d = 0; d < kDepth; ++d)
+        if (tb + d < te) load_tile(tb + d, bufa[d], bufb[d]);
+      for (int t = tb; t < te; t += kDepth) {
+#pragma unroll
+        for (int d = 0; d < kDepth; ++d) {
+          if (t + d < te) {
+            compute_tile(t + d, bufa[d], bufb[d]);
+            if (t + kDepth + d < te) load_tile(t + kDepth + d, bufa[d], bufb[d]);
+          }
+        }
+      }
+    }
+    // Cross-warp reduction of the (16 rows, 8 * MT) tile; zeros for a bad index.
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+      red[warp][g][mt * 8 + 2 * c] = acc[mt][0];
+      red[warp][g][mt * 8 + 2 * c + 1] = acc[mt][1];
+      red[warp][g + 8][mt * 8 + 2 * c] = acc[mt][2];
+      red[warp][g + 8][mt * 8 + 2 * c + 1] = acc[mt][3];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int o = threadIdx.x; o < kRowsPerBlock * 8 * MT; o += kWarps * 32) {
+      const int row = o / (8 * MT), m = o % (8 * MT);
+      float v = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) v += red[w][row][m];
+      if (m < M && n0 + row < N) O[(l * M + m) * static_cast<int64_t>(N) + n0 + row] = from_f<T>(v);
+    }
+    __syncthreads();
+  }
+}
+
+bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
+template <typename T, int MT>
+void launch_gs(const detail::QmmDesc& d, const QmvMmaParams& p, const OpScope& scope) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRowsPerBlock)), 1,
+                  static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
+  switch (d.format.group_size) {
+    case 32: qmv_mma_kernel<T, 32, MT><<<grid, kWarps * 32, 0, scope.stream()>>>(p); break;
+    case 64: qmv_mma_kernel<T, 64, MT><<<grid, kWarps * 32, 0, scope.stream()>>>(p); break;
+    default: qmv_mma_kernel<T, 128, MT><<<grid, kWarps * 32, 0, scope.stream()>>>(p); break;
+  }
+}
+
+template <typename T>
+void launch_mt(const detail::QmmDesc& d, const QmvMmaParams& p, const OpScope& scope) {
+  if (d.M <= 8) launch_gs<T, 1>(d, p, scope);
+  else if (d.M <= 16) launch_gs<T, 2>(d, p, scope);
+  else launch_gs<T, 4>(d, p, scope);
+}
+
+}  // namespace
+
+bool qmv_mma_supports(const detail::QmmDesc& d) {
+  if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
+  if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
+  if (d.M < 1 || d.M > kQmvMmaMaxM || d.K % 128 != 0 || d.K == 0) return false;
+  if (d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
+  return device_info(current_device()).cc_major >= 8;
+}
+
+bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), 16)) return false;
+  QmvMmaParams p{};
+  p.x = a.x.raw_data();
+  p.w = a.w.data<uint32_t>();
+  p.scales = a.scales.raw_data();
+  p.biases = a.biases.raw_data();
+  p.lhs = a.lhs.data<int64_t>();
+  p.rhs = a.rhs.data<int64_t>();
+  p.out = a.out.raw_data();
+  p.M = static_cast<int>(d.M);
+  p.N = static_cast<int>(d.N);
+  p.K = static_cast<int>(d.K);
+  p.x_batch = d.x_batch;
+  p.w_batch = d.w_batch;
+  p.L = d.batch;
+  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
+  if (d.dtype == Dtype::float16) launch_mt<__half>(d, p, scope);
+  else launch_mt<__nv_bfloat16>(d, p, scope);
+  scope.check_launch("qmv_sm80_mma");
+  return true;
+}
+
+}  // namespace mmkit::cuda
