@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <limits>
 #include <random>
 #include <set>
 #include <sstream>
@@ -246,6 +247,39 @@ TEST(CudaCross, QmmExactTileEdges) {
       for (int64_t N : {1, 63, 64, 65, 130}) check_exact_qmm({f4, dt, true, M, N, 192}, seed++);
   check_exact_qmm({{"affine", 3, 32}, Dtype::bfloat16, true, 300, 70, 96}, seed++);
   check_exact_qmm({{"mxfp4", 4, 32}, Dtype::float16, true, 77, 129, 512}, seed++);
+}
+
+TEST(CudaCross, QmmExactTensorCoreGemvShapes) {
+  MMKIT_REQUIRE_GPU();
+  // 4-bit affine, half activations, K % 128 == 0: the tensor-core GEMV for
+  // M <= 32 (1, 2 and 4 column tiles), then the tiled kernel from M = 33.
+  uint64_t seed = 8000;
+  for (int gs : {32, 64, 128})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+      for (int64_t M : {1, 2, 7, 8, 9, 16, 17, 31, 32, 33})
+        check_exact_qmm({{"affine", 4, gs}, dt, true, M, M % 2 ? 41 : 16, 128 * (1 + M % 4)}, seed++);
+}
+
+TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
+  MMKIT_REQUIRE_GPU();
+  // Inf / NaN in x: each GPU path must give the reference's NaN or +-Inf per
+  // element (the tensor-core kernels recompute such groups element by element).
+  const float inf = std::numeric_limits<float>::infinity();
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16, Dtype::float32})
+    for (int64_t M : {1, 5, 20, 40}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + " M=" + std::to_string(M));
+      const int64_t N = 24, K = 256;
+      auto q = quantize(randn({N, K}, Dtype::float32, 31), 64, 4, "affine");
+      Array xf = randn({M, K}, Dtype::float32, 32, 0.1);
+      xf.data<float>()[0 * K + 3] = inf;
+      xf.data<float>()[(M - 1) * K + 100] = -inf;
+      if (M > 2) xf.data<float>()[1 * K + 7] = std::numeric_limits<float>::quiet_NaN();
+      Array x = xf.astype(dt);
+      Array s = q[1].astype(dt), b = q[2].astype(dt);
+      ref::Tensor r = ref::quantized_matmul(x, q[0], s, b, true, 64, 4, "affine");
+      Array y = quantized_matmul(gpu(x), gpu(q[0]), gpu(s), gpu(b), true, 64, 4);
+      EXPECT_TRUE(all_close(y, r, rtol_for(dt), 1e-3 * 8)) << "non-finite rows";
+    }
 }
 
 TEST(CudaCross, QmmRandomShapesWithinTolerance) {

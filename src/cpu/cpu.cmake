@@ -25,7 +25,7 @@ if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
   # transposed registers into memcpy calls whose rep-movsb stores stall the
   # loads that follow.
   set_source_files_properties(${MMKIT_CPU_AVX512_SOURCES} PROPERTIES
-    COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mf16c;-mavx2;-fno-tree-loop-distribute-patterns")
+    COMPILE_OPTIONS "-mavx512f;-mavx512bw;-mavx512vl;-mavx512dq;-mfma;-mf16c;-mavx2;$<$<CXX_COMPILER_ID:GNU>:-fno-tree-loop-distribute-patterns>")
   set_source_files_properties(${MMKIT_CPU_AVX2_SOURCES} PROPERTIES
-    COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-fno-tree-loop-distribute-patterns")
+    COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;$<$<CXX_COMPILER_ID:GNU>:-fno-tree-loop-distribute-patterns>")
 endif()

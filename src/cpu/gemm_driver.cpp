@@ -20,7 +20,11 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 }  // namespace
 
 int pick_mr(const SimdKernels& k, int64_t M) {
-  if (M >= k.mr) return k.mr;
+  if (M >= k.mr) {
+    // 8-row tiles when they pad noticeably fewer rows (M = 16: 16 rows instead of 24).
+    const int64_t pad_big = round_up(M, k.mr), pad8 = round_up(M, 8);
+    return k.mr > 8 && pad8 * 10 < pad_big * 9 ? 8 : k.mr;
+  }
   if (M <= 1) return 1;
   if (M <= 2) return 2;
   if (M <= 4) return 4;

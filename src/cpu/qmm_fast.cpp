@@ -32,9 +32,11 @@ using detail::QmmDesc;
 
 namespace {
 
-/// Rows per expert up to which the fused kernel beats decode-to-panel + GEMM
-/// (measured with bench/cpu_bench.cpp; the fused kernel re-decodes per 8 rows).
-constexpr int64_t kQmvMaxRows = 16;
+/// Rows per expert up to which the fused kernel is at least as fast as
+/// decode-to-panel + GEMM: measured per core on the AVX-512 machine of
+/// docs/kernels/cpu.md (it re-decodes the weights per 8 rows, the GEMM packs
+/// them once but its tiles waste rows at small M): equal at ~64-96 rows.
+constexpr int64_t kQmvMaxRows = 64;
 
 int dtype_code(Dtype dt) { return dt == Dtype::float16 ? 1 : dt == Dtype::bfloat16 ? 2 : 0; }
 

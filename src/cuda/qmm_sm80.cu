@@ -8,6 +8,9 @@
 // sum(x) per group and row. At each group end
 //   acc += s * dot(x, q) + b * sum(x)
 // in float32, so only the float32 accumulation rounds (SPEC decision 5).
+// A thread that met a group with a non-finite sum(x), scale or bias
+// recomputes its outputs element by element, so Inf and NaN propagate exactly
+// as in the reference.
 // Tile: 64 x 64 x 32 (one pack of 32 codes per weight row and k-step), 4
 // warps of 32 x 32; x tiles and the packed weight codes stream through a
 // 4-stage cp.async ring (3 k-steps in flight), each k-step's codes are
@@ -51,6 +54,29 @@ __device__ __forceinline__ void decode_half(const uint32_t (&pk)[BITS], uint32_t
                     code_value<KIND>(pack_code<BITS>(pk, 16 * HALF + 2 * i + 1)));
 }
 
+/// Exact out[m][n] = sum_k x[m][k] * w[n][k], element by element: used for the
+/// (rare) elements whose groups had a non-finite sum(x), scale or bias, so Inf
+/// and NaN propagate exactly as in the reference.
+template <typename T, QKind KIND, int BITS>
+__device__ __noinline__ float exact_dot(const T* xm, const uint32_t* wrow, const void* scales, const void* biases,
+                                        int64_t srow, int K, int gs) {
+  float e = 0.0f;
+  for (int k = 0; k < K; ++k) {
+    const uint32_t c = fmt::unpack_code(wrow, k, BITS);
+    const int64_t si = srow + k / gs;
+    float w;
+    if constexpr (KIND == QKind::affine) {
+      w = fmaf(to_f<T>(static_cast<const T*>(scales)[si]), static_cast<float>(c), to_f<T>(static_cast<const T*>(biases)[si]));
+    } else {
+      const uint32_t sb = static_cast<const uint8_t*>(scales)[si];
+      const float sc = gs == 16 ? fmt::e4m3_to_float(sb) : fmt::e8m0_to_float(sb);
+      w = __fmul_rn(sc, KIND == QKind::e2m1 ? fmt::e2m1_to_float(c) : fmt::e4m3_to_float(c));
+    }
+    e = fmaf(to_f<T>(xm[k]), w, e);
+  }
+  return e;
+}
+
 template <typename T, QKind KIND, int BITS, int GPP>
 __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p) {
   constexpr int BM = MmaTile::BM, BN = MmaTile::BN, LDA = MmaTile::LDA;
@@ -86,6 +112,7 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
       const uint32_t* wbase = p.w + (wi * N + n0) * static_cast<int64_t>(P) * BITS;
       const int64_t sbase = (wi * N) * static_cast<int64_t>(G);
       float g[2][4][4], xa[2][4];
+      bool nonfinite = false;  // some group of this thread's elements had non-finite data
       auto zero_groups = [&] {
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi) {
@@ -118,7 +145,13 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
             }
           }
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
+        for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+          for (int j = 0; j < 2; ++j) nonfinite |= !isfinite(s[ni][j]) || !isfinite(b[ni][j]);
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) {
+#pragma unroll
+          for (int e = 0; e < 4; e += 2) nonfinite |= !isfinite(xa[mi][e]);
 #pragma unroll
           for (int ni = 0; ni < 4; ++ni)
 #pragma unroll
@@ -126,6 +159,7 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
               acc[mi][ni][e] = fmaf(s[ni][e & 1], g[mi][ni][e], acc[mi][ni][e]);
               if constexpr (kAffine) acc[mi][ni][e] = fmaf(b[ni][e & 1], xa[mi][e], acc[mi][ni][e]);
             }
+        }
         zero_groups();
       };
       // One k-step (32 codes) of x and packed weights into stage `st`.
@@ -176,10 +210,9 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
           for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
             for (int ni = 0; ni < 4; ++ni) mma16816<T>(g[mi][ni], a[mi], bf[ni][0], bf[ni][1]);
-          if constexpr (kAffine) {
+          // sum(x) per row and group: the affine bias term, and the finiteness check.
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) mma16816<T>(xa[mi], a[mi], ones2<T>(), ones2<T>());
-          }
+          for (int mi = 0; mi < 2; ++mi) mma16816<T>(xa[mi], a[mi], ones2<T>(), ones2<T>());
           if constexpr (GPP == 2) fold(kt * 2 + ks);
         }
         if constexpr (GPP == 1) {
@@ -188,6 +221,21 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
       }
       cp_async_wait<0>();
       __syncthreads();  // before the next batch entry reuses the stages
+      if (nonfinite) {
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+          for (int ni = 0; ni < 4; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int m = m0 + wm * 32 + mi * 16 + lane / 4 + (e >= 2 ? 8 : 0);
+              const int n = n0 + wn * 32 + ni * 8 + 2 * (lane % 4) + (e & 1);
+              if (m < M && n < N)
+                acc[mi][ni][e] = exact_dot<T, KIND, BITS>(X + (xi * M + m) * static_cast<int64_t>(K),
+                                                          p.w + (wi * N + n) * static_cast<int64_t>(P) * BITS, p.scales,
+                                                          p.biases, sbase + static_cast<int64_t>(n) * G, K, p.gs);
+            }
+      }
     }
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)

@@ -151,7 +151,7 @@ int main(int argc, char** argv) {
   for (const QFmt& f : fmts) {
     const bool headline = f.mode == fmt::Mode::affine && f.bits == 4 && f.gs == 64;
     std::vector<int64_t> Ms = {1};
-    if (headline) Ms = quick ? std::vector<int64_t>{1, 8, 256} : std::vector<int64_t>{1, 2, 4, 8, 16, 64, 256, 2048};
+    if (headline) Ms = quick ? std::vector<int64_t>{1, 8, 256} : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 256, 2048};
     const int64_t words = K * f.bits / 32, groups = K / f.gs;
     const double wbytes = double(N) * words * 4 + double(N) * groups * (f.mode == fmt::Mode::affine ? 4 : 1);
     const int copies = static_cast<int>(std::max<int64_t>(2, kRotateBytes / static_cast<int64_t>(wbytes) + 1));
@@ -181,30 +181,39 @@ int main(int argc, char** argv) {
         s.x = x;
         s.out = Array::empty({1, M, N}, Dtype::bfloat16, Device::gpu());
       }
-      const auto& entry = reg.qmm.select(d, Device::Type::gpu);
-      // Check against the generic kernel before timing.
-      detail::QmmArgs chk = sets[0];
-      chk.out = Array::empty({1, M, N}, Dtype::bfloat16, Device::gpu());
       const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* generic = nullptr;
-      for (const auto& e : reg.qmm.entries())
-        if (e.device == Device::Type::gpu && e.name == "cuda_qmm_generic") generic = &e;
-      const Stream st(Device::gpu());
-      entry.run(d, sets[0], st);
-      double err = -1;
-      if (generic && M <= 256) {
-        generic->run(d, chk, st);
-        err = max_abs_diff(sets[0].out, chk.out);
+      const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* simt_qmv = nullptr;
+      for (const auto& e : reg.qmm.entries()) {
+        if (e.device != Device::Type::gpu) continue;
+        if (e.name == "cuda_qmm_generic") generic = &e;
+        if (e.name == "cuda_qmv") simt_qmv = &e;
       }
-      const int it = M >= 1024 ? std::max(10, iters / 5) : iters;
-      const double us = median_us(warm, it, [&](int i) { entry.run(d, sets[i % copies], st); });
-      const double bytes = wbytes + double(M) * K * 2 + double(M) * N * 2;
-      Result r{std::string(f.label) + " [" + entry.name + "]", M, N, K, us, bytes / (us * 1e-6) / 1e9, 0,
-               2.0 * M * N * K / (us * 1e-6) / 1e12, err};
-      r.pct_copy = 100.0 * r.gbs / copy_gbs;
-      results.push_back(r);
-      std::printf("  %-40s M=%-5lld %9.2f us %8.1f GB/s %6.1f%% of copy %7.2f TFLOP/s  check max|diff|=%.3g\n",
-                  r.name.c_str(), static_cast<long long>(M), us, r.gbs, r.pct_copy, r.tflops, err);
-      std::fflush(stdout);
+      std::vector<const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>*> entries = {&reg.qmm.select(d, Device::Type::gpu)};
+      // The SIMT GEMV too where the tensor-core GEMV is chosen (comparison in the same run).
+      if (headline && M == 1 && simt_qmv && entries[0]->name != "cuda_qmv") entries.push_back(simt_qmv);
+      for (const auto* ep : entries) {
+        const auto& entry = *ep;
+        // Check against the generic kernel before timing.
+        detail::QmmArgs chk = sets[0];
+        chk.out = Array::empty({1, M, N}, Dtype::bfloat16, Device::gpu());
+        const Stream st(Device::gpu());
+        entry.run(d, sets[0], st);
+        double err = -1;
+        if (generic && M <= 256) {
+          generic->run(d, chk, st);
+          err = max_abs_diff(sets[0].out, chk.out);
+        }
+        const int it = M >= 1024 ? std::max(10, iters / 5) : iters;
+        const double us = median_us(warm, it, [&](int i) { entry.run(d, sets[i % copies], st); });
+        const double bytes = wbytes + double(M) * K * 2 + double(M) * N * 2;
+        Result r{std::string(f.label) + " [" + entry.name + "]", M, N, K, us, bytes / (us * 1e-6) / 1e9, 0,
+                 2.0 * M * N * K / (us * 1e-6) / 1e12, err};
+        r.pct_copy = 100.0 * r.gbs / copy_gbs;
+        results.push_back(r);
+        std::printf("  %-40s M=%-5lld %9.2f us %8.1f GB/s %6.1f%% of copy %7.2f TFLOP/s  check max|diff|=%.3g\n",
+                    r.name.c_str(), static_cast<long long>(M), us, r.gbs, r.pct_copy, r.tflops, err);
+        std::fflush(stdout);
+      }
     }
   }
 
@@ -219,7 +228,7 @@ int main(int argc, char** argv) {
         CK(cudaMalloc(&p, wb));
         CK(cudaMemset(p, 0x3c, wb));
       }
-      for (int64_t M : quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 16, 256, 2048}) {
+      for (int64_t M : quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 16, 64, 256, 2048}) {
         void *x = nullptr, *y = nullptr;
         CK(cudaMalloc(&x, size_t(M) * K * 2));
         CK(cudaMalloc(&y, size_t(M) * N * 2));
