@@ -6,8 +6,8 @@
 // Work split: a block is 4 warps, each warp owns R = 2 consecutive weight
 // rows; lane j reads packs j, j+32, ... of both rows (a pack = 32 codes =
 // BITS words, one 16-byte load at 4 bits) so the warp streams 512 B of
-// contiguous weights per row and step. Two steps are loaded before either is
-// used (2 x 2 x 16 B in flight per lane). Activations (8 values per load) come
+// contiguous weights per row and step. The next pack of each row and its
+// scales / biases are loaded while the current one is computed. Activations (8 values per load) come
 // through L1, shared by the warps of the SM. Each weight is dequantized once
 // in float32 (s * q + b: shift, LOP3 and two float ops per code, no I2F) and
 // used for all M rows; float32 accumulation.
@@ -32,7 +32,6 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kRows = 2;    // R: weight rows per warp
-constexpr int kUnroll = 2;  // packs per lane loaded ahead
 
 struct QmvParams {
   const void* x;
@@ -47,6 +46,19 @@ struct QmvParams {
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
 };
+
+/// Raw bits of element i of a T array (affine scales / biases), widened.
+template <typename T>
+__device__ __forceinline__ uint32_t raw_bits(const void* p, int64_t i) {
+  if constexpr (std::is_same_v<T, float>) return __ldg(static_cast<const uint32_t*>(p) + i);
+  else return __ldg(static_cast<const unsigned short*>(p) + i);
+}
+template <typename T>
+__device__ __forceinline__ float raw_to_f(uint32_t b) {
+  if constexpr (std::is_same_v<T, float>) return __uint_as_float(b);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return bf16_bits_to_f(b);
+  else return f16_bits_to_f(b);
+}
 
 /// 8 activations starting at p (16-byte aligned) as float32.
 template <typename T>
@@ -104,80 +116,98 @@ __global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
 #pragma unroll
       for (int r = 0; r < R; ++r) valid[r] = n0 + r < N;
 
-      for (int p0 = lane; p0 < P; p0 += 32 * kUnroll) {
-        uint32_t pk[kUnroll][R][BITS];
+      // One pack per row with its group scales / biases (raw bits), loaded one
+      // pack ahead of its use so the loads of the next pack, scales included,
+      // are in flight while this one is computed.
+      struct Stage {
+        uint32_t pk[R][BITS];
+        uint32_t sraw[R][GPP], braw[R][GPP];
+      };
+      auto load_stage = [&](int pp, Stage& st) {
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int pp = p0 + 32 * u;
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            if (pp < P && valid[r]) {
-              load_pack<BITS>(pk[u][r], wb + (static_cast<int64_t>(r) * P + pp) * BITS);
-            } else {
-#pragma unroll
-              for (int b = 0; b < BITS; ++b) pk[u][r][b] = 0u;
-            }
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
-          const int pp = p0 + 32 * u;
-          if (pp >= P) break;
-          // Scales (and biases) of the pack's group(s), per row.
-          float sc[R][GPP], bi[R][GPP];
-#pragma unroll
-          for (int r = 0; r < R; ++r)
+        for (int r = 0; r < R; ++r) {
+          if (valid[r]) {
+            load_pack<BITS>(st.pk[r], wb + (static_cast<int64_t>(r) * P + pp) * BITS);
 #pragma unroll
             for (int gp = 0; gp < GPP; ++gp) {
               const int g = GPP == 2 ? 2 * pp + gp : (pp >> p.gshift);
               const int64_t si = sbase + static_cast<int64_t>(r) * G + g;
-              if (!valid[r]) {
-                sc[r][gp] = 0.0f;
-                bi[r][gp] = 0.0f;
-              } else if constexpr (KIND == QKind::affine) {
-                sc[r][gp] = to_f<T>(static_cast<const T*>(p.scales)[si]);
-                bi[r][gp] = to_f<T>(static_cast<const T*>(p.biases)[si]);
+              if constexpr (KIND == QKind::affine) {
+                st.sraw[r][gp] = raw_bits<T>(p.scales, si);
+                st.braw[r][gp] = raw_bits<T>(p.biases, si);
               } else {
-                sc[r][gp] = fp_scale<KIND, GPP == 2 ? 16 : 32>(static_cast<const uint8_t*>(p.scales)[si]);
-                bi[r][gp] = 0.0f;
+                st.sraw[r][gp] = __ldg(static_cast<const uint8_t*>(p.scales) + si);
+                st.braw[r][gp] = 0u;
               }
             }
-          // Each weight is dequantized once (w = s * q + b) and used for all
-          // M rows; multiplying x by w itself (not factoring s out of the group
-          // sum) keeps IEEE propagation exact: Inf * w is +-Inf unless w == 0.
-          float part[R][MT];
+          } else {
 #pragma unroll
-          for (int r = 0; r < R; ++r)
+            for (int b = 0; b < BITS; ++b) st.pk[r][b] = 0u;
 #pragma unroll
-            for (int m = 0; m < MT; ++m) part[r][m] = 0.0f;
+            for (int gp = 0; gp < GPP; ++gp) st.sraw[r][gp] = st.braw[r][gp] = 0u;
+          }
+        }
+      };
+      auto compute_stage = [&](int pp, const Stage& st) {
+        float sc[R][GPP], bi[R][GPP];
 #pragma unroll
-          for (int c8 = 0; c8 < 4; ++c8) {
-            const int gp = GPP == 2 ? c8 / 2 : 0;
-            float wv[R][8];
+        for (int r = 0; r < R; ++r)
 #pragma unroll
-            for (int r = 0; r < R; ++r)
-#pragma unroll
-              for (int i = 0; i < 8; ++i) {
-                const float q = code_value<KIND>(pack_code<BITS>(pk[u][r], c8 * 8 + i));
-                wv[r][i] = KIND == QKind::affine ? fmaf(sc[r][gp], q, bi[r][gp]) : __fmul_rn(sc[r][gp], q);
-              }
-#pragma unroll
-            for (int m = 0; m < MT; ++m) {
-              if (m < M) {
-                float xv[8];
-                load_x8<T>(xb + static_cast<int64_t>(m) * K + pp * 32 + c8 * 8, xv);
-#pragma unroll
-                for (int r = 0; r < R; ++r)
-#pragma unroll
-                  for (int i = 0; i < 8; ++i) part[r][m] = fmaf(xv[i], wv[r][i], part[r][m]);
-              }
+          for (int gp = 0; gp < GPP; ++gp) {
+            if constexpr (KIND == QKind::affine) {
+              sc[r][gp] = raw_to_f<T>(st.sraw[r][gp]);
+              bi[r][gp] = raw_to_f<T>(st.braw[r][gp]);
+            } else {
+              sc[r][gp] = valid[r] ? fp_scale<KIND, GPP == 2 ? 16 : 32>(st.sraw[r][gp]) : 0.0f;
+              bi[r][gp] = 0.0f;
             }
           }
+        // Each weight is dequantized once (w = s * q + b) and used for all M
+        // rows; multiplying x by w itself (not factoring s out of the group
+        // sum) keeps IEEE propagation exact: Inf * w is +-Inf unless w == 0.
+        float part[R][MT];
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int m = 0; m < MT; ++m) part[r][m] = 0.0f;
+#pragma unroll
+        for (int c8 = 0; c8 < 4; ++c8) {
+          const int gp = GPP == 2 ? c8 / 2 : 0;
+          float wv[R][8];
 #pragma unroll
           for (int r = 0; r < R; ++r)
 #pragma unroll
-            for (int m = 0; m < MT; ++m) acc[r][m] += part[r][m];
+            for (int i = 0; i < 8; ++i) {
+              const float q = code_value<KIND>(pack_code<BITS>(st.pk[r], c8 * 8 + i));
+              wv[r][i] = KIND == QKind::affine ? __fadd_rn(__fmul_rn(sc[r][gp], q), bi[r][gp])
+                                               : __fmul_rn(sc[r][gp], q);
+            }
+#pragma unroll
+          for (int m = 0; m < MT; ++m) {
+            if (m < M) {
+              float xv[8];
+              load_x8<T>(xb + static_cast<int64_t>(m) * K + pp * 32 + c8 * 8, xv);
+#pragma unroll
+              for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int i = 0; i < 8; ++i) part[r][m] = fmaf(xv[i], wv[r][i], part[r][m]);
+            }
+          }
         }
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int m = 0; m < MT; ++m) acc[r][m] += part[r][m];
+      };
+
+      Stage s0, s1;
+      if (lane < P) load_stage(lane, s0);
+      for (int pp = lane; pp < P; pp += 64) {
+        if (pp + 32 < P) load_stage(pp + 32, s1);
+        compute_stage(pp, s0);
+        if (pp + 32 >= P) break;
+        if (pp + 64 < P) load_stage(pp + 64, s0);
+        compute_stage(pp + 32, s1);
       }
     }
     // Warp reduction; lane 0 writes (zeros for a bad index, see index_ok).
