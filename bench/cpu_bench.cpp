@@ -79,8 +79,10 @@ __attribute__((target("avx512f,fma"))) double fma_chains_avx512(int64_t iters) {
   __m512 c[12];
   for (int i = 0; i < 12; ++i) c[i] = _mm512_set1_ps(float(i) * 1e-3f);
   const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
-  for (int64_t it = 0; it < iters; ++it)
-    for (int i = 0; i < 12; ++i) c[i] = _mm512_fmadd_ps(c[i], a, b);
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) c[i] = _mm512_fmadd_ps(c[i], a, b);  // 12 chains: registers, not memory
+  }
   alignas(64) float t[16];
   float s = 0;
   for (int i = 0; i < 12; ++i) {
@@ -94,8 +96,10 @@ __attribute__((target("avx2,fma"))) double fma_chains_avx2(int64_t iters) {
   __m256 c[12];
   for (int i = 0; i < 12; ++i) c[i] = _mm256_set1_ps(float(i) * 1e-3f);
   const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
-  for (int64_t it = 0; it < iters; ++it)
+  for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 12
     for (int i = 0; i < 12; ++i) c[i] = _mm256_fmadd_ps(c[i], a, b);
+  }
   alignas(32) float t[8];
   float s = 0;
   for (int i = 0; i < 12; ++i) {

@@ -262,24 +262,27 @@ TEST(CudaCross, QmmExactTensorCoreGemvShapes) {
 
 TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   MMKIT_REQUIRE_GPU();
-  // Inf / NaN in x: each GPU path must give the reference's NaN or +-Inf per
-  // element (the tensor-core kernels recompute such groups element by element).
+  // Inf / NaN in x: every GPU path must give the reference's NaN or +-Inf per
+  // element (the tensor-core kernels recompute such groups element by
+  // element). Exactly representable weights, some of them exactly 0, so
+  // float32 and the float64 reference agree on which products are Inf * 0.
   const float inf = std::numeric_limits<float>::infinity();
-  for (Dtype dt : {Dtype::bfloat16, Dtype::float16, Dtype::float32})
-    for (int64_t M : {1, 5, 20, 40}) {
-      SCOPED_TRACE(std::string(dtype_name(dt)) + " M=" + std::to_string(M));
-      const int64_t N = 24, K = 256;
-      auto q = quantize(randn({N, K}, Dtype::float32, 31), 64, 4, "affine");
-      Array xf = randn({M, K}, Dtype::float32, 32, 0.1);
-      xf.data<float>()[0 * K + 3] = inf;
-      xf.data<float>()[(M - 1) * K + 100] = -inf;
-      if (M > 2) xf.data<float>()[1 * K + 7] = std::numeric_limits<float>::quiet_NaN();
-      Array x = xf.astype(dt);
-      Array s = q[1].astype(dt), b = q[2].astype(dt);
-      ref::Tensor r = ref::quantized_matmul(x, q[0], s, b, true, 64, 4, "affine");
-      Array y = quantized_matmul(gpu(x), gpu(q[0]), gpu(s), gpu(b), true, 64, 4);
-      EXPECT_TRUE(all_close(y, r, rtol_for(dt), 1e-3 * 8)) << "non-finite rows";
-    }
+  uint64_t seed = 40;
+  for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"mxfp4", 4, 32}})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16, Dtype::float32})
+      for (int64_t M : {1, 5, 20, 40}) {
+        SCOPED_TRACE(name(f, dt) + " M=" + std::to_string(M));
+        const int64_t N = 24, K = 256;
+        QW q = exact_quantized(f, N, K, dt, seed++);
+        Array xf = small_ints({M, K}, Dtype::float32, seed++);
+        xf.data<float>()[0 * K + 3] = inf;
+        xf.data<float>()[(M - 1) * K + 100] = -inf;
+        if (M > 2) xf.data<float>()[1 * K + 7] = std::numeric_limits<float>::quiet_NaN();
+        Array x = xf.astype(dt);
+        ref::Tensor r = ref::quantized_matmul(x, q.w, q.scales, q.biases, true, f.gs, f.bits, f.mode);
+        Array y = quantized_matmul(gpu(x), gpu(q.w), gpu(q.scales), opt_gpu(q.biases), true, f.gs, f.bits, f.mode);
+        EXPECT_TRUE(all_close(y, r, rtol_for(dt), 0.0));  // exact sums, one rounding to T
+      }
 }
 
 TEST(CudaCross, QmmRandomShapesWithinTolerance) {
@@ -514,10 +517,14 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   q.K = 4096;
   q.N = 4096;
   q.dtype = Dtype::bfloat16;
-  for (int64_t M : {1, 8, 9, 512}) {
+  for (int64_t M : {1, 8, 9, 33, 512}) {
     q.M = M;
     seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   }
+  q.M = 1;
+  q.format = {fmt::Mode::mxfp4, 4, 32};  // not 4-bit affine: the SIMT GEMV
+  seen.insert(r.qmm.select(q, Device::Type::gpu).name);
+  q.format = {fmt::Mode::affine, 4, 64};
   q.transpose = false;
   seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   detail::GemmDesc gd;
@@ -540,7 +547,8 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   check_family(r.quantize);
   check_family(r.dequantize);
   check_family(r.fp8);
-  EXPECT_TRUE(seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") && seen.count("cuda_qmm_generic"));
+  EXPECT_TRUE(seen.count("cuda_qmv_sm80_mma") && seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") &&
+              seen.count("cuda_qmm_generic"));
 }
 
 }  // namespace

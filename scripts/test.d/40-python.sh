@@ -9,6 +9,12 @@ set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 stage "Python package (pip install ./ into build/venv, pytest python/tests)"
 
+# Stage 10 already compiles (and CI checks) every CUDA file; building them a
+# second time inside pip would double the suite's time, so the package is
+# built CPU-only here unless MMKIT_CUDA says otherwise.
+: "${MMKIT_CUDA:=OFF}"
+export MMKIT_CUDA
+
 VENV="$ROOT/build/venv"
 PY="$VENV/bin/python"
 MLX_VERSION=0.32.2  # the MLX release SPEC.md and the conformance vectors describe

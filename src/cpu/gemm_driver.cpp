@@ -8,7 +8,7 @@ namespace mmkit::cpu {
 namespace {
 
 constexpr int64_t kNc = 128;  // columns per item (a multiple of nr)
-constexpr int64_t kMc = 240;  // rows per item (a multiple of every mr)
+constexpr int64_t kMc = 720;  // rows per item (a multiple of every mr)
 
 struct Item {
   int job;
@@ -79,7 +79,7 @@ void run_gemm_jobs(const SimdKernels& k, const std::vector<GemmJob>& jobs, int64
           const float* bp = bpanel.data() + tn * kGemmKc * nr;
           for (int64_t m = 0; m < mrows; m += g.mr) {
             const int mv = static_cast<int>(std::min<int64_t>(g.mr, mrows - m));
-            const float* ap = g.ap + ((t.m0 + m) / g.mr) * g.K * g.mr + k0 * g.mr;
+            const float* ap = g.ap + (k0 / kGemmKc) * a_kblock_stride(g.M, g.mr) + ((t.m0 + m) / g.mr) * kGemmKc * g.mr;
             k.gemm_tile(g.mr, kc, ap, bp, cbuf.data() + m * ldc + tn * nr, ldc, mv, nv, k0 > 0);
           }
         }

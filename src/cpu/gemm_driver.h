@@ -21,7 +21,9 @@ namespace mmkit::cpu {
 struct GemmJob {
   int64_t M = 0, N = 0, K = 0;
   int mr = 1;                 // packing width of ap (a gemm_tile width)
-  const float* ap = nullptr;  // ceil(M / mr) tiles of K x mr floats
+  /// A packed k-block-major (pack_a with kblock_stride = a_kblock_stride(M, mr)):
+  /// tile t of k-block b at ap + b * kblock_stride + t * kGemmKc * mr.
+  const float* ap = nullptr;
   /// Fills bp[k][j] (kc x nr) with B[k0 + k][n0 + j] for j < nv, zeros beyond.
   /// k0 and kc are multiples of kc_align (except a final partial block ending at K).
   std::function<void(int64_t n0, int nv, int64_t k0, int64_t kc, float* bp, float* scratch)> pack_b;
@@ -32,10 +34,14 @@ struct GemmJob {
 /// Largest gemm_tile width not above what M needs (1, 2, 4, 8 or the ISA's mr).
 int pick_mr(const SimdKernels& k, int64_t M);
 
+/// Floats between k-blocks of the packed A of an M-row job, and its total size.
+inline int64_t a_kblock_stride(int64_t M, int mr) { return (M + mr - 1) / mr * mr * kGemmKc; }
+inline int64_t a_packed_floats(int64_t M, int64_t K, int mr) {
+  return a_kblock_stride(M, mr) * ((K + kGemmKc - 1) / kGemmKc);
+}
+
 /// Runs every job; pack_scratch_floats is the scratch each pack_b call may use.
 void run_gemm_jobs(const SimdKernels& k, const std::vector<GemmJob>& jobs, int64_t pack_scratch_floats);
 
-/// Block size along K used by run_gemm_jobs (a multiple of every group size).
-constexpr int64_t kGemmKc = 128;
 
 }  // namespace mmkit::cpu

@@ -79,7 +79,7 @@ void gemm_fast(const SimdKernels& kern, const GemmDesc& d, GemmArgs& g) {
     job.K = K;
     job.mr = pick_mr(kern, job.M);
     const int64_t tiles = (job.M + job.mr - 1) / job.mr;
-    gr.ap.resize(static_cast<size_t>(std::max<int64_t>(1, tiles * K * job.mr)));
+    gr.ap.resize(static_cast<size_t>(std::max<int64_t>(1, a_packed_floats(job.M, K, job.mr))));
     for (int64_t l : gr.pairs)
       for (int64_t m = 0; m < M; ++m) gr.out.push_back(O + (l * M + m) * N * es);
     for (int64_t t = 0; t < tiles; ++t) pitems.push_back({j, t});
@@ -96,7 +96,8 @@ void gemm_fast(const SimdKernels& kern, const GemmDesc& d, GemmArgs& g) {
       const int64_t row = p.tile * job.mr + r;
       rows[r] = A + (lhs[gr.pairs[static_cast<size_t>(row / M)]] * M + row % M) * K * es;
     }
-    kern.pack_a(rows, dt, mv, job.mr, K, gr.ap.data() + p.tile * K * job.mr, nullptr, 0, 1);
+    kern.pack_a(rows, dt, mv, job.mr, K, gr.ap.data() + p.tile * kGemmKc * job.mr, a_kblock_stride(job.M, job.mr),
+                nullptr, 0, 1);
   }
   const bool kmajor = d.b_kmajor;
   for (size_t j = 0; j < groups.size(); ++j) {
@@ -150,7 +151,7 @@ void block_masked_fast(const SimdKernels& kern, const BlockMaskedDesc& d, BlockM
       const void* rows[16];
       for (int r = 0; r < mv; ++r) rows[r] = a + (r0 + r) * K * es;
       const float* ks = float_ops && ml ? ml + (l * tm + i) * tk : nullptr;
-      kern.pack_a(rows, dt, mv, mr, K, ap.data() + t * K * mr, ks, 0, bs);
+      kern.pack_a(rows, dt, mv, mr, K, ap.data() + t * K * mr, kGemmKc * mr, ks, 0, bs);
     }
     // pack b: n-tile -> K x nr, scaled by the float rhs mask of its column block
 #pragma omp parallel

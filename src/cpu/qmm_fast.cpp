@@ -235,8 +235,7 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
     g.N = N;
     g.K = K;
     g.mr = pick_mr(kern, g.M);
-    const int64_t mt = (g.M + g.mr - 1) / g.mr;
-    b.ap.resize(static_cast<size_t>(mt * K * g.mr));
+    b.ap.resize(static_cast<size_t>(a_packed_floats(g.M, K, g.mr)));
   }
   // Pack x for every large expert (parallel over row tiles).
   {
@@ -260,7 +259,8 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
         const int64_t l = ex.pairs[static_cast<size_t>(row / M)];
         rows[r] = X + (lhs[l] * M + row % M) * K * xes;
       }
-      kern.pack_a(rows, xdt, mv, g.mr, K, bigs[p.job].ap.data() + p.tile * K * g.mr, nullptr, 0, 1);
+      kern.pack_a(rows, xdt, mv, g.mr, K, bigs[p.job].ap.data() + p.tile * kGemmKc * g.mr, a_kblock_stride(g.M, g.mr),
+                  nullptr, 0, 1);
     }
   }
   for (size_t j = 0; j < large.size(); ++j) {

@@ -20,8 +20,8 @@ int64_t qmv_scratch_floats(const QWeights& q);
 void qmv(const QmvArgs& a);
 void pack_qt(const QWeights& q, int64_t n0, int nv, int64_t k0, int64_t kc, float* bp, float* scratch);
 void pack_qn(const QWeights& q, int64_t n0, int nv, int64_t k0, int64_t kc, float* bp);
-void pack_a(const void* const* rows, int dt, int mrows, int mr_pack, int64_t K, float* ap, const float* kscale,
-            int64_t kscale_ld, int64_t kscale_div);
+void pack_a(const void* const* rows, int dt, int mrows, int mr_pack, int64_t K, float* ap, int64_t kblock_stride,
+            const float* kscale, int64_t kscale_ld, int64_t kscale_div);
 void pack_b(const void* b, int dt, bool kmajor, int64_t ldb, int64_t n0, int nv, int64_t k0, int64_t kc, float* bp,
             const float* kscale, int64_t kscale_div);
 void gemm_tile(int mr_pack, int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int mv, int nv,

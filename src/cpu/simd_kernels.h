@@ -12,6 +12,9 @@
 
 namespace mmkit::cpu {
 
+/// Block size along K of the packed GEMM panels (a multiple of every group size).
+constexpr int64_t kGemmKc = 256;
+
 /// One quantized weight matrix (one expert), as descriptors.h lays it out:
 /// rows x words packed codes, rows x groups scales (and biases).
 struct QWeights {
@@ -61,11 +64,14 @@ struct SimdKernels {
   void (*pack_qn)(const QWeights& q, int64_t n0, int nv, int64_t k0, int64_t kc, float* bp);
 
   // ---- float GEMM --------------------------------------------------------------
-  /// Packs rows (row pointers, dtype dt) into Ap[k][mr_pack] for k < K, with
-  /// zero rows beyond mrows (mrows <= mr_pack). Optional per-row-and-k scale:
+  /// Packs rows (row pointers, dtype dt) into an A micro-panel: element (k, i)
+  /// at ap[(k / kGemmKc) * kblock_stride + (k % kGemmKc) * mr_pack + i] for k < K,
+  /// zero rows beyond mrows (mrows <= mr_pack). kblock_stride = kGemmKc * mr_pack
+  /// gives one contiguous K x mr panel; larger strides interleave the tiles of
+  /// a k-block so the micro-kernel streams them back to back. Optional per-row-and-k scale:
   /// when kscale is set, element (i, k) is multiplied by kscale[i * kscale_ld + k / kscale_div].
   void (*pack_a)(const void* const* rows, int dt, int mrows, int mr_pack, int64_t K, float* ap,
-                 const float* kscale, int64_t kscale_ld, int64_t kscale_div);
+                 int64_t kblock_stride, const float* kscale, int64_t kscale_ld, int64_t kscale_div);
   /// Packs Bp[k][j] = b[k0 + k][n0 + j] (kmajor = false, b row stride ldb) or
   /// b[n0 + j][k0 + k] (kmajor = true), converted to float32, times
   /// colscale[(k0 + k) / colscale_div] when colscale is set; zeros for j >= nv.

@@ -17,8 +17,8 @@
 // element by element (x * (s * q + b)), so Inf and NaN propagate exactly as in
 // the reference.
 // Tile: a block is 4 warps on 16 weight rows, each warp a quarter of K, D = 4
-// k-tiles of 128 codes in flight per warp (registers), warps reduced through
-// shared memory. About 2 instructions per code instead of ~5 for qmv.cu.
+// k-tiles of 128 codes (and their groups' scales and biases) in flight per
+// warp in registers, warps reduced through shared memory. About 2 instructions per code instead of ~5 for qmv.cu.
 // Bound: weight bandwidth; target >= 60% (aim 80%) of the measured copy
 // bandwidth at M = 1, 8192 x 8192 (src/cuda/tools/cuda_gemv_bench.cu).
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*), conformance, NaN/Inf tests.
@@ -50,6 +50,13 @@ struct QmvMmaParams {
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
 };
+
+/// The low 16 bits of b as a T (float16 / bfloat16) value.
+template <typename T>
+__device__ __forceinline__ float half_bits_to_f(uint32_t b) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __uint_as_float(b << 16);
+  else return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
+}
 
 /// Nibbles (i, i + 4) of v >> 4i as an exact T pair (the shift is the caller's).
 template <typename T>
@@ -98,7 +105,7 @@ __device__ __noinline__ float exact_group(const T* xm, const uint32_t* wr, float
 // 512 blocks for N = 8192 on 132 SMs.
 template <typename T, int GS, int MT>
 __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(QmvMmaParams p) {
-  constexpr int kDepth = MT == 1 ? 4 : 2;  // k-tiles (128 codes) in flight per warp
+  constexpr int kDepth = MT == 1 && GS != 32 ? 3 : 2;  // k-tiles (128 codes) in flight per warp
   constexpr int W = GS / 32;   // words per thread, row and group
   constexpr int CH = 4 / W;    // groups per k-tile of 128 codes
   __shared__ float red[kWarps][kRowsPerBlock][8 * MT];  // (warp, row, m) partial sums
@@ -140,8 +147,35 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
       }
       const int64_t sa = (wi * N + ra) * static_cast<int64_t>(G), sb = (wi * N + rb) * static_cast<int64_t>(G);
 
-      uint32_t bufa[kDepth][4], bufb[kDepth][4];
-      auto load_tile = [&](int t, uint32_t (&a)[4], uint32_t (&b)[4]) {
+      // Per k-tile and row: 4 words of codes and the CH groups' scales and
+      // biases (raw 16-bit patterns, SW words), all loaded kDepth tiles ahead.
+      constexpr int SW = CH == 4 ? 2 : 1;
+      struct Tile {
+        uint32_t a[4], b[4];
+        uint32_t sa[SW], ba[SW], sb[SW], bb[SW];
+      };
+      Tile buf[kDepth];
+      auto load_raw = [&](uint32_t (&dst)[SW], const T* src, bool v) {
+        if (!v) {
+#pragma unroll
+          for (int i = 0; i < SW; ++i) dst[i] = 0u;
+        } else if constexpr (CH == 4) {
+          const uint2 r = __ldg(reinterpret_cast<const uint2*>(src));
+          dst[0] = r.x;
+          dst[SW - 1] = r.y;
+        } else if constexpr (CH == 2) {
+          dst[0] = __ldg(reinterpret_cast<const uint32_t*>(src));
+        } else {
+          dst[0] = __ldg(reinterpret_cast<const unsigned short*>(src));
+        }
+      };
+      auto load_tile = [&](int t, Tile& tl) {
+        uint32_t (&a)[4] = tl.a;
+        uint32_t (&b)[4] = tl.b;
+        load_raw(tl.sa, S + sa + t * CH, va);
+        load_raw(tl.ba, B + sa + t * CH, va);
+        load_raw(tl.sb, S + sb + t * CH, vb);
+        load_raw(tl.bb, B + sb + t * CH, vb);
 #pragma unroll
         for (int q = 0; q < CH; ++q) {
           const int off = t * 16 + q * 4 * W + c * W;  // word offset in the row
@@ -155,7 +189,9 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
             for (int j = 0; j < W; ++j) b[q * W + j] = 0u;
         }
       };
-      auto compute_tile = [&](int t, const uint32_t (&a)[4], const uint32_t (&b)[4]) {
+      auto compute_tile = [&](int t, const Tile& tl) {
+        const uint32_t (&a)[4] = tl.a;
+        const uint32_t (&b)[4] = tl.b;
 #pragma unroll
         for (int q = 0; q < CH; ++q) {
           float gacc[MT][4], xacc[MT][4];
@@ -192,15 +228,10 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
             }
           }
           const int grp = t * CH + q;
-          float s_a = 0.0f, b_a = 0.0f, s_b = 0.0f, b_b = 0.0f;
-          if (va) {
-            s_a = to_f<T>(S[sa + grp]);
-            b_a = to_f<T>(B[sa + grp]);
-          }
-          if (vb) {
-            s_b = to_f<T>(S[sb + grp]);
-            b_b = to_f<T>(B[sb + grp]);
-          }
+          const float s_a = half_bits_to_f<T>(tl.sa[q / 2] >> (16 * (q % 2)));
+          const float b_a = half_bits_to_f<T>(tl.ba[q / 2] >> (16 * (q % 2)));
+          const float s_b = half_bits_to_f<T>(tl.sb[q / 2] >> (16 * (q % 2)));
+          const float b_b = half_bits_to_f<T>(tl.bb[q / 2] >> (16 * (q % 2)));
           const float sv[4] = {s_a, s_a, s_b, s_b}, bv[4] = {b_a, b_a, b_b, b_b};
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
@@ -220,13 +251,13 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
 
 #pragma unroll
       for (int d = 0; d < kDepth; ++d)
-        if (tb + d < te) load_tile(tb + d, bufa[d], bufb[d]);
+        if (tb + d < te) load_tile(tb + d, buf[d]);
       for (int t = tb; t < te; t += kDepth) {
 #pragma unroll
         for (int d = 0; d < kDepth; ++d) {
           if (t + d < te) {
-            compute_tile(t + d, bufa[d], bufb[d]);
-            if (t + kDepth + d < te) load_tile(t + kDepth + d, bufa[d], bufb[d]);
+            compute_tile(t + d, buf[d]);
+            if (t + kDepth + d < te) load_tile(t + kDepth + d, buf[d]);
           }
         }
       }
@@ -283,7 +314,9 @@ bool qmv_mma_supports(const detail::QmmDesc& d) {
 }
 
 bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), 16)) return false;
+  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), 16) || !aligned(a.scales.raw_data(), 8) ||
+      !aligned(a.biases.raw_data(), 8))
+    return false;
   QmvMmaParams p{};
   p.x = a.x.raw_data();
   p.w = a.w.data<uint32_t>();

@@ -3,10 +3,12 @@
 //   * device-to-device copy bandwidth (cudaMemcpyAsync, 2 x 512 MiB buffers,
 //     bytes read + written), the roofline for memory-bound kernels;
 //   * cuBLAS bf16 GEMV/GEMM on the same shape (peer).
-// Every kernel call is timed alone with CUDA events (median of the runs after
-// a warm-up); the weights rotate over copies totalling > 100 MB (several
-// times the L2) so each call reads them from HBM. The registry entry runs
-// directly on prepared device arrays: launch-inclusive, front-end-exclusive.
+// Each call is bracketed by CUDA events recorded back to back (median of the
+// runs after a warm-up; the host enqueues ahead, so a delta is the call's
+// device time); the latency of one call on an idle GPU, host launch included,
+// is printed beside it. The weights rotate over copies totalling > 100 MB
+// (several times the L2) so each call reads them from HBM. The registry entry
+// runs directly on prepared device arrays (the op front end is not timed).
 // Before timing, each quantized case is checked against the generic kernel.
 //
 //   cuda_gemv_bench [--json out.json] [--quick]
@@ -40,16 +42,44 @@ using namespace mmkit;
     }                                                                                           \
   } while (0)
 
+/// Median device time of one call: events around each call, recorded back to
+/// back with no host synchronisation in between, so the GPU runs the calls
+/// one after another and a delta is the call's time on the device (launch
+/// gaps included only when the host cannot keep up).
 template <typename F>
 double median_us(int warmup, int iters, F&& body) {
+  for (int i = 0; i < warmup; ++i) body(i);
+  CK(cudaDeviceSynchronize());
+  std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters));
+  for (auto& e : ev) CK(cudaEventCreate(&e));
+  for (int i = 0; i < iters; ++i) {
+    CK(cudaEventRecord(ev[2 * i], cudaStreamLegacy));
+    body(warmup + i);
+    CK(cudaEventRecord(ev[2 * i + 1], cudaStreamLegacy));
+  }
+  CK(cudaDeviceSynchronize());
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    float ms = 0;
+    CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
+    t.push_back(ms * 1e3);
+  }
+  for (auto& e : ev) CK(cudaEventDestroy(e));
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+/// Median latency of one call on an idle GPU (host launch overhead included):
+/// the host waits for each call before issuing the next.
+template <typename F>
+double median_sync_us(int iters, F&& body) {
   cudaEvent_t a, b;
   CK(cudaEventCreate(&a));
   CK(cudaEventCreate(&b));
-  for (int i = 0; i < warmup; ++i) body(i);
   std::vector<double> t;
   for (int i = 0; i < iters; ++i) {
     CK(cudaEventRecord(a, cudaStreamLegacy));
-    body(warmup + i);
+    body(i);
     CK(cudaEventRecord(b, cudaStreamLegacy));
     CK(cudaEventSynchronize(b));
     float ms = 0;
@@ -67,6 +97,7 @@ struct Result {
   int64_t M, N, K;
   double us, gbs, pct_copy, tflops;
   double max_err;
+  double sync_us;
 };
 
 struct QFmt {
@@ -206,12 +237,13 @@ int main(int argc, char** argv) {
         const int it = M >= 1024 ? std::max(10, iters / 5) : iters;
         const double us = median_us(warm, it, [&](int i) { entry.run(d, sets[i % copies], st); });
         const double bytes = wbytes + double(M) * K * 2 + double(M) * N * 2;
+        const double sync_us = median_sync_us(20, [&](int i) { entry.run(d, sets[i % copies], st); });
         Result r{std::string(f.label) + " [" + entry.name + "]", M, N, K, us, bytes / (us * 1e-6) / 1e9, 0,
-                 2.0 * M * N * K / (us * 1e-6) / 1e12, err};
+                 2.0 * M * N * K / (us * 1e-6) / 1e12, err, sync_us};
         r.pct_copy = 100.0 * r.gbs / copy_gbs;
         results.push_back(r);
-        std::printf("  %-40s M=%-5lld %9.2f us %8.1f GB/s %6.1f%% of copy %7.2f TFLOP/s  check max|diff|=%.3g\n",
-                    r.name.c_str(), static_cast<long long>(M), us, r.gbs, r.pct_copy, r.tflops, err);
+        std::printf("  %-40s M=%-5lld %9.2f us %8.1f GB/s %6.1f%% of copy %7.2f TFLOP/s  (idle-GPU call %.2f us)  check max|diff|=%.3g\n",
+                    r.name.c_str(), static_cast<long long>(M), us, r.gbs, r.pct_copy, r.tflops, sync_us, err);
         std::fflush(stdout);
       }
     }
@@ -242,8 +274,9 @@ int main(int argc, char** argv) {
         };
         const double us = median_us(warm, M >= 1024 ? 20 : iters, run);
         const double bytes = double(wb) + double(M) * K * 2 + double(M) * N * 2;
+        const double sync_us = median_sync_us(20, run);
         Result r{"cuBLAS bf16 (peer)", M, N, K, us, bytes / (us * 1e-6) / 1e9, 0, 2.0 * M * N * K / (us * 1e-6) / 1e12,
-                 -1};
+                 -1, sync_us};
         r.pct_copy = 100.0 * r.gbs / copy_gbs;
         results.push_back(r);
         std::printf("  %-40s M=%-5lld %9.2f us %8.1f GB/s %6.1f%% of copy %7.2f TFLOP/s\n", r.name.c_str(),
@@ -256,10 +289,11 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\n%-42s %6s %10s %9s %8s %9s\n", "kernel (8192 x 8192, bf16 x)", "M", "us", "GB/s", "% copy", "TFLOP/s");
+  std::printf("\n%-42s %6s %10s %9s %8s %9s %10s\n", "kernel (8192 x 8192, bf16 x)", "M", "us", "GB/s", "% copy",
+              "TFLOP/s", "idle-call");
   for (const auto& r : results)
-    std::printf("%-42s %6lld %10.2f %9.1f %8.1f %9.2f\n", r.name.c_str(), static_cast<long long>(r.M), r.us, r.gbs,
-                r.pct_copy, r.tflops);
+    std::printf("%-42s %6lld %10.2f %9.1f %8.1f %9.2f %10.2f\n", r.name.c_str(), static_cast<long long>(r.M), r.us,
+                r.gbs, r.pct_copy, r.tflops, r.sync_us);
   std::printf("copy bandwidth (same run): %.1f GB/s\n", copy_gbs);
 
   if (!json_path.empty()) {
@@ -270,7 +304,8 @@ int main(int argc, char** argv) {
       const auto& r = results[i];
       o << "    {\"name\": \"" << r.name << "\", \"M\": " << r.M << ", \"N\": " << r.N << ", \"K\": " << r.K
         << ", \"median_us\": " << r.us << ", \"gbs\": " << r.gbs << ", \"pct_copy\": " << r.pct_copy
-        << ", \"tflops\": " << r.tflops << ", \"check_max_abs_diff\": " << r.max_err << "}"
+        << ", \"tflops\": " << r.tflops << ", \"idle_call_us\": " << r.sync_us
+        << ", \"check_max_abs_diff\": " << r.max_err << "}"
         << (i + 1 < results.size() ? "," : "") << "\n";
     }
     o << "  ]\n}\n";
