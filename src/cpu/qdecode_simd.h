@@ -75,8 +75,9 @@ MMKIT_INLINE void unroll(Fn&& fn) {
   (std::make_integer_sequence<int, N>{});
 }
 
-/// L consecutive codes of a packed row starting at code c0 (c0 * BITS a
-/// multiple of 16): lane i gets code c0 + i in its low bits (garbage above).
+/// n (<= L) consecutive codes of a packed row starting at code c0: lane i
+/// gets code c0 + i in its low bits (garbage above); only the words those
+/// codes occupy are read (masked load), lanes >= n see zero words.
 template <int BITS>
 inline I codes_natural(const uint32_t* row, int64_t c0, int n) {
   const int64_t bit0 = c0 * BITS;

@@ -74,7 +74,7 @@ struct SimdKernels {
                  int64_t kblock_stride, const float* kscale, int64_t kscale_ld, int64_t kscale_div);
   /// Packs Bp[k][j] = b[k0 + k][n0 + j] (kmajor = false, b row stride ldb) or
   /// b[n0 + j][k0 + k] (kmajor = true), converted to float32, times
-  /// colscale[(k0 + k) / colscale_div] when colscale is set; zeros for j >= nv.
+  /// kscale[(k0 + k) / kscale_div] when kscale is set; zeros for j >= nv.
   void (*pack_b)(const void* b, int dt, bool kmajor, int64_t ldb, int64_t n0, int nv, int64_t k0, int64_t kc,
                  float* bp, const float* kscale, int64_t kscale_div);
   /// C[i][j] (+)= sum_k Ap[k][i] * Bp[k][j] for i < mv, j < nv; mr_pack in {1,2,4,8,12} (AVX2: {1,2,4,6}).

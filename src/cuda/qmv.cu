@@ -6,8 +6,9 @@
 // Work split: a block is 4 warps, each warp owns R = 2 consecutive weight
 // rows; lane j reads packs j, j+32, ... of both rows (a pack = 32 codes =
 // BITS words, one 16-byte load at 4 bits) so the warp streams 512 B of
-// contiguous weights per row and step. The next pack of each row and its
-// scales / biases are loaded while the current one is computed. Activations (8 values per load) come
+// contiguous weights per row and step. Packs stream through a cp.async ring
+// in shared memory, S - 1 steps ahead (S = 8 at 4 bits: 7 x 1 KB in flight per
+// warp), the scales and biases of each pack are loaded with its copy. Activations (8 values per load) come
 // through L1, shared by the warps of the SM. Each weight is dequantized once
 // in float32 (s * q + b: shift, LOP3 and two float ops per code, no I2F) and
 // used for all M rows; float32 accumulation.
@@ -24,6 +25,7 @@
 
 #include "cuda/device/common.cuh"
 #include "cuda/device/decode.cuh"
+#include "cuda/device/mma.cuh"
 #include "cuda/qmm_kernels.h"
 #include "cuda/runtime.h"
 
@@ -88,6 +90,10 @@ __device__ __forceinline__ void load_x8(const T* p, float (&v)[8]) {
 template <typename T, QKind KIND, int BITS, int GPP, int MT>
 __global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
   constexpr int R = kRows;
+  // Ring depth: 32 / BITS slots (2..8), so the ring is <= 32 KB per block.
+  constexpr int S = 32 / BITS < 2 ? 2 : (32 / BITS > 8 ? 8 : 32 / BITS);
+  constexpr int CW = BITS % 4 == 0 ? 4 : (BITS % 2 == 0 ? 2 : 1);  // words per cp.async
+  __shared__ __align__(16) uint32_t ring[kWarps][S][R][32 * BITS];  // (warp, slot, row, lane's pack)
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int n0 = (blockIdx.x * kWarps + warp) * R;
@@ -116,49 +122,79 @@ __global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
 #pragma unroll
       for (int r = 0; r < R; ++r) valid[r] = n0 + r < N;
 
-      // One pack per row with its group scales / biases (raw bits), loaded one
-      // pack ahead of its use so the loads of the next pack, scales included,
-      // are in flight while this one is computed.
-      struct Stage {
-        uint32_t pk[R][BITS];
-        uint32_t sraw[R][GPP], braw[R][GPP];
+      // The packs stream through a per-warp ring of S shared-memory slots
+      // filled by cp.async (S - 1 packs per row and lane in flight); each lane
+      // copies and later reads only its own pack, so no barrier is needed
+      // (cp.async.wait_group is per thread). The group scales / biases of a
+      // pack are loaded into registers when its copy is issued.
+      struct Scl {
+        uint32_t s[R][GPP], b[R][GPP];
       };
-      auto load_stage = [&](int pp, Stage& st) {
+      Scl scl[S];
+      auto issue = [&](int pp, int slot, Scl& sc) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-          if (valid[r]) {
-            load_pack<BITS>(st.pk[r], wb + (static_cast<int64_t>(r) * P + pp) * BITS);
+          const bool in = valid[r] && pp < P;
+          const uint32_t* src = in ? wb + (static_cast<int64_t>(r) * P + pp) * BITS : wb;
+          uint32_t* dst = &ring[warp][slot][r][lane * BITS];
 #pragma unroll
-            for (int gp = 0; gp < GPP; ++gp) {
-              const int g = GPP == 2 ? 2 * pp + gp : (pp >> p.gshift);
-              const int64_t si = sbase + static_cast<int64_t>(r) * G + g;
+          for (int j = 0; j < BITS; j += CW) {
+            if constexpr (CW == 4) cp_async16(dst + j, src + j, in);
+            else cp_async_ca<4 * CW>(dst + j, src + j, in);
+          }
+#pragma unroll
+          for (int gp = 0; gp < GPP; ++gp) {
+            const int g = GPP == 2 ? 2 * pp + gp : (pp >> p.gshift);
+            const int64_t si = sbase + static_cast<int64_t>(r) * G + g;
+            sc.s[r][gp] = 0u;
+            sc.b[r][gp] = 0u;
+            if (in) {
               if constexpr (KIND == QKind::affine) {
-                st.sraw[r][gp] = raw_bits<T>(p.scales, si);
-                st.braw[r][gp] = raw_bits<T>(p.biases, si);
+                sc.s[r][gp] = raw_bits<T>(p.scales, si);
+                sc.b[r][gp] = raw_bits<T>(p.biases, si);
               } else {
-                st.sraw[r][gp] = __ldg(static_cast<const uint8_t*>(p.scales) + si);
-                st.braw[r][gp] = 0u;
+                sc.s[r][gp] = __ldg(static_cast<const uint8_t*>(p.scales) + si);
               }
             }
-          } else {
-#pragma unroll
-            for (int b = 0; b < BITS; ++b) st.pk[r][b] = 0u;
-#pragma unroll
-            for (int gp = 0; gp < GPP; ++gp) st.sraw[r][gp] = st.braw[r][gp] = 0u;
           }
         }
       };
-      auto compute_stage = [&](int pp, const Stage& st) {
+      auto compute = [&](int pp, int slot, const Scl& scv) {
+        uint32_t pk[R][BITS];
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+          const uint32_t* src = &ring[warp][slot][r][lane * BITS];
+          if constexpr (BITS % 4 == 0) {
+#pragma unroll
+            for (int v = 0; v < BITS / 4; ++v) {
+              const uint4 q4 = reinterpret_cast<const uint4*>(src)[v];
+              pk[r][4 * v] = q4.x;
+              pk[r][4 * v + 1] = q4.y;
+              pk[r][4 * v + 2] = q4.z;
+              pk[r][4 * v + 3] = q4.w;
+            }
+          } else if constexpr (BITS % 2 == 0) {
+#pragma unroll
+            for (int v = 0; v < BITS / 2; ++v) {
+              const uint2 q2 = reinterpret_cast<const uint2*>(src)[v];
+              pk[r][2 * v] = q2.x;
+              pk[r][2 * v + 1] = q2.y;
+            }
+          } else {
+#pragma unroll
+            for (int v = 0; v < BITS; ++v) pk[r][v] = src[v];
+          }
+        }
         float sc[R][GPP], bi[R][GPP];
 #pragma unroll
         for (int r = 0; r < R; ++r)
 #pragma unroll
           for (int gp = 0; gp < GPP; ++gp) {
             if constexpr (KIND == QKind::affine) {
-              sc[r][gp] = raw_to_f<T>(st.sraw[r][gp]);
-              bi[r][gp] = raw_to_f<T>(st.braw[r][gp]);
+              sc[r][gp] = raw_to_f<T>(scv.s[r][gp]);
+              bi[r][gp] = raw_to_f<T>(scv.b[r][gp]);
             } else {
-              sc[r][gp] = valid[r] ? fp_scale<KIND, GPP == 2 ? 16 : 32>(st.sraw[r][gp]) : 0.0f;
+              sc[r][gp] = valid[r] ? fp_scale<KIND, GPP == 2 ? 16 : 32>(scv.s[r][gp]) : 0.0f;
               bi[r][gp] = 0.0f;
             }
           }
@@ -178,7 +214,7 @@ __global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
           for (int r = 0; r < R; ++r)
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
-              const float q = code_value<KIND>(pack_code<BITS>(st.pk[r], c8 * 8 + i));
+              const float q = code_value<KIND>(pack_code<BITS>(pk[r], c8 * 8 + i));
               wv[r][i] = KIND == QKind::affine ? __fadd_rn(__fmul_rn(sc[r][gp], q), bi[r][gp])
                                                : __fmul_rn(sc[r][gp], q);
             }
@@ -200,15 +236,26 @@ __global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
           for (int m = 0; m < MT; ++m) acc[r][m] += part[r][m];
       };
 
-      Stage s0, s1;
-      if (lane < P) load_stage(lane, s0);
-      for (int pp = lane; pp < P; pp += 64) {
-        if (pp + 32 < P) load_stage(pp + 32, s1);
-        compute_stage(pp, s0);
-        if (pp + 32 >= P) break;
-        if (pp + 64 < P) load_stage(pp + 64, s0);
-        compute_stage(pp + 32, s1);
+      const int NI = (P + 31) / 32;  // packs per lane (warp-uniform trip count)
+#pragma unroll
+      for (int st = 0; st < S - 1; ++st) {
+        issue(lane + 32 * st, st, scl[st]);
+        cp_async_commit();
       }
+      for (int i0 = 0; i0 < NI; i0 += S) {
+#pragma unroll
+        for (int st = 0; st < S; ++st) {
+          const int i = i0 + st;
+          if (i < NI) {
+            cp_async_wait<S - 2>();
+            const int pp = lane + 32 * i;
+            if (pp < P) compute(pp, st, scl[st]);
+            issue(lane + 32 * (i + S - 1), (st + S - 1) % S, scl[(st + S - 1) % S]);
+            cp_async_commit();
+          }
+        }
+      }
+      cp_async_wait<0>();
     }
     // Warp reduction; lane 0 writes (zeros for a bad index, see index_ok).
 #pragma unroll

@@ -16,9 +16,10 @@
 // one group. Groups whose sum(x), scale or bias is not finite are recomputed
 // element by element (x * (s * q + b)), so Inf and NaN propagate exactly as in
 // the reference.
-// Tile: a block is 4 warps on 16 weight rows, each warp a quarter of K, D = 4
-// k-tiles of 128 codes (and their groups' scales and biases) in flight per
-// warp in registers, warps reduced through shared memory. About 2 instructions per code instead of ~5 for qmv.cu.
+// Tile: a block is 4 warps on 16 weight rows, each warp a quarter of K; the
+// codes stream through an 8-slot cp.async ring in shared memory (7 k-tiles of
+// 128 codes = 7 KB in flight per warp), the groups' scales and biases are
+// loaded into registers with each copy; warps reduced through shared memory. About 2 instructions per code instead of ~5 for qmv.cu.
 // Bound: weight bandwidth; target >= 60% (aim 80%) of the measured copy
 // bandwidth at M = 1, 8192 x 8192 (src/cuda/tools/cuda_gemv_bench.cu).
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*), conformance, NaN/Inf tests.
@@ -72,23 +73,6 @@ __device__ __forceinline__ uint32_t dec_pair(uint32_t v) {
   }
 }
 
-template <int W>
-__device__ __forceinline__ void load_words(uint32_t* dst, const uint32_t* src) {
-  if constexpr (W == 4) {
-    const uint4 r = ld_stream_v4(src);
-    dst[0] = r.x;
-    dst[1] = r.y;
-    dst[2] = r.z;
-    dst[3] = r.w;
-  } else if constexpr (W == 2) {
-    const uint2 r = ld_stream_v2(src);
-    dst[0] = r.x;
-    dst[1] = r.y;
-  } else {
-    dst[0] = __ldg(src);  // two threads' loads share a sector: keep it in L1
-  }
-}
-
 /// Exact contribution of one group to out[row][m]: x * (s * q + b) element by
 /// element (taken only when the group's data is not finite).
 template <typename T, int GS>
@@ -105,10 +89,13 @@ __device__ __noinline__ float exact_group(const T* xm, const uint32_t* wr, float
 // 512 blocks for N = 8192 on 132 SMs.
 template <typename T, int GS, int MT>
 __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(QmvMmaParams p) {
-  constexpr int kDepth = MT == 1 && GS != 32 ? 3 : 2;  // k-tiles (128 codes) in flight per warp
+  constexpr int kDepth = 8;    // ring slots: 7 k-tiles (7 KB per warp) in flight
   constexpr int W = GS / 32;   // words per thread, row and group
   constexpr int CH = 4 / W;    // groups per k-tile of 128 codes
   __shared__ float red[kWarps][kRowsPerBlock][8 * MT];  // (warp, row, m) partial sums
+  // (warp, slot, lane, 4 words of row g + 4 of row g + 8): each lane copies
+  // its own words with cp.async and reads them back, so no barrier is needed.
+  __shared__ __align__(16) uint32_t ring[kWarps][kDepth][32][8];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int M = p.M, N = p.N, K = p.K;
@@ -147,14 +134,15 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
       }
       const int64_t sa = (wi * N + ra) * static_cast<int64_t>(G), sb = (wi * N + rb) * static_cast<int64_t>(G);
 
-      // Per k-tile and row: 4 words of codes and the CH groups' scales and
-      // biases (raw 16-bit patterns, SW words), all loaded kDepth tiles ahead.
+      // Per k-tile and row: 4 words of codes (cp.async into the ring, kDepth - 1
+      // tiles ahead) and the CH groups' scales and biases (raw 16-bit patterns,
+      // SW words, into a register ring kScaleDepth - 1 tiles ahead).
       constexpr int SW = CH == 4 ? 2 : 1;
+      constexpr int kScaleDepth = 4;
       struct Tile {
-        uint32_t a[4], b[4];
         uint32_t sa[SW], ba[SW], sb[SW], bb[SW];
       };
-      Tile buf[kDepth];
+      Tile buf[kScaleDepth];
       auto load_raw = [&](uint32_t (&dst)[SW], const T* src, bool v) {
         if (!v) {
 #pragma unroll
@@ -169,29 +157,36 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
           dst[0] = __ldg(reinterpret_cast<const unsigned short*>(src));
         }
       };
-      auto load_tile = [&](int t, Tile& tl) {
-        uint32_t (&a)[4] = tl.a;
-        uint32_t (&b)[4] = tl.b;
-        load_raw(tl.sa, S + sa + t * CH, va);
-        load_raw(tl.ba, B + sa + t * CH, va);
-        load_raw(tl.sb, S + sb + t * CH, vb);
-        load_raw(tl.bb, B + sb + t * CH, vb);
+      auto load_scales = [&](int t, Tile& tl) {
+        const bool in = t < te;
+        load_raw(tl.sa, S + sa + t * CH, va && in);
+        load_raw(tl.ba, B + sa + t * CH, va && in);
+        load_raw(tl.sb, S + sb + t * CH, vb && in);
+        load_raw(tl.bb, B + sb + t * CH, vb && in);
+      };
+      auto load_tile = [&](int t, int slot) {
+        const bool in = t < te;
+        uint32_t* dst = ring[warp][slot][lane];
 #pragma unroll
         for (int q = 0; q < CH; ++q) {
           const int off = t * 16 + q * 4 * W + c * W;  // word offset in the row
-          if (va) load_words<W>(a + q * W, wa + off);
-          else
-#pragma unroll
-            for (int j = 0; j < W; ++j) a[q * W + j] = 0u;
-          if (vb) load_words<W>(b + q * W, wbp + off);
-          else
-#pragma unroll
-            for (int j = 0; j < W; ++j) b[q * W + j] = 0u;
+          if constexpr (W == 4) {
+            cp_async16(dst + q * W, va && in ? wa + off : wa, va && in);
+            cp_async16(dst + 4 + q * W, vb && in ? wbp + off : wbp, vb && in);
+          } else {
+            cp_async_ca<4 * W>(dst + q * W, va && in ? wa + off : wa, va && in);
+            cp_async_ca<4 * W>(dst + 4 + q * W, vb && in ? wbp + off : wbp, vb && in);
+          }
         }
       };
-      auto compute_tile = [&](int t, const Tile& tl) {
-        const uint32_t (&a)[4] = tl.a;
-        const uint32_t (&b)[4] = tl.b;
+      auto compute_tile = [&](int t, int slot, const Tile& tl) {
+        uint32_t a[4], b[4];
+        {
+          const uint4 qa = reinterpret_cast<const uint4*>(ring[warp][slot][lane])[0];
+          const uint4 qb = reinterpret_cast<const uint4*>(ring[warp][slot][lane])[1];
+          a[0] = qa.x; a[1] = qa.y; a[2] = qa.z; a[3] = qa.w;
+          b[0] = qb.x; b[1] = qb.y; b[2] = qb.z; b[3] = qb.w;
+        }
 #pragma unroll
         for (int q = 0; q < CH; ++q) {
           float gacc[MT][4], xacc[MT][4];
@@ -250,17 +245,26 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
       };
 
 #pragma unroll
-      for (int d = 0; d < kDepth; ++d)
-        if (tb + d < te) load_tile(tb + d, buf[d]);
-      for (int t = tb; t < te; t += kDepth) {
+      for (int d = 0; d < kDepth - 1; ++d) {
+        load_tile(tb + d, d);
+        cp_async_commit();
+      }
+#pragma unroll
+      for (int d = 0; d < kScaleDepth - 1; ++d) load_scales(tb + d, buf[d]);
+      for (int t0 = tb; t0 < te; t0 += kDepth) {
 #pragma unroll
         for (int d = 0; d < kDepth; ++d) {
-          if (t + d < te) {
-            compute_tile(t + d, buf[d]);
-            if (t + kDepth + d < te) load_tile(t + kDepth + d, buf[d]);
+          const int t = t0 + d;  // t0 - tb is a multiple of kDepth (and of kScaleDepth)
+          if (t < te) {  // warp-uniform
+            cp_async_wait<kDepth - 2>();
+            load_scales(t + kScaleDepth - 1, buf[(d + kScaleDepth - 1) % kScaleDepth]);
+            compute_tile(t, d, buf[d % kScaleDepth]);
+            load_tile(t + kDepth - 1, (d + kDepth - 1) % kDepth);
+            cp_async_commit();
           }
         }
       }
+      cp_async_wait<0>();
     }
     // Cross-warp reduction of the (16 rows, 8 * MT) tile; zeros for a bad index.
 #pragma unroll

@@ -221,7 +221,7 @@ int main(int argc, char** argv) {
       }
       std::vector<const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>*> entries = {&reg.qmm.select(d, Device::Type::gpu)};
       // The SIMT GEMV too where the tensor-core GEMV is chosen (comparison in the same run).
-      if (headline && M == 1 && simt_qmv && entries[0]->name != "cuda_qmv") entries.push_back(simt_qmv);
+      if (headline && (M == 1 || M == 8) && simt_qmv && entries[0]->name != "cuda_qmv") entries.push_back(simt_qmv);
       for (const auto* ep : entries) {
         const auto& entry = *ep;
         // Check against the generic kernel before timing.
