@@ -1,8 +1,10 @@
 // Small helpers shared by the CPU kernels.
 #pragma once
 
-#include <cstdint>
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
 
 #include "mmkit/array.h"
 
@@ -30,6 +32,10 @@ inline void store_f(void* p, Dtype dt, int64_t i, float v) {
 void to_float(const void* src, Dtype dt, int64_t n, float* dst);
 /// Converts n float32 values to dt (round to nearest even).
 void from_float(const float* src, int64_t n, Dtype dt, void* dst);
+
+/// Uninitialised float32 scratch (no zero-fill pass over large packed panels).
+using FloatBuffer = std::unique_ptr<float[]>;
+inline FloatBuffer float_buffer(size_t n) { return FloatBuffer(new float[n > 0 ? n : 1]); }
 
 /// Number of worker threads the CPU backend uses.
 int num_threads();

@@ -56,13 +56,13 @@ void gemm_fast(const SimdKernels& kern, const GemmDesc& d, GemmArgs& g) {
   struct Group {
     int64_t b;
     std::vector<int64_t> pairs;
-    std::vector<float> ap;
+    FloatBuffer ap;
     std::vector<char*> out;
   };
   std::vector<Group> groups;
   for (int64_t i = 0; i < L; ++i) {
     const int64_t l = order[static_cast<size_t>(i)];
-    if (groups.empty() || groups.back().b != rhs[l]) groups.push_back({rhs[l], {}, {}, {}});
+    if (groups.empty() || groups.back().b != rhs[l]) groups.push_back({rhs[l], {}, nullptr, {}});
     groups.back().pairs.push_back(l);
   }
   std::vector<GemmJob> jobs(groups.size());
@@ -79,7 +79,7 @@ void gemm_fast(const SimdKernels& kern, const GemmDesc& d, GemmArgs& g) {
     job.K = K;
     job.mr = pick_mr(kern, job.M);
     const int64_t tiles = (job.M + job.mr - 1) / job.mr;
-    gr.ap.resize(static_cast<size_t>(std::max<int64_t>(1, a_packed_floats(job.M, K, job.mr))));
+    gr.ap = float_buffer(static_cast<size_t>(a_packed_floats(job.M, K, job.mr)));
     for (int64_t l : gr.pairs)
       for (int64_t m = 0; m < M; ++m) gr.out.push_back(O + (l * M + m) * N * es);
     for (int64_t t = 0; t < tiles; ++t) pitems.push_back({j, t});
@@ -96,14 +96,14 @@ void gemm_fast(const SimdKernels& kern, const GemmDesc& d, GemmArgs& g) {
       const int64_t row = p.tile * job.mr + r;
       rows[r] = A + (lhs[gr.pairs[static_cast<size_t>(row / M)]] * M + row % M) * K * es;
     }
-    kern.pack_a(rows, dt, mv, job.mr, K, gr.ap.data() + p.tile * kGemmKc * job.mr, a_kblock_stride(job.M, job.mr),
+    kern.pack_a(rows, dt, mv, job.mr, K, gr.ap.get() + p.tile * kGemmKc * job.mr, a_kblock_stride(job.M, job.mr),
                 nullptr, 0, 1);
   }
   const bool kmajor = d.b_kmajor;
   for (size_t j = 0; j < groups.size(); ++j) {
     Group* gr = &groups[j];
     GemmJob& job = jobs[j];
-    job.ap = gr->ap.data();
+    job.ap = gr->ap.get();
     const char* bmat = B + gr->b * K * N * es;
     const int64_t ldb = kmajor ? K : N;
     job.pack_b = [&kern, bmat, dt, kmajor, ldb](int64_t n0, int nv, int64_t k0, int64_t kc, float* bp, float*) {
@@ -135,8 +135,8 @@ void block_masked_fast(const SimdKernels& kern, const BlockMaskedDesc& d, BlockM
   // so micro-tiles never straddle mask blocks.
   const int64_t tiles_per_brow = (bs + mr - 1) / mr;
   const int64_t ntiles = (N + nr - 1) / nr;
-  std::vector<float> ap(static_cast<size_t>(tm * tiles_per_brow * K * mr));
-  std::vector<float> bp(static_cast<size_t>(ntiles * K * nr));
+  FloatBuffer ap = float_buffer(static_cast<size_t>(tm * tiles_per_brow * K * mr));
+  FloatBuffer bp = float_buffer(static_cast<size_t>(ntiles * K * nr));
   for (int64_t l = 0; l < d.batch; ++l) {
     const char* a = A + ai[l] * M * K * es;
     const char* b = B + bi[l] * K * N * es;
@@ -151,14 +151,17 @@ void block_masked_fast(const SimdKernels& kern, const BlockMaskedDesc& d, BlockM
       const void* rows[16];
       for (int r = 0; r < mv; ++r) rows[r] = a + (r0 + r) * K * es;
       const float* ks = float_ops && ml ? ml + (l * tm + i) * tk : nullptr;
-      kern.pack_a(rows, dt, mv, mr, K, ap.data() + t * K * mr, kGemmKc * mr, ks, 0, bs);
+      kern.pack_a(rows, dt, mv, mr, K, ap.get() + t * K * mr, kGemmKc * mr, ks, 0, bs);
     }
-    // pack b: n-tile -> K x nr, scaled by the float rhs mask of its column block
+    // pack b: n-tile -> K x nr, scaled by the float rhs mask of its column block.
+    // k-chunk-major order: neighbouring tasks read the same rows of b (few TLB pages).
+    const int64_t nkc = (K + kGemmKc - 1) / kGemmKc;
 #pragma omp parallel
     {
       std::vector<float> col(static_cast<size_t>(tk));
-#pragma omp for schedule(dynamic, 1)
-      for (int64_t t = 0; t < ntiles; ++t) {
+#pragma omp for schedule(static)
+      for (int64_t it = 0; it < nkc * ntiles; ++it) {
+        const int64_t k0 = (it / ntiles) * kGemmKc, t = it % ntiles;
         const int64_t n0 = t * nr, jb = n0 / bs;
         const int nv = static_cast<int>(std::min<int64_t>(nr, N - n0));
         const float* ks = nullptr;
@@ -166,9 +169,8 @@ void block_masked_fast(const SimdKernels& kern, const BlockMaskedDesc& d, BlockM
           for (int64_t k = 0; k < tk; ++k) col[static_cast<size_t>(k)] = mr_[(l * tk + k) * tn + jb];
           ks = col.data();
         }
-        for (int64_t k0 = 0; k0 < K; k0 += kGemmKc)
-          kern.pack_b(b, dt, d.b_kmajor, ldb, n0, nv, k0, std::min(kGemmKc, K - k0), bp.data() + (t * K + k0) * nr,
-                      ks, bs);
+        kern.pack_b(b, dt, d.b_kmajor, ldb, n0, nv, k0, std::min(kGemmKc, K - k0), bp.get() + (t * K + k0) * nr, ks,
+                    bs);
       }
     }
     // one task per output block
@@ -183,41 +185,48 @@ void block_masked_fast(const SimdKernels& kern, const BlockMaskedDesc& d, BlockM
           const int64_t m0 = i * bs, m1 = std::min(M, m0 + bs), n0 = j * bs, n1 = std::min(N, n0 + bs);
           const int64_t bw = n1 - n0;
           const float om = mo ? mo[(l * tm + i) * tn + j] : 1.0f;
-          std::fill(c.begin(), c.begin() + (m1 - m0) * bw, 0.0f);
-          if (!(mo && d.out_mask_bool && om == 0.0f)) {
-            // runs of consecutive active k-blocks: [k_begin, k_end)
-            runs.clear();
-            for (int64_t k = 0; k < tk; ++k) {
-              bool active = true;
-              if (d.has_op_masks && d.op_masks_bool) {
-                const float lw = ml ? ml[(l * tm + i) * tk + k] : 1.0f;
-                const float rw = mr_ ? mr_[(l * tk + k) * tn + j] : 1.0f;
-                active = lw != 0.0f && rw != 0.0f;
-              }
-              if (!active) continue;
-              if (!runs.empty() && runs.back() == k * bs) runs.back() = std::min(K, (k + 1) * bs);
-              else {
-                runs.push_back(k * bs);
-                runs.push_back(std::min(K, (k + 1) * bs));
-              }
+          // float32 results accumulate straight into the output block; half types via c.
+          const bool direct = dt == 0;
+          float* cb = direct ? reinterpret_cast<float*>(o) + m0 * N + n0 : c.data();
+          const int64_t ldc = direct ? N : bw;
+          const bool skip = mo && d.out_mask_bool && om == 0.0f;
+          // runs of consecutive active k-blocks: [k_begin, k_end)
+          runs.clear();
+          for (int64_t k = 0; k < tk && !skip; ++k) {
+            bool active = true;
+            if (d.has_op_masks && d.op_masks_bool) {
+              const float lw = ml ? ml[(l * tm + i) * tk + k] : 1.0f;
+              const float rw = mr_ ? mr_[(l * tk + k) * tn + j] : 1.0f;
+              active = lw != 0.0f && rw != 0.0f;
             }
+            if (!active) continue;
+            if (!runs.empty() && runs.back() == k * bs) runs.back() = std::min(K, (k + 1) * bs);
+            else {
+              runs.push_back(k * bs);
+              runs.push_back(std::min(K, (k + 1) * bs));
+            }
+          }
+          if (runs.empty()) {  // masked or nothing to add: zeros
+            for (int64_t m = 0; m < m1 - m0; ++m) std::fill(cb + m * ldc, cb + m * ldc + bw, 0.0f);
+          } else {
             for (int64_t sub = 0; sub * mr < m1 - m0; ++sub) {
               const int mv = static_cast<int>(std::min<int64_t>(mr, m1 - m0 - sub * mr));
-              const float* apt = ap.data() + (i * tiles_per_brow + sub) * K * mr;
+              const float* apt = ap.get() + (i * tiles_per_brow + sub) * K * mr;
               for (int64_t nn = n0; nn < n1; nn += nr) {
                 const int nv = static_cast<int>(std::min<int64_t>(nr, n1 - nn));
-                const float* bpt = bp.data() + (nn / nr) * K * nr;
-                float* cc = c.data() + sub * mr * bw + (nn - n0);
+                const float* bpt = bp.get() + (nn / nr) * K * nr;
+                float* cc = cb + sub * mr * ldc + (nn - n0);
                 for (size_t r = 0; r < runs.size(); r += 2)
-                  kern.gemm_tile(mr, runs[r + 1] - runs[r], apt + runs[r] * mr, bpt + runs[r] * nr, cc, bw, mv, nv,
+                  kern.gemm_tile(mr, runs[r + 1] - runs[r], apt + runs[r] * mr, bpt + runs[r] * nr, cc, ldc, mv, nv,
                                  r > 0);
               }
             }
-            if (mo && !d.out_mask_bool)
-              for (int64_t e = 0; e < (m1 - m0) * bw; ++e) c[static_cast<size_t>(e)] *= om;
           }
-          for (int64_t m = m0; m < m1; ++m)
-            kern.from_f32(c.data() + (m - m0) * bw, bw, dt, o + (m * N + n0) * es);
+          if (mo && !d.out_mask_bool)  // float output mask scales the block (0 * Inf stays NaN)
+            for (int64_t m = 0; m < m1 - m0; ++m)
+              for (int64_t e = 0; e < bw; ++e) cb[m * ldc + e] *= om;
+          if (!direct)
+            for (int64_t m = m0; m < m1; ++m) kern.from_f32(c.data() + (m - m0) * bw, bw, dt, o + (m * N + n0) * es);
         }
       }
     }

@@ -122,13 +122,13 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
   for (int e : small)
     for (int64_t l : experts[e].pairs)
       if (xrow_of[static_cast<size_t>(lhs[l])] < 0) xrow_of[static_cast<size_t>(lhs[l])] = nx++;
-  std::vector<float> xf(static_cast<size_t>(nx * M * K));
+  FloatBuffer xf = float_buffer(static_cast<size_t>(nx * M * K));
   std::vector<float> xs(affine ? static_cast<size_t>(nx * M * G) : 0);
   std::vector<char> finite(static_cast<size_t>(nx), 1);
   for (int64_t b = 0; b < d.x_batch; ++b) {
     const int64_t slot = xrow_of[static_cast<size_t>(b)];
     if (slot < 0) continue;
-    float* dst = xf.data() + slot * M * K;
+    float* dst = xf.get() + slot * M * K;
     kern.to_f32(X + b * M * K * xes, xdt, M * K, dst);
     if (affine)
       for (int64_t r = 0; r < M; ++r)
@@ -169,7 +169,7 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
       for (int64_t l : ex.pairs) {
         const int64_t slot = xrow_of[static_cast<size_t>(lhs[l])];
         for (int64_t m = 0; m < M; ++m) {
-          jb.x.push_back(xf.data() + (slot * M + m) * K);
+          jb.x.push_back(xf.get() + (slot * M + m) * K);
           jb.out.push_back(O + (l * M + m) * N * xes);
           if (affine) jb.xsum.insert(jb.xsum.end(), xs.begin() + (slot * M + m) * G, xs.begin() + (slot * M + m + 1) * G);
         }
@@ -215,7 +215,7 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
   if (large.empty()) return;
   struct Big {
     QWeights q;
-    std::vector<float> ap;
+    FloatBuffer ap;
     std::vector<char*> out;
   };
   std::vector<Big> bigs(large.size());
@@ -235,7 +235,7 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
     g.N = N;
     g.K = K;
     g.mr = pick_mr(kern, g.M);
-    b.ap.resize(static_cast<size_t>(a_packed_floats(g.M, K, g.mr)));
+    b.ap = float_buffer(static_cast<size_t>(a_packed_floats(g.M, K, g.mr)));
   }
   // Pack x for every large expert (parallel over row tiles).
   {
@@ -259,14 +259,14 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
         const int64_t l = ex.pairs[static_cast<size_t>(row / M)];
         rows[r] = X + (lhs[l] * M + row % M) * K * xes;
       }
-      kern.pack_a(rows, xdt, mv, g.mr, K, bigs[p.job].ap.data() + p.tile * kGemmKc * g.mr, a_kblock_stride(g.M, g.mr),
+      kern.pack_a(rows, xdt, mv, g.mr, K, bigs[p.job].ap.get() + p.tile * kGemmKc * g.mr, a_kblock_stride(g.M, g.mr),
                   nullptr, 0, 1);
     }
   }
   for (size_t j = 0; j < large.size(); ++j) {
     GemmJob& g = gjobs[j];
     Big* b = &bigs[j];
-    g.ap = b->ap.data();
+    g.ap = b->ap.get();
     if (d.transpose) {
       g.pack_b = [&kern, b](int64_t n0, int nv, int64_t k0, int64_t kc, float* bp, float* scratch) {
         kern.pack_qt(b->q, n0, nv, k0, kc, bp, scratch);

@@ -7,8 +7,9 @@
 // rows; lane j reads packs j, j+32, ... of both rows (a pack = 32 codes =
 // BITS words, one 16-byte load at 4 bits) so the warp streams 512 B of
 // contiguous weights per row and step. Packs stream through a cp.async ring
-// in shared memory, S - 1 steps ahead (S = 8 at 4 bits: 7 x 1 KB in flight per
-// warp), the scales and biases of each pack are loaded with its copy. Activations (8 values per load) come
+// in shared memory, S - 1 steps ahead (S = 4 at 4 bits: 3 x 1 KB in flight per
+// warp, 32 warps per SM), the scales and biases of each pack are loaded with
+// its copy. Activations (8 values per load) come
 // through L1, shared by the warps of the SM. Each weight is dequantized once
 // in float32 (s * q + b: shift, LOP3 and two float ops per code, no I2F) and
 // used for all M rows; float32 accumulation.
@@ -88,10 +89,12 @@ __device__ __forceinline__ void load_x8(const T* p, float (&v)[8]) {
 }
 
 template <typename T, QKind KIND, int BITS, int GPP, int MT>
-__global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
+// MT = 1: <= 64 registers so 8 blocks (32 warps) fit per SM: N = 8192 is one
+// wave (4096 warps on 132 x 32).
+__global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 8 : 1) qmv_kernel(QmvParams p) {
   constexpr int R = kRows;
-  // Ring depth: 32 / BITS slots (2..8), so the ring is <= 32 KB per block.
-  constexpr int S = 32 / BITS < 2 ? 2 : (32 / BITS > 8 ? 8 : 32 / BITS);
+  // Ring depth: 16 / BITS slots (2..4), <= 16 KB per block (8 blocks per SM).
+  constexpr int S = 16 / BITS < 2 ? 2 : (16 / BITS > 4 ? 4 : 16 / BITS);
   constexpr int CW = BITS % 4 == 0 ? 4 : (BITS % 2 == 0 ? 2 : 1);  // words per cp.async
   __shared__ __align__(16) uint32_t ring[kWarps][S][R][32 * BITS];  // (warp, slot, row, lane's pack)
   const int lane = threadIdx.x & 31;
@@ -215,8 +218,7 @@ __global__ void __launch_bounds__(kWarps * 32) qmv_kernel(QmvParams p) {
 #pragma unroll
             for (int i = 0; i < 8; ++i) {
               const float q = code_value<KIND>(pack_code<BITS>(pk[r], c8 * 8 + i));
-              wv[r][i] = KIND == QKind::affine ? __fadd_rn(__fmul_rn(sc[r][gp], q), bi[r][gp])
-                                               : __fmul_rn(sc[r][gp], q);
+              wv[r][i] = KIND == QKind::affine ? fmaf(sc[r][gp], q, bi[r][gp]) : __fmul_rn(sc[r][gp], q);
             }
 #pragma unroll
           for (int m = 0; m < MT; ++m) {

@@ -11,15 +11,16 @@
 // 8 activations), so the dot product is unchanged. A second mma against a
 // ones matrix gives sum(x) per group, and each group is folded in float32:
 //   acc += s * dot(x, q) + b * sum(x).
-// Thread (g, c) of a warp (g = lane / 4, c = lane % 4) reads W = gs / 32
+// Thread (g, c) of a warp (g = lane / 4, c = lane % 4) takes W = gs / 32
 // consecutive words of rows g and g + 8 per group, so every mma step lies in
 // one group. Groups whose sum(x), scale or bias is not finite are recomputed
 // element by element (x * (s * q + b)), so Inf and NaN propagate exactly as in
 // the reference.
 // Tile: a block is 4 warps on 16 weight rows, each warp a quarter of K; the
-// codes stream through an 8-slot cp.async ring in shared memory (7 k-tiles of
-// 128 codes = 7 KB in flight per warp), the groups' scales and biases are
-// loaded into registers with each copy; warps reduced through shared memory. About 2 instructions per code instead of ~5 for qmv.cu.
+// codes stream through an 8-slot ring in shared memory filled by coalesced
+// 16-byte cp.async (7 k-tiles of 16 rows x 64 B in flight per warp), the
+// groups' scales and biases go into registers 3 tiles ahead; warps are
+// reduced through shared memory. About 2 instructions per code instead of ~5 for qmv.cu.
 // Bound: weight bandwidth; target >= 60% (aim 80%) of the measured copy
 // bandwidth at M = 1, 8192 x 8192 (src/cuda/tools/cuda_gemv_bench.cu).
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*), conformance, NaN/Inf tests.
@@ -93,9 +94,13 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
   constexpr int W = GS / 32;   // words per thread, row and group
   constexpr int CH = 4 / W;    // groups per k-tile of 128 codes
   __shared__ float red[kWarps][kRowsPerBlock][8 * MT];  // (warp, row, m) partial sums
-  // (warp, slot, lane, 4 words of row g + 4 of row g + 8): each lane copies
-  // its own words with cp.async and reads them back, so no barrier is needed.
-  __shared__ __align__(16) uint32_t ring[kWarps][kDepth][32][8];
+  // (warp, slot, row, word): the warp's 16 rows x 128 codes of a k-tile, row
+  // pitch 20 words (conflict-free fragment reads). The warp copies the tile
+  // with 16-byte cp.async.cg (coalesced, not cached in L1, which keeps x
+  // there) and each lane then reads its fragment words: a __syncwarp orders
+  // the copies of other lanes before the reads.
+  constexpr int kPitch = 20;
+  __shared__ __align__(16) uint32_t ring[kWarps][kDepth][16 * kPitch];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int M = p.M, N = p.N, K = p.K;
@@ -166,27 +171,26 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
       };
       auto load_tile = [&](int t, int slot) {
         const bool in = t < te;
-        uint32_t* dst = ring[warp][slot][lane];
 #pragma unroll
-        for (int q = 0; q < CH; ++q) {
-          const int off = t * 16 + q * 4 * W + c * W;  // word offset in the row
-          if constexpr (W == 4) {
-            cp_async16(dst + q * W, va && in ? wa + off : wa, va && in);
-            cp_async16(dst + 4 + q * W, vb && in ? wbp + off : wbp, vb && in);
-          } else {
-            cp_async_ca<4 * W>(dst + q * W, va && in ? wa + off : wa, va && in);
-            cp_async_ca<4 * W>(dst + 4 + q * W, vb && in ? wbp + off : wbp, vb && in);
-          }
+        for (int h = 0; h < 2; ++h) {
+          const int chunk = lane + 32 * h;  // 64 chunks of 16 bytes: (row, part)
+          const int row = chunk / 4, part = chunk % 4;
+          const bool v = in && n0 + row < N;
+          const uint32_t* src = p.w + (wi * N + (v ? n0 + row : 0)) * static_cast<int64_t>(words_per_row) +
+                                (v ? t * 16 + part * 4 : 0);
+          cp_async16(&ring[warp][slot][row * kPitch + part * 4], src, v);
         }
       };
       auto compute_tile = [&](int t, int slot, const Tile& tl) {
+        // Thread (g, c): words q * 4W + c * W + j of rows g and g + 8.
         uint32_t a[4], b[4];
-        {
-          const uint4 qa = reinterpret_cast<const uint4*>(ring[warp][slot][lane])[0];
-          const uint4 qb = reinterpret_cast<const uint4*>(ring[warp][slot][lane])[1];
-          a[0] = qa.x; a[1] = qa.y; a[2] = qa.z; a[3] = qa.w;
-          b[0] = qb.x; b[1] = qb.y; b[2] = qb.z; b[3] = qb.w;
-        }
+#pragma unroll
+        for (int q = 0; q < CH; ++q)
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            a[q * W + j] = ring[warp][slot][g * kPitch + q * 4 * W + c * W + j];
+            b[q * W + j] = ring[warp][slot][(g + 8) * kPitch + q * 4 * W + c * W + j];
+          }
 #pragma unroll
         for (int q = 0; q < CH; ++q) {
           float gacc[MT][4], xacc[MT][4];
@@ -257,8 +261,10 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
           const int t = t0 + d;  // t0 - tb is a multiple of kDepth (and of kScaleDepth)
           if (t < te) {  // warp-uniform
             cp_async_wait<kDepth - 2>();
+            __syncwarp();  // the other lanes' copies of this tile are visible
             load_scales(t + kScaleDepth - 1, buf[(d + kScaleDepth - 1) % kScaleDepth]);
             compute_tile(t, d, buf[d % kScaleDepth]);
+            __syncwarp();  // every lane has read the slot that is refilled next
             load_tile(t + kDepth - 1, (d + kDepth - 1) % kDepth);
             cp_async_commit();
           }
