@@ -34,7 +34,6 @@ namespace {
 
 const Device kGpu = Device::gpu();
 Array gpu(const Array& a) { return a.to(kGpu); }
-Array cpu(const Array& a) { return a.to(Device::cpu()); }
 
 struct Fmt {
   const char* mode;
@@ -251,8 +250,9 @@ TEST(CudaCross, QmmExactTileEdges) {
 
 TEST(CudaCross, QmmExactTensorCoreGemvShapes) {
   MMKIT_REQUIRE_GPU();
-  // 4-bit affine, half activations, K % 128 == 0: the tensor-core GEMV for
-  // M <= 32 (1, 2 and 4 column tiles), then the tiled kernel from M = 33.
+  // 4-bit affine, half activations, K % 128 == 0: the SIMT GEMV at M = 1, the
+  // tensor-core GEMV for 2 <= M <= 32 (1, 2 and 4 column tiles), then the
+  // tiled kernel from M = 33.
   uint64_t seed = 8000;
   for (int gs : {32, 64, 128})
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
@@ -539,7 +539,9 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   seen.insert(r.fp8.select(detail::Fp8Desc{}, Device::Type::gpu).name);
   auto check_family = [&](const auto& reg) {
     for (const auto& e : reg.entries())
-      if (e.device == Device::Type::gpu) EXPECT_TRUE(seen.count(e.name)) << e.name << " is never selected";
+      if (e.device == Device::Type::gpu) {
+        EXPECT_TRUE(seen.count(e.name)) << e.name << " is never selected";
+      }
   };
   check_family(r.qmm);
   check_family(r.gemm);

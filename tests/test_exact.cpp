@@ -241,7 +241,8 @@ uint32_t random_code(const Fmt& f, std::mt19937_64& g) {
 /// Weights of logical shape batch + (rows, cols), quantized along cols.
 /// affine: scale = +-2^k (k in -2..0), bias a multiple of 2^k chosen so that
 /// |value| <= 255 * 2^k (exact in bfloat16 too). mxfp4: e8m0 bytes 125..129;
-/// mxfp8: 126..128; nvfp4: e4m3 scales in [0.5, 3.75] (either sign).
+/// mxfp8: 126..128; nvfp4: e4m3 scales in [0.5, 3.75] (either sign). With
+/// |x| <= 4 and K <= 512 every partial sum needs at most 22 significant bits.
 QW make_qw(const Shape& batch, int64_t rows, int64_t cols, const Fmt& f, Dtype dt, uint64_t seed) {
   std::mt19937_64 g(seed);
   const int64_t nb = shape_size(batch), groups = cols / f.gs, words = cols * f.bits / 32;
@@ -439,6 +440,9 @@ std::vector<QmmCase> qmm_cases(const Fmt& f, bool transpose) {
         {{1, g}, {}, 3, g},
         {{33, 2 * g}, {}, 33, 2 * g},
         {{3, g}, {}, 5, g},
+        {{17, 4 * g}, {}, 40, 4 * g},       // multi-row passes plus a remainder row, long K
+        {{128, 2 * g}, {}, 24, 2 * g},      // blocked GEMM path
+        {{16, g}, {}, 67, g},
         {{g}, {}, 4, g},                    // 1-D x -> (N,)
         {{2, 3, 5, g}, {}, 3, g},           // batched x, one w
         {{2, 1, 3, g}, {3}, 4, g},          // broadcast (2,1) x (3) -> (2,3)
@@ -455,6 +459,9 @@ std::vector<QmmCase> qmm_cases(const Fmt& f, bool transpose) {
       {{1, 3}, {}, 3, g},
       {{33, 67}, {}, 67, 2 * g},
       {{5, 33}, {}, 33, g},
+      {{17, 300}, {}, 300, 4 * g},          // long K, wide N
+      {{128, 40}, {}, 40, 2 * g},           // blocked GEMM path
+      {{16, 256}, {}, 256, g},
       {{67}, {}, 67, g},                    // 1-D x
       {{2, 3, 5}, {}, 5, g},
       {{2, 1, 3, 5}, {3}, 5, g},
@@ -585,7 +592,7 @@ class GatherQmmExact : public ::testing::TestWithParam<FmtDtype> {};
 void run_gather_qmm_exact(const Fmt& f, Dtype dt, bool transpose) {
   uint64_t seed = 5000;
   const int64_t g = f.gs;
-  for (int64_t M : {1, 3}) {
+  for (int64_t M : {1, 3, 17}) {
     // K and N: transpose -> w rows N = 5, cols K = g; else w rows K = 7, cols N = g
     const int64_t rows = transpose ? 5 : 7, cols = g, K = transpose ? cols : rows;
     for (const GatherCase& c : gather_cases(K, M)) {

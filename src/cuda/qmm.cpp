@@ -1,7 +1,7 @@
 // Registration of the GPU quantized-matmul family, in dispatch order:
-//   cuda_qmv_sm80_mma M <= 8, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
+//   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
-//   cuda_qmm_sm80_mma M > 8, float16/bfloat16, transpose=true, K % 32 == 0 (qmm_sm80.cu)
+//   cuda_qmm_sm80_mma M > 8 (> 32 for 4-bit affine), float16/bfloat16, transpose=true, K % 32 == 0 (qmm_sm80.cu)
 //   cuda_qmm_generic  everything else (qmm_generic.cu)
 // A fast path whose pointers are not aligned for its vector loads (views
 // with odd offsets) hands the call to the generic kernel.
