@@ -139,7 +139,8 @@ struct QCase {
 };
 
 TEST_P(CpuIsaLevel, QuantizedMatmulEveryFormat) {
-  const std::vector<QCase> cases = {{1, 40, 1}, {3, 13, 2}, {16, 37, 3}, {17, 24, 2}, {33, 19, 4}};
+  // M = 70 takes the blocked GEMM path at every level; 13 and 33 the fused kernel (AVX-512) or GEMM (AVX2).
+  const std::vector<QCase> cases = {{1, 40, 1}, {3, 13, 2}, {16, 37, 3}, {17, 24, 2}, {33, 19, 4}, {70, 21, 2}};
   uint64_t seed = 100;
   for (const Fmt& f : all_formats()) {
     for (bool transpose : {true, false}) {
@@ -215,7 +216,7 @@ TEST_P(CpuIsaLevel, GatherQmmGroupsRowsByExpert) {
     auto qn = quantize(randn({E, K, 2 * f.gs}, Dtype::float32, 76, 0.1), f.gs, f.bits, f.mode);
     std::optional<Array> bn;
     if (qn.size() == 3) bn = qn[2];
-    for (int64_t M : {1, 3, 9}) {  // 9 rows x 3 pairs of one expert = 27 rows: the GEMM path
+    for (int64_t M : {1, 3, 30}) {  // 30 rows x 3 pairs of one expert = 90 rows: the GEMM path
       Array x = randn({Bx, M, K}, Dtype::float32, 78 + M);
       for (bool sorted : {false, true}) {
         SCOPED_TRACE(fmt_name(f) + " M=" + std::to_string(M) + (sorted ? " sorted" : " unsorted"));

@@ -5,7 +5,8 @@
 // when rhs_sorted is not set), so each active expert's weights are read once
 // per call by one pass that serves every row routed to it (count * M rows).
 // Per expert:
-//   * transpose = true and at most kQmvMaxRows rows: the fused qmv kernel
+//   * transpose = true and at most qmv_max_rows rows (AVX-512 64, AVX2 12,
+//     measured per core: docs/kernels/cpu.md): the fused qmv kernel
 //     (decode + FMA, weights streamed once, columns split across threads);
 //   * otherwise the blocked GEMM (gemm_driver.h) with panels dequantized on
 //     the fly from the packed weights (pack_qt / pack_qn): x packed once,
@@ -32,11 +33,6 @@ using detail::QmmDesc;
 
 namespace {
 
-/// Rows per expert up to which the fused kernel is at least as fast as
-/// decode-to-panel + GEMM: measured per core on the AVX-512 machine of
-/// docs/kernels/cpu.md (it re-decodes the weights per 8 rows, the GEMM packs
-/// them once but its tiles waste rows at small M): equal at ~64-96 rows.
-constexpr int64_t kQmvMaxRows = 64;
 
 int dtype_code(Dtype dt) { return dt == Dtype::float16 ? 1 : dt == Dtype::bfloat16 ? 2 : 0; }
 
@@ -113,7 +109,7 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
   std::vector<int> small, large;
   for (int e = 0; e < static_cast<int>(experts.size()); ++e) {
     const int64_t rows = static_cast<int64_t>(experts[e].pairs.size()) * M;
-    (d.transpose && rows <= kQmvMaxRows ? small : large).push_back(e);
+    (d.transpose && rows <= kern.qmv_max_rows ? small : large).push_back(e);
   }
 
   // float32 copies of the x rows the small experts use, and (affine) their group sums

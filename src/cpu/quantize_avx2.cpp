@@ -9,7 +9,7 @@
 namespace mmkit::cpu {
 namespace {
 constexpr SimdKernels kTable{
-    "avx2", 8, 6, 16, 4,
+    "avx2", 8, 6, 16, 12,
     avx2::to_f32, avx2::from_f32,
     avx2::qmv_scratch_floats, avx2::qmv, avx2::pack_qt, avx2::pack_qn,
     avx2::pack_a, avx2::pack_b, avx2::gemm_tile,

@@ -9,7 +9,7 @@
 namespace mmkit::cpu {
 namespace {
 constexpr SimdKernels kTable{
-    "avx512", 16, 12, 32, 8,
+    "avx512", 16, 12, 32, 64,
     avx512::to_f32, avx512::from_f32,
     avx512::qmv_scratch_floats, avx512::qmv, avx512::pack_qt, avx512::pack_qn,
     avx512::pack_a, avx512::pack_b, avx512::gemm_tile,

@@ -48,7 +48,9 @@ struct SimdKernels {
   int lanes;  // float32 lanes per vector
   int mr;     // GEMM micro-tile rows (largest)
   int nr;     // GEMM micro-tile columns (= packed panel width)
-  int qmv_max_rows;  // largest mrows handled in one pass by qmv (more rows loop)
+  /// Rows per expert up to which qmv beats decode-to-panel + GEMM (qmv re-decodes
+  /// the weights every 8 (AVX2: 4) rows, the GEMM decodes once but pads tiles).
+  int qmv_max_rows;
 
   // ---- conversions ---------------------------------------------------------
   void (*to_f32)(const void* src, int dt, int64_t n, float* dst);
