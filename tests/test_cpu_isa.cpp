@@ -3,7 +3,7 @@
 // quantized_matmul / gather_qmm (every mode, bit width and group size) /
 // gather_mm / block_masked_mm against the float64 reference, and quantize /
 // dequantize byte for byte against the scalar level. Shapes cover the edge
-// tiles of the kernels: M = 1, 3, 16, 17, 33 (the fused few-row kernel, its
+// tiles of the kernels: M = 1, 3, 16, 17, 33, 70 (the fused few-row kernel, its
 // 8-row passes, and the blocked GEMM), N not a multiple of 8 or of a tile,
 // K = the group size. Registry selection is asserted per level, and outputs
 // written through the registry are poisoned first so a skipped element fails.

@@ -71,5 +71,27 @@ TEST(Regression, ShapeElementCountOverflowIsAnError) {
   EXPECT_EQ(Array::zeros({0}, Dtype::float32).reshape({big, big, 0}).size(), 0);
 }
 
+// fuzz_gather_mm / fuzz_quantized_matmul with MMKIT_CPU_ISA=scalar, UBSan
+// "null pointer passed as argument 1" in to_float: with K = 0 the portable
+// kernels converted 0 elements into an empty vector's null data() through
+// memcpy. K = 0 must give zeros (SPEC decision 9) on every path.
+TEST(Regression, ContractionLengthZeroGivesZeros) {
+  MMKIT_REQUIRE_DEVICE();
+  for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
+    const Array a = dev(Array::zeros({2, 3, 0}, dt)), b = dev(Array::zeros({2, 0, 5}, dt));
+    for (const Array& y : {gather_mm(a, b), gather_mm(a, b, std::nullopt, dev(Array::from_vector(std::vector<int64_t>{1, 0}))),
+                           block_masked_mm(a, b, 32, dev(Array::full({2, 1, 1}, 1.0, Dtype::bool_)))}) {
+      ASSERT_EQ(y.shape(), (Shape{2, 3, 5}));
+      for (double v : host(y).to_double_vector()) EXPECT_EQ(v, 0.0);
+    }
+    // transpose=false: K is w's row count, so it can be 0.
+    const Array wq = dev(Array::zeros({0, 4}, Dtype::uint32));
+    const Array s = dev(Array::zeros({0, 1}, dt));
+    const Array y = quantized_matmul(dev(Array::zeros({3, 0}, dt)), wq, s, s, false, 32, 4);
+    ASSERT_EQ(y.shape(), (Shape{3, 32}));
+    for (double v : host(y).to_double_vector()) EXPECT_EQ(v, 0.0);
+  }
+}
+
 }  // namespace
 }  // namespace mmkit::test

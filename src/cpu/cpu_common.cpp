@@ -11,6 +11,7 @@
 namespace mmkit::cpu {
 
 void to_float(const void* src, Dtype dt, int64_t n, float* dst) {
+  if (n <= 0) return;  // K = 0: dst may be an empty vector's null data()
   switch (dt) {
     case Dtype::float32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
     case Dtype::float16: {
