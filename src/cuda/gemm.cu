@@ -11,7 +11,7 @@
 //                   accumulation), 64 x 64 x 32 tile, 4 warps, 2-stage cp.async;
 //                   needs K % 8 == 0 and, for N-major b, N % 8 == 0 (16-byte
 //                   chunks). Bound: this simple tile aims at >= 30% of the bf16
-//                   tensor peak at large sizes.
+//                   tensor peak at large sizes (not yet measured).
 //   gemm_simt       any dtype / shape: float32 FMA, 64 x 64 x 16 tile.
 //   block_masked    float32 FMA, one bs x bs output block per 256-thread block,
 //                   work proportional to the unmasked blocks.

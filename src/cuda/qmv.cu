@@ -9,14 +9,17 @@
 // contiguous weights per row and step. Packs stream through a cp.async ring
 // in shared memory, S - 1 steps ahead (S = 4 at 4 bits: 3 x 1 KB in flight per
 // warp, 32 warps per SM), the scales and biases of each pack are loaded with
-// its copy. Activations (8 values per load) come
-// through L1, shared by the warps of the SM. Each weight is dequantized once
-// in float32 (s * q + b: shift, LOP3 and two float ops per code, no I2F) and
-// used for all M rows; float32 accumulation.
+// its copy. Activations (8 values per load) come through L1, shared by the
+// warps of the SM. Each weight is dequantized once in float32 (s * q + b:
+// shift, LOP3, magic-number subtraction and an FMA per code, no I2F) and used
+// for all M rows; float32 accumulation.
 //
-// Bound: weight bandwidth. M = 1, 4-bit g64, 8192 x 8192: 36 MB of weights and
-// scales, target >= 60% of the measured device-to-device copy bandwidth
-// (bench/cuda_gemv_bench.cu prints the ratio).
+// Bound: weight bandwidth in principle (M = 1, 4-bit g64, 8192 x 8192: 37.8 MB,
+// 12.7 us at 2.97 TB/s); target >= 60% of the measured device-to-device copy
+// bandwidth. Measured on an H100: 31.4 us = 40.5% (docs/kernels/cuda.md): the
+// kernel is instruction-bound (about 8.6 instructions per code: ncu counted
+// 18.1 M warp instructions for 67 M codes), not bandwidth-bound.
+// src/cuda/tools/cuda_gemv_bench.cu measures it.
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*, exact and tolerance),
 // conformance with MMKIT_TEST_DEVICE=gpu.
 #include <cuda_runtime.h>

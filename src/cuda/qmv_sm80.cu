@@ -20,9 +20,13 @@
 // codes stream through an 8-slot ring in shared memory filled by coalesced
 // 16-byte cp.async (7 k-tiles of 16 rows x 64 B in flight per warp), the
 // groups' scales and biases go into registers 3 tiles ahead; warps are
-// reduced through shared memory. About 2 instructions per code instead of ~5 for qmv.cu.
-// Bound: weight bandwidth; target >= 60% (aim 80%) of the measured copy
-// bandwidth at M = 1, 8192 x 8192 (src/cuda/tools/cuda_gemv_bench.cu).
+// reduced through shared memory.
+// Bound: weight bandwidth; the aim is a time flat in M up to 32 at the copy
+// bandwidth. Measured on an H100 at 8192 x 8192 (docs/kernels/cuda.md):
+// 37.2 us at M = 2 and 40.6 us at M = 8 (31-34% of copy bandwidth), so it is
+// used for M >= 2; about 7.4 warp instructions per code slot (address, scale
+// and fold bookkeeping around ~2 of decode) and only 16 warps per SM keep it
+// latency-bound. src/cuda/tools/cuda_gemv_bench.cu measures it.
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*), conformance, NaN/Inf tests.
 #include <cuda_runtime.h>
 

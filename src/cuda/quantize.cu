@@ -10,7 +10,8 @@
 // Mapping: quantize runs one thread per (row, group), which owns the group's
 // packed words (groups start at word boundaries); dequantize and fp8 run one
 // thread per element. Memory-bound; the bound aimed at is >= 50% of copy
-// bandwidth (uncoalesced group reads for quantize are served by L1).
+// bandwidth (uncoalesced group reads for quantize are served by L1); not yet
+// measured.
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Quantize*, Dequantize*, Fp8*),
 // the conformance suite with MMKIT_TEST_DEVICE=gpu.
 #include <cuda_runtime.h>
