@@ -165,8 +165,10 @@ TEST_P(CpuIsaLevel, QuantizedMatmulEveryFormat) {
 
 TEST_P(CpuIsaLevel, QuantizedMatmulHalfPrecision) {
   for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
-    for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}}) {
-      for (int64_t M : {1, 5, 33}) {
+    // bfloat16 x with 2/4-bit affine, mxfp4, nvfp4 takes the vdpbf16ps kernel on AVX512_BF16 CPUs
+    for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 4, 128}, Fmt{"affine", 2, 32}, Fmt{"affine", 3, 32},
+                         Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}}) {
+      for (int64_t M : {1, 5, 9, 33}) {
         SCOPED_TRACE(fmt_name(f) + " " + dtype_name(dt) + " M=" + std::to_string(M));
         const int64_t N = 45, K = 4 * f.gs;
         auto q = quantize(randn({N, K}, dt, 7 + M, 0.1), f.gs, f.bits, f.mode);
@@ -251,6 +253,31 @@ TEST_P(CpuIsaLevel, InfiniteActivationsKeepIeeeResultsOnTheFewRowPath) {
   x.data<float>()[3] = std::numeric_limits<float>::infinity();
   Array y = quantized_matmul(x, q[0], q[1], q[2], true, 32, 4);
   EXPECT_TRUE(all_close(y, ref::quantized_matmul(x, q[0], q[1], q[2], true, 32, 4, "affine"), 1e-5, 1e-3));
+}
+
+// bfloat16 activations with subnormals (vdpbf16ps would flush them) and
+// infinities stay exact: such rows leave the bf16 kernel.
+TEST_P(CpuIsaLevel, Bf16ActivationsWithSubnormalsAndInfinities) {
+  const int64_t N = 24, K = 128;
+  for (const char* mode : {"affine", "mxfp4"}) {
+    const int gs = std::string(mode) == "affine" ? 64 : 32;
+    auto q = quantize(randn({N, K}, Dtype::bfloat16, 31, 0.5), gs, 4, mode);
+    std::optional<Array> b;
+    if (q.size() == 3) b = q[2];
+    Array xf = randint({2, K}, Dtype::float32, 32, -3, 3);
+    xf.data<float>()[5] = 1e-39f;         // a bfloat16 subnormal
+    xf.data<float>()[K + 7] = 3e-39f;
+    Array x = xf.astype(Dtype::bfloat16);
+    Array y = quantized_matmul(x, q[0], q[1], b, true, gs, 4, mode);
+    ASSERT_TRUE(close_to_ref(y, ref::quantized_matmul(x, q[0], q[1], b, true, gs, 4, mode))) << mode;
+    Array xi = xf.copy();
+    xi.data<float>()[3] = std::numeric_limits<float>::infinity();
+    Array xib = xi.astype(Dtype::bfloat16);
+    Array yi = quantized_matmul(xib, q[0], q[1], b, true, gs, 4, mode);
+    EXPECT_TRUE(all_close(yi, ref::quantized_matmul(xib, q[0], q[1], b, true, gs, 4, mode), rtol_for(Dtype::bfloat16),
+                          1e-3))
+        << mode << " with Inf";
+  }
 }
 
 // ---------------------------------------------------------------------------

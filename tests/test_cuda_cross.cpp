@@ -250,7 +250,7 @@ TEST(CudaCross, QmmExactTileEdges) {
 
 TEST(CudaCross, QmmExactTensorCoreGemvShapes) {
   MMKIT_REQUIRE_GPU();
-  // 4-bit affine, half activations, K % 128 == 0: the SIMT GEMV at M = 1, the
+  // 4-bit affine, half activations, K % 128 == 0: the one-row GEMV at M = 1, the
   // tensor-core GEMV for 2 <= M <= 32 (1, 2 and 4 column tiles), then the
   // tiled kernel from M = 33.
   uint64_t seed = 8000;
@@ -258,6 +258,21 @@ TEST(CudaCross, QmmExactTensorCoreGemvShapes) {
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
       for (int64_t M : {1, 2, 7, 8, 9, 16, 17, 31, 32, 33})
         check_exact_qmm({{"affine", 4, gs}, dt, true, M, M % 2 ? 41 : 16, 128 * (1 + M % 4)}, seed++);
+}
+
+TEST(CudaCross, QmmExactOneRowGemvSplitK) {
+  MMKIT_REQUIRE_GPU();
+  // The M = 1 tensor-core GEMV (cuda_qmv1_mma): K from one 128-code chunk to
+  // several super-chunks per warp (split over the block's warps: uneven, empty
+  // and partial ranges), N around its 32-row blocks, every group size, both
+  // half dtypes, and every tiling variant through the registry's default.
+  uint64_t seed = 8500;
+  for (int gs : {32, 64, 128})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+      for (int64_t K : {128, 384, 1152, 8832})
+        for (int64_t N : {1, 33, 96}) check_exact_qmm({{"affine", 4, gs}, dt, true, 1, N, K}, seed++);
+  // A long K (x is 48 KB): many super-chunks per warp.
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) check_exact_qmm({{"affine", 4, 64}, dt, true, 1, 33, 24704}, seed++);
 }
 
 TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
@@ -549,7 +564,7 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   check_family(r.quantize);
   check_family(r.dequantize);
   check_family(r.fp8);
-  EXPECT_TRUE(seen.count("cuda_qmv_sm80_mma") && seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") &&
+  EXPECT_TRUE(seen.count("cuda_qmv1_mma") && seen.count("cuda_qmv_sm80_mma") && seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") &&
               seen.count("cuda_qmm_generic"));
 }
 

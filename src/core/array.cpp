@@ -7,10 +7,25 @@
 #include <numeric>
 #include <sstream>
 
+#include <sys/sysinfo.h>
+
 #include "core/gpu_hooks.h"
 #include "mmkit/error.h"
 
 namespace mmkit {
+namespace {
+
+/// RAM plus swap of this machine in bytes (0 when unknown), read once.
+uint64_t backable_host_bytes() {
+  static const uint64_t total = [] {
+    struct sysinfo si {};
+    if (sysinfo(&si) != 0) return uint64_t{0};
+    return (static_cast<uint64_t>(si.totalram) + static_cast<uint64_t>(si.totalswap)) * si.mem_unit;
+  }();
+  return total;
+}
+
+}  // namespace
 
 // ---------------------------------------------------------------------------
 // shapes
@@ -70,6 +85,12 @@ static std::shared_ptr<Buffer> allocate(size_t nbytes, Device dev) {
   if (dev.is_cpu()) {
     const size_t rounded = (n + kAlign - 1) / kAlign * kAlign;
     if (rounded < n) throw_error("array", "allocation of ", nbytes, " bytes overflows");
+    // More than the machine's RAM and swap together can never be backed: refuse
+    // it here, since with memory overcommit enabled (vm.overcommit_memory = 1)
+    // malloc would succeed and the process be killed when the pages are touched.
+    if (const uint64_t cap = backable_host_bytes(); cap != 0 && rounded > cap)
+      throw_error("array", "out of memory allocating ", nbytes, " bytes on the cpu (the machine has ", cap,
+                  " bytes of memory and swap)");
     void* p = std::aligned_alloc(kAlign, rounded);
     if (!p) throw_error("array", "out of memory allocating ", nbytes, " bytes on the cpu");
     b->ptr = p;

@@ -88,6 +88,11 @@ bool has_avx512_vnni() {
   return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
 }
 
+bool has_avx512_bf16() {
+  __builtin_cpu_init();
+  return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
+}
+
 Isa active_isa() {
   int v = g_isa.load(std::memory_order_acquire);
   if (v < 0) {

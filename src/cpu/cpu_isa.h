@@ -19,6 +19,9 @@ std::vector<Isa> available_isas();
 bool isa_available(Isa isa);
 /// AVX-512 VNNI present (reported by the benchmarks; see docs/kernels/cpu.md).
 bool has_avx512_vnni();
+/// AVX-512 BF16 present: the avx512 level then runs bfloat16-activation qmv
+/// with vdpbf16ps (exact products, float32 accumulation).
+bool has_avx512_bf16();
 
 /// The level the fast kernels run at. Throws mmkit::Error when MMKIT_CPU_ISA
 /// names an unknown level or one this CPU lacks.

@@ -8,6 +8,7 @@
 //   * transpose = true and at most qmv_max_rows rows (AVX-512 64, AVX2 12,
 //     measured per core: docs/kernels/cpu.md): the fused qmv kernel
 //     (decode + FMA, weights streamed once, columns split across threads);
+//     bfloat16 x on AVX512_BF16 CPUs: its vdpbf16ps variant (exact products);
 //   * otherwise the blocked GEMM (gemm_driver.h) with panels dequantized on
 //     the fly from the packed weights (pack_qt / pack_qn): x packed once,
 //     weights decoded once per (n-block, m-block) item.
@@ -149,12 +150,40 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
     small.swap(keep);
   }
 
+  // bfloat16 activations on AVX512_BF16 CPUs: the vdpbf16ps kernel (exact
+  // products, half the operations). Its operand is x as bf16 pairs matching
+  // the code pairs of a packed word; rows with subnormal x (which vdpbf16ps
+  // flushes to zero) stay on the float32 kernel.
+  const bool bf16_kernel = &kern == simd_kernels_avx512() && d.dtype == Dtype::bfloat16 && has_avx512_bf16() &&
+                           (base.mode == 1 || base.mode == 3 || (base.mode == 0 && (base.bits == 2 || base.bits == 4)));
+  std::vector<uint32_t> xpairs(bf16_kernel ? static_cast<size_t>(nx * M * K / 2) : 0);
+  std::vector<char> pairs_ok(static_cast<size_t>(nx), bf16_kernel ? 1 : 0);
+  if (bf16_kernel) {
+    const int half = 16 / base.bits;  // codes per 16-bit half word
+    for (int64_t b = 0; b < d.x_batch; ++b) {
+      const int64_t slot = xrow_of[static_cast<size_t>(b)];
+      if (slot < 0) continue;
+      const uint16_t* xb = reinterpret_cast<const uint16_t*>(X) + b * M * K;
+      uint32_t* dst = xpairs.data() + slot * M * K / 2;
+      for (int64_t i = 0; i < M * K; ++i)
+        if ((xb[i] & 0x7f80u) == 0 && (xb[i] & 0x7fu) != 0) pairs_ok[static_cast<size_t>(slot)] = 0;
+      for (int64_t r = 0; r < M; ++r)
+        for (int64_t w = 0; w < K / (2 * half); ++w)
+          for (int j = 0; j < half; ++j) {
+            const int64_t k = r * K + w * 2 * half + j;
+            dst[r * (K / 2) + w * half + j] = static_cast<uint32_t>(xb[k]) | static_cast<uint32_t>(xb[k + half]) << 16;
+          }
+    }
+  }
+
   if (!small.empty()) {
     struct Job {
       QWeights q;
       std::vector<const float*> x;
+      std::vector<const uint32_t*> xp;  // bf16 pairs (bf16 kernel)
       std::vector<void*> out;
       std::vector<float> xsum;
+      bool bf16 = false;
     };
     std::vector<Job> jobs(small.size());
     int64_t tiles = 0;
@@ -162,10 +191,13 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
       const Expert& ex = experts[static_cast<size_t>(small[j])];
       Job& jb = jobs[j];
       jb.q = weights_of(ex.w_index);
+      jb.bf16 = bf16_kernel;
       for (int64_t l : ex.pairs) {
         const int64_t slot = xrow_of[static_cast<size_t>(lhs[l])];
+        jb.bf16 = jb.bf16 && pairs_ok[static_cast<size_t>(slot)];
         for (int64_t m = 0; m < M; ++m) {
           jb.x.push_back(xf.get() + (slot * M + m) * K);
+          if (bf16_kernel) jb.xp.push_back(xpairs.data() + (slot * M + m) * (K / 2));
           jb.out.push_back(O + (l * M + m) * N * xes);
           if (affine) jb.xsum.insert(jb.xsum.end(), xs.begin() + (slot * M + m) * G, xs.begin() + (slot * M + m + 1) * G);
         }
@@ -202,7 +234,12 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
         qa.out = jb.out.data();
         qa.odt = xdt;
         qa.scratch = sp;
-        kern.qmv(qa);
+        if (jb.bf16) {
+          qa.xpairs = jb.xp.data();
+          qmv_bf16_avx512(qa);
+        } else {
+          kern.qmv(qa);
+        }
       }
     }
   }
@@ -276,8 +313,8 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
       for (int i = 0; i < mv; ++i) kern.from_f32(c + i * ldc, nv, xdt, b->out[static_cast<size_t>(m0 + i)] + n0 * xes);
     };
   }
-  // pack_qt scratch: transposed scales/biases of one k-block and its words
-  const int64_t scratch = 2 * (kGemmKc / 16 + 16) * kern.lanes + 32 * kern.lanes + 64;
+  // pack_qt scratch: transposed scales/biases of one k-block (<= 16 groups) and its words (<= 64, + one transpose)
+  const int64_t scratch = 2 * 16 * kern.lanes + (kGemmKc * 8 / 32 + kern.lanes) * kern.lanes + 64;
   run_gemm_jobs(kern, gjobs, scratch);
 }
 

@@ -108,12 +108,14 @@ struct S {
 
   // ---- in-register transposes --------------------------------------------
   // r[0..15] are rows of 16 dwords; on return r[j] holds column j.
-  static void transpose(I r[16]) {
+  MMKIT_INLINE static void transpose(I r[16]) {
     I t[16];
+#pragma GCC unroll 16
     for (int i = 0; i < 16; i += 2) {
       t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
       t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
     }
+#pragma GCC unroll 16
     for (int i = 0; i < 16; i += 4) {
       r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
       r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
@@ -121,12 +123,14 @@ struct S {
       r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
     }
     // r[4a+b] now holds, in 128-bit lane q, rows 4q'.. : element (row 4a + e, col 4q + b) for e = 0..3.
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) {
       t[i] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0x88);
       t[i + 4] = _mm512_shuffle_i32x4(r[i], r[i + 4], 0xDD);
       t[i + 8] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0x88);
       t[i + 12] = _mm512_shuffle_i32x4(r[i + 8], r[i + 12], 0xDD);
     }
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) {
       r[i] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0x88);
       r[i + 8] = _mm512_shuffle_i32x4(t[i], t[i + 8], 0xDD);
@@ -240,19 +244,22 @@ struct S {
   }
   static I widen16(__m128i h) { return _mm256_cvtepu16_epi32(h); }
 
-  static void transpose(I r[8]) {
+  MMKIT_INLINE static void transpose(I r[8]) {
     I t[8];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; i += 2) {
       t[i] = _mm256_unpacklo_epi32(r[i], r[i + 1]);
       t[i + 1] = _mm256_unpackhi_epi32(r[i], r[i + 1]);
     }
     I u[8];
+#pragma GCC unroll 8
     for (int i = 0; i < 8; i += 4) {
       u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);
       u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);
       u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);
       u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);
     }
+#pragma GCC unroll 4
     for (int i = 0; i < 4; ++i) {
       r[i] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x20);
       r[i + 4] = _mm256_permute2x128_si256(u[i], u[i + 4], 0x31);

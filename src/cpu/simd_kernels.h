@@ -38,6 +38,7 @@ struct QmvArgs {
   int mrows = 0;
   const float* const* x = nullptr;  // mrows rows of K float32
   const float* xsum = nullptr;      // affine: mrows x groups sums of x over each group
+  const uint32_t* const* xpairs = nullptr;  // qmv_bf16_avx512 only: per row, bf16 pairs (qmm_fast.cpp)
   void* const* out = nullptr;       // mrows output rows (element n at index n), dtype odt
   int odt = 0;
   float* scratch = nullptr;         // qmv_scratch_floats(q) floats, 64-byte aligned
@@ -94,6 +95,12 @@ struct SimdKernels {
   void (*quantize_row)(const float* w, int64_t cols, int mode, int bits, int gs, int dt, float enc, bool has_gs,
                        uint32_t* q, void* scales, void* biases);
 };
+
+/// AVX-512 BF16 qmv for bfloat16 activations, formats affine 2/4-bit, mxfp4,
+/// nvfp4 (qmm_avx512bf16.cpp). Pair p = w * h + j (h = 16 / bits codes per half
+/// word) of a row of x holds bf16(x[w * 2h + j]) | bf16(x[w * 2h + h + j]) << 16.
+/// Call only when the CPU has AVX512_BF16.
+void qmv_bf16_avx512(const QmvArgs& a);
 
 const SimdKernels* simd_kernels_avx512();
 const SimdKernels* simd_kernels_avx2();

@@ -1,4 +1,5 @@
 // Registration of the GPU quantized-matmul family, in dispatch order:
+//   cuda_qmv1_mma     M = 1, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
 //   cuda_qmm_sm80_mma M > 8 (> 32 for 4-bit affine), float16/bfloat16, transpose=true, K % 32 == 0 (qmm_sm80.cu)
@@ -16,6 +17,10 @@ void run_qmv(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
   if (!qmv_run(d, a, scope)) qmm_generic_run(d, a, scope);
 }
+void run_qmv1_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
+  OpScope scope(s, d.op);
+  if (!qmv1_mma_run(d, a, scope) && !qmv_run(d, a, scope)) qmm_generic_run(d, a, scope);
+}
 void run_qmv_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
   if (!qmv_mma_run(d, a, scope) && !qmv_run(d, a, scope)) qmm_generic_run(d, a, scope);
@@ -32,6 +37,7 @@ void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
 }  // namespace
 
 void register_qmm_kernels(detail::Registries& r) {
+  r.qmm.add({"cuda_qmv1_mma", Device::Type::gpu, qmv1_mma_supports, run_qmv1_mma, 40});
   r.qmm.add({"cuda_qmv_sm80_mma", Device::Type::gpu, qmv_mma_supports, run_qmv_mma, 30});
   r.qmm.add({"cuda_qmv", Device::Type::gpu, qmv_supports, run_qmv, 20});
   r.qmm.add({"cuda_qmm_sm80_mma", Device::Type::gpu, qmm_mma_supports, run_mma, 10});

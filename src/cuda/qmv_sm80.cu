@@ -131,8 +131,6 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[mt][e] = 0.0f;
     if (ok) {
-      const uint32_t* wa = p.w + (wi * N + (va ? ra : n0)) * static_cast<int64_t>(words_per_row);
-      const uint32_t* wbp = p.w + (wi * N + (vb ? rb : n0)) * static_cast<int64_t>(words_per_row);
       // Thread (g, c) supplies x rows g, g + 8, ... (one per 8-column m-tile).
       const T* xr[MT];
       bool xv[MT];

@@ -19,12 +19,15 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <cstdlib>
 #include <fstream>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/registry.h"
+#include "cuda/qmm_kernels.h"
 #include "formats/format.h"
 #include "mmkit/mmkit.h"
 #include "ops/descriptors.h"
@@ -219,11 +222,27 @@ int main(int argc, char** argv) {
         if (e.name == "cuda_qmm_generic") generic = &e;
         if (e.name == "cuda_qmv") simt_qmv = &e;
       }
-      std::vector<const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>*> entries = {&reg.qmm.select(d, Device::Type::gpu)};
-      // The SIMT GEMV too where the tensor-core GEMV is chosen (comparison in the same run).
-      if (headline && (M == 1 || M == 8) && simt_qmv && entries[0]->name != "cuda_qmv") entries.push_back(simt_qmv);
-      for (const auto* ep : entries) {
-        const auto& entry = *ep;
+      struct Runner {
+        std::string name;
+        std::function<void(const detail::QmmDesc&, detail::QmmArgs&, const Stream&)> run;
+      };
+      std::vector<Runner> entries;
+      {
+        const auto& sel = reg.qmm.select(d, Device::Type::gpu);
+        entries.push_back({sel.name, sel.run});
+        // The SIMT GEMV too where a tensor-core GEMV is chosen (comparison in the same run).
+        if ((M == 1 || (headline && M == 8)) && simt_qmv && sel.name != "cuda_qmv")
+          entries.push_back({simt_qmv->name, simt_qmv->run});
+        // The alternative tilings of the M = 1 tensor-core GEMV.
+        if (M == 1 && sel.name == "cuda_qmv1_mma")
+          for (int v : {1})
+            entries.push_back({"cuda_qmv1_mma/v" + std::to_string(v),
+                               [v](const detail::QmmDesc& dd, detail::QmmArgs& aa, const Stream& ss) {
+                                 cuda::OpScope scope(ss, dd.op);
+                                 if (!cuda::qmv1_mma_run(dd, aa, scope, v)) std::abort();
+                               }});
+      }
+      for (const auto& entry : entries) {
         // Check against the generic kernel before timing.
         detail::QmmArgs chk = sets[0];
         chk.out = Array::empty({1, M, N}, Dtype::bfloat16, Device::gpu());
