@@ -5,6 +5,7 @@
 #   2. mmkit_cpu_bench measures the machine (read bandwidth, FMA peak), times
 #      mmkit and its other peers, and prints one table with the MLX column.
 # Usage: bench/run_cpu.sh [build dir (default build/ci)] [mmkit_cpu_bench args...]
+#   MMKIT_PYTHON  the Python with mlx (default: build/venv/bin/python, else python3)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 BUILD="${1:-$ROOT/build/ci}"
@@ -14,6 +15,10 @@ BIN="$BUILD/bench/mmkit_cpu_bench"
 OUT="${MMKIT_BENCH_OUT:-$BUILD/bench}"
 mkdir -p "$OUT"
 quick=()
+# The Python that has mlx: MMKIT_PYTHON, else the test suite's venv, else python3.
+PY="${MMKIT_PYTHON:-}"
+[ -n "$PY" ] || { [ -x "$ROOT/build/venv/bin/python" ] && PY="$ROOT/build/venv/bin/python"; } || true
+[ -n "$PY" ] || PY=python3
 for a in "$@"; do [ "$a" = "--quick" ] && quick=(--quick); done
-python3 "$ROOT/bench/mlx_cpu_peer.py" --json "$OUT/mlx_cpu.json" "${quick[@]}" || echo "run_cpu.sh: MLX peer failed; continuing without it"
+"$PY" "$ROOT/bench/mlx_cpu_peer.py" --json "$OUT/mlx_cpu.json" "${quick[@]}" || echo "run_cpu.sh: MLX peer failed; continuing without it"
 exec "$BIN" --mlx "$OUT/mlx_cpu.json" --json "$OUT/cpu_bench.json" "$@"
