@@ -6,4 +6,4 @@ source "$(dirname "$0")/../lib.sh"
 stage "C++ build + tests (preset ci)"
 cmake --preset ci >/dev/null
 cmake --build --preset ci -j "$JOBS"
-run_ctest cpp-release ci
+run_gtest cpp-release "$ROOT/build/ci/tests/mmkit_tests"

@@ -6,4 +6,4 @@ stage "C++ tests under ASan+UBSan (preset asan)"
 cmake --preset asan >/dev/null
 cmake --build --preset asan -j "$JOBS"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  run_ctest cpp-asan-ubsan asan
+  run_gtest cpp-asan-ubsan "$ROOT/build/asan/tests/mmkit_tests"

@@ -15,4 +15,4 @@ stage "C++ tests under ThreadSanitizer (preset tsan, OMP_NUM_THREADS=1)"
 cmake --preset tsan -DMMKIT_WERROR=OFF >/dev/null
 cmake --build --preset tsan -j "$JOBS"
 OMP_NUM_THREADS=1 TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:allocator_may_return_null=1" \
-  run_ctest cpp-tsan tsan
+  run_gtest cpp-tsan "$ROOT/build/tsan/tests/mmkit_tests"
