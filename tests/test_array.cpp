@@ -4,12 +4,14 @@
 // promotion table, and the errors of the array API.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <cfenv>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "test_util.h"
@@ -564,6 +566,40 @@ TEST(ArrayDevices, GpuWithoutCudaIsAnError) {
                                            "affine", std::nullopt, Device::gpu()); },
                             "stream"));
   EXPECT_TRUE(same_buffer(a, a.to(Device::cpu())));
+}
+
+TEST(ArrayHostCache, ReusedLargeBuffersKeepTheirContractsAcrossThreads) {
+  // Large host buffers (>= 4 MiB) go back to a cache when their Array dies and
+  // are handed to the next Array of the same size: zeros() must still be zero,
+  // empty() of another size must not alias a live array, and arrays made and
+  // dropped on many threads at once must never share memory.
+  const int64_t n = int64_t{3} << 20;  // 12 MiB of float32
+  {
+    Array a = Array::full({n}, 7.0, Dtype::float32);
+    ASSERT_EQ(a.data<float>()[n - 1], 7.0f);
+  }
+  Array z = Array::zeros({n}, Dtype::float32);
+  int64_t nonzero = 0;
+  for (int64_t i = 0; i < n; ++i) nonzero += z.data<float>()[i] != 0.0f;
+  EXPECT_EQ(nonzero, 0);
+  Array other = Array::empty({n + 1}, Dtype::float32);
+  EXPECT_NE(other.raw_data(), z.raw_data());
+
+  std::vector<std::thread> ts;
+  std::atomic<int> bad{0};
+  for (int t = 0; t < 8; ++t)
+    ts.emplace_back([&, t] {
+      for (int it = 0; it < 20; ++it) {
+        Array a = Array::full({int64_t{1} << 21}, static_cast<double>(t * 100 + it), Dtype::float32);  // 8 MiB
+        Array b = Array::full({int64_t{1} << 21}, -1.0, Dtype::float32);
+        const float* p = a.data<float>();
+        for (int64_t i = 0; i < (int64_t{1} << 21); i += 4099)
+          if (p[i] != static_cast<float>(t * 100 + it)) ++bad;
+        if (a.raw_data() == b.raw_data()) ++bad;
+      }
+    });
+  for (auto& th : ts) th.join();
+  EXPECT_EQ(bad.load(), 0);
 }
 
 }  // namespace

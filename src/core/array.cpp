@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <new>
 #include <numeric>
 #include <sstream>
@@ -28,6 +30,77 @@ uint64_t backable_host_bytes() {
   }();
   return total;
 }
+
+/// Large host buffers (>= kHugeMin, sizes in 2 MiB steps) that died, kept for
+/// the next allocation of the same size instead of going back to the OS: a
+/// fresh buffer costs a page fault and a kernel page clear per 2 MiB on first
+/// touch, which is most of the time of an op whose output is large and whose
+/// work is small (block_masked_mm at low density, dequantize). Bounded by
+/// MMKIT_CPU_CACHE_MB (default: 1/8 of RAM, at most 2048 MiB; 0 turns it off;
+/// off by default under AddressSanitizer so freed memory stays poisoned).
+class HostCache {
+ public:
+  static HostCache& get() {
+    static HostCache* c = new HostCache();  // never destroyed: Arrays may die after main
+    return *c;
+  }
+  void* take(size_t bytes) {
+    if (limit_ == 0) return nullptr;
+    std::lock_guard<std::mutex> lock(m_);
+    auto it = free_.find(bytes);
+    if (it == free_.end()) return nullptr;
+    void* p = it->second;
+    free_.erase(it);
+    held_ -= bytes;
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    if (bytes > limit_) {
+      std::free(p);
+      return;
+    }
+    std::vector<void*> drop;
+    {
+      std::lock_guard<std::mutex> lock(m_);
+      while (held_ + bytes > limit_ && !free_.empty()) {  // evict the largest first
+        auto last = std::prev(free_.end());
+        held_ -= last->first;
+        drop.push_back(last->second);
+        free_.erase(last);
+      }
+      free_.emplace(bytes, p);
+      held_ += bytes;
+    }
+    for (void* q : drop) std::free(q);
+  }
+
+ private:
+  HostCache() {
+    uint64_t dflt = std::min<uint64_t>(backable_ram_bytes() / 8, uint64_t{2048} << 20);
+#if defined(__SANITIZE_ADDRESS__)
+    dflt = 0;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    dflt = 0;
+#endif
+#endif
+    limit_ = dflt;
+    if (const char* e = std::getenv("MMKIT_CPU_CACHE_MB")) {
+      char* end = nullptr;
+      const unsigned long long mb = std::strtoull(e, &end, 10);
+      if (end != e && *end == '\0') limit_ = static_cast<size_t>(std::min<unsigned long long>(mb, 1ull << 40) << 20);
+    }
+  }
+  static uint64_t backable_ram_bytes() {
+    struct sysinfo si {};
+    if (sysinfo(&si) != 0) return 0;
+    return static_cast<uint64_t>(si.totalram) * si.mem_unit;
+  }
+  std::mutex m_;
+  std::multimap<size_t, void*> free_;
+  size_t held_ = 0;
+  size_t limit_ = 0;
+};
 
 }  // namespace
 
@@ -102,13 +175,18 @@ static std::shared_ptr<Buffer> allocate(size_t nbytes, Device dev) {
     const bool huge = rounded >= kHugeMin;
     const size_t align = huge ? kHugePage : kAlign;
     const size_t bytes = huge ? (rounded + kHugePage - 1) / kHugePage * kHugePage : rounded;
-    void* p = bytes >= rounded ? std::aligned_alloc(align, bytes) : nullptr;
-    if (!p) throw_error("array", "out of memory allocating ", nbytes, " bytes on the cpu");
+    if (bytes < rounded) throw_error("array", "allocation of ", nbytes, " bytes overflows");
+    void* p = huge ? HostCache::get().take(bytes) : nullptr;
+    if (!p) {
+      p = std::aligned_alloc(align, bytes);
+      if (!p) throw_error("array", "out of memory allocating ", nbytes, " bytes on the cpu");
 #ifdef MADV_HUGEPAGE
-    if (huge) (void)madvise(p, bytes, MADV_HUGEPAGE);  // advisory: failure only costs speed
+      if (huge) (void)madvise(p, bytes, MADV_HUGEPAGE);  // advisory: failure only costs speed
 #endif
+    }
     b->ptr = p;
-    b->deleter = [](void* q) { std::free(q); };
+    if (huge) b->deleter = [bytes](void* q) { HostCache::get().give(q, bytes); };
+    else b->deleter = [](void* q) { std::free(q); };
   } else {
     const auto& h = detail::require_gpu("array");
     const int idx = dev.index;
