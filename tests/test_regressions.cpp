@@ -93,5 +93,31 @@ TEST(Regression, ContractionLengthZeroGivesZeros) {
   }
 }
 
+// fuzz_block_masked_mm (UBSan: "applying non-zero offset to null pointer" in
+// ref::block_masked_mm): the library broadcasts 0-D and 1-D masks right-aligned
+// (a (tn,) out mask applies to every block row), but the float64 reference
+// indexed such a mask's shape at [size - 2]. The reference now treats them as
+// (1, 1) / (1, n) grids; both must agree.
+TEST(Regression, LowRankBlockMasksBroadcastInTheReference) {
+  const Array a = Array::from_vector(std::vector<float>(64 * 96, 1.0f), {64, 96});
+  Array b = Array::from_vector(std::vector<float>(96 * 64, 0.0f), {96, 64});
+  for (int64_t i = 0; i < 96 * 64; ++i) b.data<float>()[i] = static_cast<float>(i % 7) - 3.0f;
+  const Array row = Array::from_vector(std::vector<uint8_t>{1, 0}, {2}).astype(Dtype::bool_);
+  const Array k3 = Array::from_vector(std::vector<float>{1.0f, 0.0f, 2.0f}, {3});
+  const Array yes = Array::full({}, 1.0, Dtype::bool_);
+  struct Case {
+    const char* what;
+    std::optional<Array> mo, ml, mr;
+  };
+  for (const Case& c : {Case{"1-D out mask", row, std::nullopt, std::nullopt},
+                        Case{"0-D out mask", yes, std::nullopt, std::nullopt},
+                        Case{"1-D float lhs mask", std::nullopt, k3, std::nullopt},
+                        Case{"1-D bool rhs mask", std::nullopt, std::nullopt, row}}) {
+    SCOPED_TRACE(c.what);
+    const Array y = block_masked_mm(a, b, 32, c.mo, c.ml, c.mr);
+    EXPECT_TRUE(all_close(y, ref::block_masked_mm(a, b, 32, c.mo, c.ml, c.mr), 1e-6, 0.0));
+  }
+}
+
 }  // namespace
 }  // namespace mmkit::test

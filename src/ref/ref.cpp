@@ -224,6 +224,9 @@ Tensor block_masked_mm(const Array& a, const Array& b, int bs, const std::option
       for (double& x : t.v) x = round_to(T, static_cast<float>(x));
     if (ins_row) t.shape.insert(t.shape.end() - (t.shape.empty() ? 0 : 1), 1);
     if (ins_col) t.shape.push_back(1);
+    // Masks broadcast right-aligned like the library's: a 0-D or 1-D mask is a
+    // (1, 1) or (1, n) block grid.
+    while (t.shape.size() < 2) t.shape.insert(t.shape.begin(), 1);
     return t;
   };
   Tensor tmo, tml, tmr;
