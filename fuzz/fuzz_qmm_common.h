@@ -112,7 +112,18 @@ void check_qmm(const Array& y, const Array& x, const QWeights& q, Dtype T, int64
   if (wmax.max_abs() > 1e36) {
     const std::vector<double> v = y.to_double_vector();
     for (size_t i = 0; i < r.v.size(); ++i)
-      if (std::isnan(r.v[i]) && !std::isnan(v[i])) fail(std::string(op) + ": NaN not propagated");
+      if (std::isnan(r.v[i]) && !std::isnan(v[i])) {
+        if (std::getenv("MMKIT_FUZZ_DEBUG")) {
+          std::fprintf(stderr, "element %zu: got %g, reference NaN; x dtype %s shape %s, scales %s\n", i, v[i],
+                       dtype_name(xt.dtype()), shape_str(xt.shape()).c_str(), shape_str(st.shape()).c_str());
+          const std::vector<double> xv = xt.to_double_vector(), sv = st.astype(Dtype::float32).to_double_vector();
+          for (double e : xv) std::fprintf(stderr, "%g ", e);
+          std::fprintf(stderr, "\nscales: ");
+          for (double e : sv) std::fprintf(stderr, "%g ", e);
+          std::fprintf(stderr, "\n");
+        }
+        fail(std::string(op) + ": NaN not propagated");
+      }
     return;
   }
   check_matmul_result(y, r, [&] { return ref_fn(abs_array(xt), aq.w, aq.scales, aq.biases); }, K, op);

@@ -119,5 +119,30 @@ TEST(Regression, LowRankBlockMasksBroadcastInTheReference) {
   }
 }
 
+// fuzz_gather_qmm (WRONG RESULT "NaN not propagated", AVX-512 level): the fused
+// few-row kernel multiplies a group's dot product by its scale, so an E8M0
+// scale byte 255 (+Inf) over a group of zero codes gave +-Inf where the
+// dequantize-first semantics give Inf * 0 = NaN. Experts with a non-finite
+// output are now recomputed by the GEMM path.
+TEST(Regression, InfiniteScaleTimesZeroCodesIsNaN) {
+  MMKIT_REQUIRE_DEVICE();
+  const int64_t N = 3, K = 64;
+  std::vector<uint32_t> w(static_cast<size_t>(N * K / 8), 0x22222222u);  // E2M1 code 2 = 1.0
+  for (int64_t i = 0; i < K / 8; ++i) w[static_cast<size_t>(i)] = 0u;    // row 0: all codes +0
+  w[static_cast<size_t>(2 * K / 8)] = 0u;  // row 2: the first 8 codes of group 0 are +0, the rest 1.0
+  std::vector<uint8_t> sc = {255, 255, 127, 127, 255, 127};  // row 0: both groups Inf; row 2: group 0 Inf
+  const Array wq = Array::from_vector(w, {N, K / 8});
+  const Array scales = Array::from_vector(sc, {N, 2});
+  for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
+    SCOPED_TRACE(dtype_name(dt));
+    const Array x = Array::full({1, K}, -8.0, dt);
+    const std::vector<double> y =
+        host(quantized_matmul(dev(x), dev(wq), dev(scales), std::nullopt, true, 32, 4, "mxfp4")).to_double_vector();
+    EXPECT_TRUE(std::isnan(y[0])) << y[0];  // Inf * 0 in every product
+    EXPECT_EQ(y[1], -8.0 * K);             // finite row untouched
+    EXPECT_TRUE(std::isnan(y[2])) << y[2];  // Inf * 0 for 8 products, -Inf for the rest
+  }
+}
+
 }  // namespace
 }  // namespace mmkit::test

@@ -242,6 +242,30 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
         }
       }
     }
+    // The fused kernel applies a group's scale to its dot product, so an
+    // infinite scale (an E8M0 byte 255, an Inf affine scale or bias) times a
+    // group whose codes are zero gives +-Inf where the dequantize-first
+    // reference gives NaN (Inf * 0 per element). Any such case leaves a
+    // non-finite output; experts with one are recomputed by the GEMM path
+    // below, which multiplies by the dequantized weights.
+    auto finite_out = [&](const void* row) {
+      if (d.dtype == Dtype::float32) {
+        const float* v = static_cast<const float*>(row);
+        for (int64_t n = 0; n < N; ++n)
+          if (!std::isfinite(v[n])) return false;
+        return true;
+      }
+      const uint16_t exp_mask = d.dtype == Dtype::float16 ? 0x7C00u : 0x7F80u;
+      const uint16_t* v = static_cast<const uint16_t*>(row);
+      for (int64_t n = 0; n < N; ++n)
+        if ((v[n] & exp_mask) == exp_mask) return false;
+      return true;
+    };
+    for (size_t j = 0; j < jobs.size(); ++j) {
+      bool ok = true;
+      for (const void* row : jobs[j].out) ok = ok && finite_out(row);
+      if (!ok) large.push_back(small[j]);
+    }
   }
 
   // ---- many rows per expert (or transpose = false): blocked GEMM -------------------
