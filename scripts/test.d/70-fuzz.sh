@@ -8,6 +8,9 @@
 set -euo pipefail
 source "$(dirname "$0")/../lib.sh"
 SECS="${MMKIT_FUZZ_SECONDS:-24}"
+# A fixed libFuzzer seed keeps CI runs reproducible (a finding is a change's,
+# not the dice's); MMKIT_FUZZ_SEED=0 lets libFuzzer draw one (exploration).
+SEED="${MMKIT_FUZZ_SEED:-1}"
 stage "libFuzzer targets (clang, ASan+UBSan, ${SECS} s per target)"
 BUILD="$ROOT/build/fuzz"
 OUT="$ROOT/build/fuzz-runs"
@@ -33,7 +36,7 @@ for corpus in "$ROOT"/fuzz/corpus/*/; do
     # New inputs go to the scratch dir (first corpus argument); the checked-in
     # corpus is only read. Findings are written as $OUT/$t-crash-*.
     envs=(); [ "$isa" = native ] || envs=(MMKIT_CPU_ISA="$isa")
-    if ! env "${envs[@]}" "$exe" -max_total_time="$secs" -max_len=1024 -len_control=0 -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
+    if ! env "${envs[@]}" "$exe" -seed="$SEED" -max_total_time="$secs" -max_len=1024 -len_control=0 -timeout=20 -rss_limit_mb=4096 -print_final_stats=1 \
          -artifact_prefix="$OUT/$t-" "$scratch" "$corpus" >"$log" 2>&1; then
       ok=0
       echo "[fuzz] $t ($isa) FAILED; log $log; last lines:"
