@@ -21,15 +21,25 @@ namespace {
 constexpr size_t kHugePage = size_t{2} << 20;
 constexpr size_t kHugeMin = size_t{4} << 20;
 
-/// RAM plus swap of this machine in bytes (0 when unknown), read once.
-uint64_t backable_host_bytes() {
-  static const uint64_t total = [] {
+/// This machine's RAM and swap in bytes (0 when unknown), read once.
+struct HostMemory {
+  uint64_t ram = 0, swap = 0;
+};
+const HostMemory& host_memory() {
+  static const HostMemory m = [] {
+    HostMemory r;
     struct sysinfo si {};
-    if (sysinfo(&si) != 0) return uint64_t{0};
-    return (static_cast<uint64_t>(si.totalram) + static_cast<uint64_t>(si.totalswap)) * si.mem_unit;
+    if (sysinfo(&si) == 0) {
+      r.ram = static_cast<uint64_t>(si.totalram) * si.mem_unit;
+      r.swap = static_cast<uint64_t>(si.totalswap) * si.mem_unit;
+    }
+    return r;
   }();
-  return total;
+  return m;
 }
+
+/// RAM plus swap: more than this can never be backed.
+uint64_t backable_host_bytes() { return host_memory().ram + host_memory().swap; }
 
 /// Large host buffers (>= kHugeMin, sizes in 2 MiB steps) that died, kept for
 /// the next allocation of the same size instead of going back to the OS: a
@@ -76,7 +86,7 @@ class HostCache {
 
  private:
   HostCache() {
-    uint64_t dflt = std::min<uint64_t>(backable_ram_bytes() / 8, uint64_t{2048} << 20);
+    uint64_t dflt = std::min<uint64_t>(host_memory().ram / 8, uint64_t{2048} << 20);
 #if defined(__SANITIZE_ADDRESS__)
     dflt = 0;
 #elif defined(__has_feature)
@@ -90,11 +100,6 @@ class HostCache {
       const unsigned long long mb = std::strtoull(e, &end, 10);
       if (end != e && *end == '\0') limit_ = static_cast<size_t>(std::min<unsigned long long>(mb, 1ull << 40) << 20);
     }
-  }
-  static uint64_t backable_ram_bytes() {
-    struct sysinfo si {};
-    if (sysinfo(&si) != 0) return 0;
-    return static_cast<uint64_t>(si.totalram) * si.mem_unit;
   }
   std::mutex m_;
   std::multimap<size_t, void*> free_;

@@ -12,10 +12,9 @@ inline constexpr int kQmvMaxM = 8;
 /// Largest M the tensor-core GEMV (4-bit affine) takes.
 inline constexpr int kQmvMmaMaxM = 32;
 
-/// M = 1, 4-bit affine, float16/bfloat16 (qmv1_mma.cu). variant 0 is the
-/// dispatched tiling; 1 is the alternative the GEMV bench times.
+/// M = 1, 4-bit affine, float16/bfloat16 (qmv1_mma.cu).
 bool qmv1_mma_supports(const detail::QmmDesc& d);
-bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope, int variant = 0);
+bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
 bool qmv_mma_supports(const detail::QmmDesc& d);
 bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);

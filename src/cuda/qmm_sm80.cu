@@ -276,8 +276,6 @@ void launch_format(const detail::QmmDesc& d, const MmaQParams& p, const OpScope&
   }
 }
 
-bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 }  // namespace
 
 bool qmm_mma_supports(const detail::QmmDesc& d) {

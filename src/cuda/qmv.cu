@@ -311,8 +311,6 @@ void launch_format(const detail::QmmDesc& d, const QmvParams& p, const OpScope& 
   }
 }
 
-bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 }  // namespace
 
 bool qmv_supports(const detail::QmmDesc& d) {

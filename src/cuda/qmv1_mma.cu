@@ -18,13 +18,13 @@
 // x[32c .. 32c + 32) of the chunk, kept only when g is that slice's column.
 // Per 8 codes: 3 shifts, 4 LOP3, 4 half2 subtractions (the decode), and
 // 1/16 of an mma; x, the ones-mma and the fold are shared by RT m16 tiles.
-// Tile: a block is kWarps warps on 16 * RT weight rows, each warp a range of
-// super-chunks of K (split-K, reduced through shared memory); kPD chunks of
+// Tile: a block is WARPS (8) warps on 16 * RT (32) weight rows, each warp a range of
+// super-chunks of K (split-K, reduced through shared memory); kPD (2) chunks of
 // registers per warp in flight.
 // Non-finite groups (sum(x), dot, scale or bias not finite) are recomputed
 // element by element (x * (s * q + b)), so Inf and NaN propagate like the
 // reference.
-// Measured: docs/kernels/cuda.md. Tests: tests/test_cuda_cross.cpp.
+// Measured (and the tilings that were slower): docs/kernels/cuda.md. Tests: tests/test_cuda_cross.cpp.
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -50,19 +50,12 @@ struct Qmv1Params {
   IndexGuard guard;
 };
 
-/// 16 bytes of weights that are read once: no L1 allocation; with L2H the
-/// L2 fetches the whole 256-byte block around them (the row's next chunks).
-template <bool L2H>
+/// 16 bytes of weights that are read once: no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
   uint4 r;
-  if constexpr (L2H)
-    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-  else
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
+  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+      : "l"(p));
   return r;
 }
 
@@ -98,14 +91,9 @@ __device__ __forceinline__ float exact_group1(const T* xg, const uint32_t* wg, f
   return e;
 }
 
-// PD: chunks of weight loads in flight per warp (registers). XS: x staged in
-// shared memory (K * sizeof(T) bytes, each warp its own K range) instead of
-// register buffers, which leaves the registers to weight loads. MINB: blocks
-// per SM the register budget must allow (occupancy).
-template <typename T, int GS, int RT, int WARPS, int PD, bool XS, bool L2H, int MINB>
-__global__ void __launch_bounds__(WARPS * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
-  constexpr int kPD = PD;
-  extern __shared__ uint4 xsm[];  // XS: x of this batch entry, 8 values per uint4
+template <typename T, int GS, int RT, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qmv1_mma_kernel(Qmv1Params p) {
+  constexpr int kPD = 2;  // chunks of weight loads in flight per warp
   constexpr int CPS = GS / 16;       // 128-code chunks per super-chunk of 8 groups
   constexpr int ROWS = 16 * RT;      // weight rows per block
   __shared__ float red[WARPS][ROWS];
@@ -143,20 +131,18 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) qmv1_mma_kernel(Qmv1Params p
       unsigned rvalid = 0;
 #pragma unroll
       for (int r = 0; r < 2 * RT; ++r) rvalid |= (n0 + 8 * r + g < N ? 1u : 0u) << r;
-      uint4 wb[kPD][2 * RT], xb[XS ? 1 : kPD][4];
+      uint4 wb[kPD][2 * RT], xb[kPD][4];
       auto load = [&](int t, int s) {
         if (t < te) {
 #pragma unroll
           for (int r = 0; r < 2 * RT; ++r)
-            wb[s][r] = (rvalid >> r) & 1u ? ld_stream16<L2H>(wlane + r * row_step + static_cast<int64_t>(t) * 16)
+            wb[s][r] = (rvalid >> r) & 1u ? ld_stream16(wlane + r * row_step + static_cast<int64_t>(t) * 16)
                                           : make_uint4(0u, 0u, 0u, 0u);
-          if constexpr (!XS) {
-            const int col = ((t % CPS) * 128 + 32 * c) / GS;
-            const T* xs = xrow + t * 128 + 32 * c;
+          const int col = ((t % CPS) * 128 + 32 * c) / GS;
+          const T* xs = xrow + t * 128 + 32 * c;
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
-              xb[s][j] = g == col ? __ldg(reinterpret_cast<const uint4*>(xs + 8 * j)) : make_uint4(0u, 0u, 0u, 0u);
-          }
+          for (int j = 0; j < 4; ++j)
+            xb[s][j] = g == col ? __ldg(reinterpret_cast<const uint4*>(xs + 8 * j)) : make_uint4(0u, 0u, 0u, 0u);
         }
       };
       float dacc[RT][4], xsum[4];
@@ -202,13 +188,10 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) qmv1_mma_kernel(Qmv1Params p
         }
         zero_d();
       };
-      auto compute = [&](int t, int s) {
-        const bool mine = g == ((t % CPS) * 128 + 32 * c) / GS;
+      auto compute = [&](int s) {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          uint4 xw;
-          if constexpr (XS) xw = mine ? xsm[t * 16 + 4 * c + j] : make_uint4(0u, 0u, 0u, 0u);
-          else xw = xb[s][j];
+          const uint4 xw = xb[s][j];
           // k order inside each mma: pairs (i, i + 4) of the word, as the A side.
           const uint32_t xp[4] = {__byte_perm(xw.x, xw.z, 0x5410), __byte_perm(xw.x, xw.z, 0x7632),
                                   __byte_perm(xw.y, xw.w, 0x5410), __byte_perm(xw.y, xw.w, 0x7632)};
@@ -229,18 +212,13 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) qmv1_mma_kernel(Qmv1Params p
 
 #pragma unroll
       for (int s = 0; s < kPD; ++s) load(tb + s, s);
-      if constexpr (XS) {  // the warp's own K range of x, while the first weights are in flight
-        const uint4* xg = reinterpret_cast<const uint4*>(xrow);
-        for (int i = tb * 16 + lane; i < te * 16; i += 32) xsm[i] = __ldg(xg + i);
-        __syncwarp();
-      }
       load_scales(tb / CPS);
       for (int t0 = tb; t0 < te; t0 += kPD) {
 #pragma unroll
         for (int s = 0; s < kPD; ++s) {
           const int t = t0 + s;
           if (t < te) {  // warp-uniform
-            compute(t, s);
+            compute(s);
             load(t + kPD, s);
             if ((t + 1) % CPS == 0 || t + 1 == te) {
               fold(t / CPS);
@@ -286,30 +264,15 @@ __global__ void __launch_bounds__(WARPS * 32, MINB) qmv1_mma_kernel(Qmv1Params p
   }
 }
 
-bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
-/// x in shared memory up to this many bytes (no opt-in beyond the default 48 KB).
-constexpr int kXsMaxBytes = 48 * 1024;
-
-template <typename T, int RT, int WARPS, int PD, bool XS, bool L2H, int MINB>
-void launch(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, 16 * RT)), 1, static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
-  const size_t smem = XS ? static_cast<size_t>(p.K) * sizeof(T) : 0;
-  switch (d.format.group_size) {
-    case 32: qmv1_mma_kernel<T, 32, RT, WARPS, PD, XS, L2H, MINB><<<grid, WARPS * 32, smem, scope.stream()>>>(p); break;
-    case 64: qmv1_mma_kernel<T, 64, RT, WARPS, PD, XS, L2H, MINB><<<grid, WARPS * 32, smem, scope.stream()>>>(p); break;
-    default: qmv1_mma_kernel<T, 128, RT, WARPS, PD, XS, L2H, MINB><<<grid, WARPS * 32, smem, scope.stream()>>>(p); break;
-  }
-}
-
-// 0 (dispatched): x in registers, 2 chunks in flight. 1: x in shared memory
-// and 4 chunks in flight (K * sizeof(T) <= 48 KB, else variant 0), with the
-// L2 256-byte prefetch hint: slower on an H200 (docs/kernels/cuda.md).
 template <typename T>
-void launch_variant(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope, int variant) {
-  const bool xs_fits = static_cast<int64_t>(p.K) * static_cast<int64_t>(sizeof(T)) <= kXsMaxBytes;
-  if (variant == 1 && xs_fits) launch<T, 2, 8, 4, true, true, 2>(d, p, scope);
-  else launch<T, 2, 8, 2, false, false, 2>(d, p, scope);
+void launch(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
+  constexpr int RT = 2, WARPS = 8;  // 32 rows per warp, 8 warps split K: 16 warps per SM
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, 16 * RT)), 1, static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
+  switch (d.format.group_size) {
+    case 32: qmv1_mma_kernel<T, 32, RT, WARPS><<<grid, WARPS * 32, 0, scope.stream()>>>(p); break;
+    case 64: qmv1_mma_kernel<T, 64, RT, WARPS><<<grid, WARPS * 32, 0, scope.stream()>>>(p); break;
+    default: qmv1_mma_kernel<T, 128, RT, WARPS><<<grid, WARPS * 32, 0, scope.stream()>>>(p); break;
+  }
 }
 
 }  // namespace
@@ -322,7 +285,7 @@ bool qmv1_mma_supports(const detail::QmmDesc& d) {
   return device_info(current_device()).cc_major >= 8;
 }
 
-bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope, int variant) {
+bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), 16) || !aligned(a.scales.raw_data(), 2) ||
       !aligned(a.biases.raw_data(), 2))
     return false;
@@ -340,8 +303,8 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   p.w_batch = d.w_batch;
   p.L = d.batch;
   p.guard = index_guard(scope.device(), d.op, d.indices_checked);
-  if (d.dtype == Dtype::float16) launch_variant<__half>(d, p, scope, variant);
-  else launch_variant<__nv_bfloat16>(d, p, scope, variant);
+  if (d.dtype == Dtype::float16) launch<__half>(d, p, scope);
+  else launch<__nv_bfloat16>(d, p, scope);
   scope.check_launch("qmv1_mma");
   return true;
 }

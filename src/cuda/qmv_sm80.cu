@@ -295,8 +295,6 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
   }
 }
 
-bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 template <typename T, int MT>
 void launch_gs(const detail::QmmDesc& d, const QmvMmaParams& p, const OpScope& scope) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRowsPerBlock)), 1,

@@ -13,6 +13,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <cstdint>
 #include <string>
 
 #include "core/registry.h"
@@ -22,6 +23,10 @@
 namespace mmkit::cuda {
 
 [[noreturn]] void throw_cuda(const char* op, cudaError_t e, const char* what);
+/// Whether p is aligned for vector loads of `bytes` (fast paths hand
+/// misaligned views to the generic kernels).
+inline bool aligned(const void* p, int bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
+
 inline void check_cuda(cudaError_t e, const char* op, const char* what) {
   if (e != cudaSuccess) throw_cuda(op, e, what);
 }

@@ -19,7 +19,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <random>
@@ -27,7 +26,6 @@
 #include <vector>
 
 #include "core/registry.h"
-#include "cuda/qmm_kernels.h"
 #include "formats/format.h"
 #include "mmkit/mmkit.h"
 #include "ops/descriptors.h"
@@ -233,14 +231,6 @@ int main(int argc, char** argv) {
         // The SIMT GEMV too where a tensor-core GEMV is chosen (comparison in the same run).
         if ((M == 1 || (headline && M == 8)) && simt_qmv && sel.name != "cuda_qmv")
           entries.push_back({simt_qmv->name, simt_qmv->run});
-        // The alternative tilings of the M = 1 tensor-core GEMV.
-        if (M == 1 && sel.name == "cuda_qmv1_mma")
-          for (int v : {1})
-            entries.push_back({"cuda_qmv1_mma/v" + std::to_string(v),
-                               [v](const detail::QmmDesc& dd, detail::QmmArgs& aa, const Stream& ss) {
-                                 cuda::OpScope scope(ss, dd.op);
-                                 if (!cuda::qmv1_mma_run(dd, aa, scope, v)) std::abort();
-                               }});
       }
       for (const auto& entry : entries) {
         // Check against the generic kernel before timing.
