@@ -9,6 +9,7 @@
 // Every test skips with the reason when no GPU is present.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -359,6 +360,61 @@ TEST(CudaCross, GatherQmmHostAndDeviceIndices) {
       }
 }
 
+TEST(CudaCross, GatherQmmGroupedByExpertOnTheDevice) {
+  MMKIT_REQUIRE_GPU();
+  // Many entries over few experts (the MoE case): the rows are grouped by
+  // expert on the device (cuda_gather_grouped) and each item reads its
+  // expert's weights once. Unsorted and sorted indices, host and device
+  // indices, M = 1 and 3, item sizes 8 / 16 / 32 rows (from the average rows
+  // per expert), experts with no rows, several items per expert. Bit-exact
+  // with the CPU on exactly representable data.
+  auto& reg = detail::registries();
+  uint64_t seed = 9100;
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+    for (int gs : {32, 64, 128})
+      for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{8, 40, 1}, {6, 200, 1}, {16, 24, 3}, {3, 70, 3}}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " g" + std::to_string(gs) + " E=" + std::to_string(E) +
+                     " L=" + std::to_string(L) + " M=" + std::to_string(M));
+        const int64_t N = 48, K = 512, Bx = 5;
+        QW q = exact_quantized({"affine", 4, gs}, E * N, K, dt, seed++);
+        Array w = q.w.reshape({E, N, q.w.shape(-1)});
+        Array s = q.scales.reshape({E, N, q.scales.shape(-1)});
+        Array b = q.biases->reshape({E, N, q.biases->shape(-1)});
+        Array x = small_ints({Bx, M, K}, dt, seed++);
+        std::mt19937_64 g(seed++);
+        std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
+        for (int64_t l = 0; l < L; ++l) {
+          li[l] = static_cast<int64_t>(g() % Bx);
+          ri[l] = static_cast<int64_t>(g() % (E - 1));  // expert E - 1 gets no rows
+        }
+        Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
+        {
+          detail::QmmDesc d;
+          d.format = {fmt::Mode::affine, 4, gs};
+          d.M = M;
+          d.N = N;
+          d.K = K;
+          d.batch = L;
+          d.x_batch = Bx;
+          d.w_batch = E;
+          d.dtype = dt;
+          ASSERT_EQ(reg.qmm.select(d, Device::Type::gpu).name, "cuda_gather_grouped");
+        }
+        Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, gs, 4, "affine");
+        Array yh = gather_qmm(gpu(x), gpu(w), gpu(s), gpu(b), lhs, rhs, true, gs, 4, "affine");
+        Array yd = gather_qmm(gpu(x), gpu(w), gpu(s), gpu(b), gpu(lhs), gpu(rhs), true, gs, 4, "affine");
+        EXPECT_TRUE(bit_equal(yh, yc)) << "host indices";
+        EXPECT_TRUE(bit_equal(yd, yc)) << "device indices";
+        // Sorted rhs (the sorted_indices hint), x indexed by entry.
+        std::sort(ri.begin(), ri.end());
+        Array rs = Array::from_vector(ri, {L});
+        Array xl = small_ints({L, M, K}, dt, seed++);
+        Array zc = gather_qmm(xl, w, s, b, std::nullopt, rs, true, gs, 4, "affine", true);
+        Array zg = gather_qmm(gpu(xl), gpu(w), gpu(s), gpu(b), std::nullopt, gpu(rs), true, gs, 4, "affine", true);
+        EXPECT_TRUE(bit_equal(zg, zc)) << "sorted rhs";
+      }
+}
+
 TEST(CudaCross, QmmBatchedBroadcastAndEmpty) {
   MMKIT_REQUIRE_GPU();
   const Fmt f{"affine", 4, 32};
@@ -537,6 +593,10 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
     seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   }
   q.M = 1;
+  q.batch = 64;  // a gather whose entries share experts
+  q.w_batch = 8;
+  seen.insert(r.qmm.select(q, Device::Type::gpu).name);
+  q.batch = q.w_batch = 1;
   q.format = {fmt::Mode::mxfp4, 4, 32};  // not 4-bit affine: the SIMT GEMV
   seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   q.format = {fmt::Mode::affine, 4, 64};
@@ -564,7 +624,7 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   check_family(r.quantize);
   check_family(r.dequantize);
   check_family(r.fp8);
-  EXPECT_TRUE(seen.count("cuda_qmv1_mma") && seen.count("cuda_qmv_sm80_mma") && seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") &&
+  EXPECT_TRUE(seen.count("cuda_gather_grouped") && seen.count("cuda_qmv1_mma") && seen.count("cuda_qmv_sm80_mma") && seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") &&
               seen.count("cuda_qmm_generic"));
 }
 

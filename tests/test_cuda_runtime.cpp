@@ -167,6 +167,35 @@ TEST(CudaRuntime, OutOfRangeDeviceIndexIsReportedAtTheNextSynchronize) {
   synchronize(kGpu);
 }
 
+TEST(CudaRuntime, GroupedGatherReportsABadDeviceIndexAndZerosOnlyItsEntry) {
+  MMKIT_REQUIRE_GPU();
+  // The grouped gather (rows sorted by expert on the device) checks the
+  // indices in its plan kernel: same deferred error, same zeros.
+  synchronize(kGpu);
+  auto q = quantize(gpu(randn({4 * 16, 128}, Dtype::bfloat16, 18)), 64, 4);
+  Array w = q[0].reshape({4, 16, 16}), s = q[1].reshape({4, 16, 2}), b = q[2].reshape({4, 16, 2});
+  Array x = gpu(randn({2, 1, 128}, Dtype::bfloat16, 19));
+  std::vector<int64_t> ri = {1, 3, 0, 2, 1, 1, 3, 0, 9, 2, 0, 1}, li = {0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1};
+  Array rhs = gpu(Array::from_vector(ri, {12})), lhs = gpu(Array::from_vector(li, {12}));
+  Array y = gather_qmm(x, w, s, b, lhs, rhs, true, 64, 4);
+  try {
+    synchronize(kGpu);
+    FAIL() << "expected the deferred index error";
+  } catch (const Error& e) {
+    const std::string m = e.what();
+    EXPECT_EQ(m.rfind("[gather_qmm] rhs_indices value 9 at flat position 8", 0), 0u) << m;
+  }
+  synchronize(kGpu);
+  auto v = cpu(y).to_double_vector();
+  ri[8] = 0;
+  Array good = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {12})), gpu(Array::from_vector(ri, {12})), true, 64, 4);
+  auto gv = cpu(good).to_double_vector();
+  for (int64_t i = 0; i < 12 * 16; ++i) {
+    if (i / 16 == 8) EXPECT_EQ(v[i], 0.0) << i;
+    else EXPECT_EQ(v[i], gv[i]) << i;
+  }
+}
+
 #ifdef MMKIT_WITH_CUDA
 /// Runs a registry entry with prepared device arguments under CUDA graph
 /// capture (global mode: any synchronisation or allocation inside the op
@@ -215,6 +244,54 @@ TEST(CudaRuntime, KernelsAreGraphCapturable) {
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
     }
+  }
+  // The grouped gather allocates its plan on the captured stream (a memory node).
+  {
+    detail::QmmDesc d;
+    d.format = {fmt::Mode::affine, 4, 64};
+    d.M = 1;
+    d.N = 96;
+    d.K = 256;
+    d.batch = 16;
+    d.x_batch = 4;
+    d.w_batch = 2;
+    d.dtype = Dtype::bfloat16;
+    d.indices_checked = false;
+    d.op = "gather_qmm";
+    detail::QmmArgs a;
+    a.x = gpu(randn({4, 1, 256}, Dtype::bfloat16, 14, 0.1));
+    // 2 experts, 16 entries.
+    auto q2 = quantize(gpu(randn({2 * 96, 256}, Dtype::bfloat16, 15)), 64, 4);
+    a.w = q2[0].reshape({2, 96, 32});
+    a.scales = q2[1].reshape({2, 96, 4});
+    a.biases = q2[2].reshape({2, 96, 4});
+    std::vector<int64_t> li(16), ri(16);
+    for (int i = 0; i < 16; ++i) {
+      li[i] = i % 4;
+      ri[i] = (i * 7) % 2;
+    }
+    a.lhs = gpu(Array::from_vector(li, {16}));
+    a.rhs = gpu(Array::from_vector(ri, {16}));
+    const auto& entry = reg.qmm.select(d, Device::Type::gpu);
+    ASSERT_EQ(entry.name, "cuda_gather_grouped");
+    Array direct = Array::empty({16, 1, 96}, Dtype::bfloat16, kGpu);
+    a.out = direct;
+    entry.run(d, a, st);
+    st.synchronize();
+    Array captured = Array::zeros({16, 1, 96}, Dtype::bfloat16, kGpu);
+    a.out = captured;
+    synchronize(kGpu);
+    cudaGraph_t graph = nullptr;
+    ASSERT_EQ(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal), cudaSuccess);
+    entry.run(d, a, st);
+    ASSERT_EQ(cudaStreamEndCapture(cs, &graph), cudaSuccess) << entry.name;
+    cudaGraphExec_t exec = nullptr;
+    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    ASSERT_EQ(cudaGraphLaunch(exec, cs), cudaSuccess);
+    st.synchronize();
+    EXPECT_TRUE(bit_equal(captured, direct)) << entry.name;
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
   }
   st.destroy();
 }

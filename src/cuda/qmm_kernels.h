@@ -16,6 +16,11 @@ inline constexpr int kQmvMmaMaxM = 32;
 bool qmv1_mma_supports(const detail::QmmDesc& d);
 bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
+/// gather_qmm whose entries share experts, 4-bit affine, float16/bfloat16: rows
+/// grouped by expert on the device (gather_plan.h), then qmv_sm80 per item.
+bool gather_grouped_supports(const detail::QmmDesc& d);
+bool gather_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+
 bool qmv_mma_supports(const detail::QmmDesc& d);
 bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 

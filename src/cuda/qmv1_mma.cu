@@ -10,17 +10,24 @@
 // at once, and a second mma against ones gives the 8 group sums sum_j(x).
 // Every group is then folded once, exactly as the other kernels do:
 //   acc += s * dot(x, q) + b * sum(x)   (float32; codes exact in T).
-// No shared-memory staging: lane (g, c) of a warp (g = lane / 4, c = lane % 4)
-// loads 16 bytes (32 codes) of each of its rows g, g + 8 (+ 16, + 24) per
-// k-chunk of 128 codes straight from global memory (ld.global.nc, L1 bypass,
-// 4 lanes = 64 contiguous bytes per row), and those 32 codes are exactly the
-// k values its A fragments hold in the chunk's 8 mma steps; its x fragment is
-// x[32c .. 32c + 32) of the chunk, kept only when g is that slice's column.
-// Per 8 codes: 3 shifts, 4 LOP3, 4 half2 subtractions (the decode), and
-// 1/16 of an mma; x, the ones-mma and the fold are shared by RT m16 tiles.
-// Tile: a block is WARPS (8) warps on 16 * RT (32) weight rows, each warp a range of
-// super-chunks of K (split-K, reduced through shared memory); kPD (2) chunks of
-// registers per warp in flight.
+//
+// Layout. A warp owns 16 weight rows and a range of super-chunks of K. Lane
+// (g, c) (g = lane / 4, c = lane % 4) loads 16 bytes (32 codes) of rows g and
+// g + 8 per chunk of 128 codes straight from global memory (ld.global.nc, no
+// L1 allocation; the 4 lanes of a row read 64 contiguous bytes), and those 32
+// codes are exactly the k values its A fragments hold in the chunk's 8 mma
+// steps: the k order inside an mma is free as long as B uses the same one, so
+// a word's nibble pairs (i, i + 4) become A pairs with one LOP3 and one half2
+// subtraction each, and x is stored in shared memory once per block already
+// permuted the same way ([x0 x4 x1 x5 x2 x6 x3 x7] per 8 values), so B is one
+// 16-byte shared load per word. A lane whose column is not the group of its
+// k slice in a chunk reads a zero line instead (one select per chunk).
+// Per 8 codes and row: 3 shifts, 4 LOP3, 4 half2 subtractions; per word pair
+// (rows g, g + 8): 2 mma and 2 ones-mma; everything else is per chunk.
+// Tile: a block is 8 warps on 16 weight rows, each warp a range of
+// super-chunks of K (split-K, reduced through shared memory); <= 64 registers
+// so 32 warps fit per SM; 2 chunks of loads in flight per warp.
+// K > kMaxStagedK: x is read from global memory instead (permuted in registers).
 // Non-finite groups (sum(x), dot, scale or bias not finite) are recomputed
 // element by element (x * (s * q + b)), so Inf and NaN propagate like the
 // reference.
@@ -36,6 +43,11 @@
 
 namespace mmkit::cuda {
 namespace {
+
+constexpr int kWarps = 8;            // split-K inside a block
+constexpr int kRows = 16;            // weight rows per block
+constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to this K (32 KB)
+constexpr int kZeroBytes = 64;       // the zero line inactive lanes read
 
 struct Qmv1Params {
   const void* x;
@@ -53,9 +65,17 @@ struct Qmv1Params {
 /// 16 bytes of weights that are read once: no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
   uint4 r;
-  asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-      : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-      : "l"(p));
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p));
+  return r;
+}
+
+/// (v & mask) | magic in one LOP3 (the compiler splits it in two when both
+/// are immediates).
+__device__ __forceinline__ uint32_t and_or(uint32_t v, uint32_t magic) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(v), "n"(0x000F000F), "r"(magic));
   return r;
 }
 
@@ -63,26 +83,32 @@ __device__ __forceinline__ uint4 ld_stream16(const void* p) {
 template <typename T>
 __device__ __forceinline__ uint32_t nib_pair(uint32_t v) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const uint32_t h = (v & 0x000F000Fu) | 0x43004300u;  // 128 + q
+    const uint32_t h = and_or(v, 0x43004300u);  // 128 + q
     const __nv_bfloat162 r =
         __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&h), __floats2bfloat162_rn(128.0f, 128.0f));
     return *reinterpret_cast<const uint32_t*>(&r);
   } else {
-    const uint32_t h = (v & 0x000F000Fu) | 0x64006400u;  // 1024 + q
+    const uint32_t h = and_or(v, 0x64006400u);  // 1024 + q
     const __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&h), __floats2half2_rn(1024.0f, 1024.0f));
     return *reinterpret_cast<const uint32_t*>(&r);
   }
 }
 
+/// 8 activations [x0 .. x7] (4 pairs) as the B order [x0 x4 x1 x5 x2 x6 x3 x7].
+__device__ __forceinline__ uint4 permute8(uint4 v) {
+  return make_uint4(__byte_perm(v.x, v.z, 0x5410), __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.y, v.w, 0x5410),
+                    __byte_perm(v.y, v.w, 0x7632));
+}
+
 template <typename T>
-__device__ __forceinline__ float bits_to_f(unsigned short b) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __uint_as_float(static_cast<uint32_t>(b) << 16);
-  else return __half2float(__ushort_as_half(b));
+__device__ __forceinline__ float bits_to_f(uint32_t b) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __uint_as_float(b << 16);
+  else return __half2float(__ushort_as_half(static_cast<unsigned short>(b & 0xFFFFu)));
 }
 
 /// x * (s * q + b) over one group, element by element (non-finite groups only).
 template <typename T, int GS>
-__device__ __forceinline__ float exact_group1(const T* xg, const uint32_t* wg, float s, float b) {
+__device__ __noinline__ float exact_group1(const T* xg, const uint32_t* wg, float s, float b) {
   float e = 0.0f;
   for (int k = 0; k < GS; ++k) {
     const float q = static_cast<float>((wg[k / 8] >> (4 * (k % 8))) & 15u);
@@ -91,188 +117,227 @@ __device__ __forceinline__ float exact_group1(const T* xg, const uint32_t* wg, f
   return e;
 }
 
-template <typename T, int GS, int RT, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qmv1_mma_kernel(Qmv1Params p) {
-  constexpr int kPD = 2;  // chunks of weight loads in flight per warp
-  constexpr int CPS = GS / 16;       // 128-code chunks per super-chunk of 8 groups
-  constexpr int ROWS = 16 * RT;      // weight rows per block
-  __shared__ float red[WARPS][ROWS];
+/// The exact recomputation of lane (g, c)'s share of rows ra / rb over its
+/// groups (a group's sum(x), dot, scale or bias was not finite): off the hot
+/// loop, so it costs the loop no registers.
+template <typename T, int GS>
+__device__ __noinline__ float2 redo_exact(const uint32_t* w, const unsigned short* S, const unsigned short* Bi,
+                                          const T* xrow, int64_t wi, int N, int K, int ra, int rb, int ub, int ue,
+                                          int c) {
+  const int G = K / GS;
+  float acc[2] = {0.0f, 0.0f};
+  for (int r = 0; r < 2; ++r) {
+    const int row = r ? rb : ra;
+    if (row >= N) continue;
+    const uint32_t* wr = w + (wi * N + row) * static_cast<int64_t>(K / 8);
+    const int64_t srow = (wi * N + row) * static_cast<int64_t>(G);
+    for (int u = ub; u < ue; ++u)
+      for (int e = 0; e < 2; ++e) {
+        const int grp = u * 8 + 2 * c + e;
+        if (grp >= G) continue;
+        acc[r] += exact_group1<T, GS>(xrow + static_cast<int64_t>(grp) * GS, wr + grp * (GS / 8),
+                                      bits_to_f<T>(S[srow + grp]), bits_to_f<T>(Bi[srow + grp]));
+      }
+  }
+  return make_float2(acc[0], acc[1]);
+}
+
+// XS: x staged in shared memory (K <= kMaxStagedK), else read from global.
+// Shared memory: the group sums of x (G floats), [x permuted (K values)], a zero line.
+template <typename T, int GS, bool XS>
+__global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) {
+  constexpr int CPS = GS / 16;    // 128-code chunks per super-chunk of 8 groups
+  constexpr int NG = 128 / GS;    // groups per chunk
+  constexpr int LPG = GS / 8;     // 16-byte x vectors (lanes) per group
+  extern __shared__ __align__(16) unsigned char smem[];
+  __shared__ float red[kWarps][kRows];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int N = p.N, K = p.K;
-  const int n0 = blockIdx.x * ROWS;
-  const int64_t words_per_row = K / 8;
-  const int G = K / GS;                       // groups per row
+  const int n0 = blockIdx.x * kRows;
+  const int words_per_row = K / 8;
+  const int G = K / GS;  // groups per row
   const int chunks = K / 128;
   const int supers = (chunks + CPS - 1) / CPS;
-  const int ub = static_cast<int>(static_cast<int64_t>(supers) * warp / WARPS);
-  const int ue = static_cast<int>(static_cast<int64_t>(supers) * (warp + 1) / WARPS);
+  const int ub = static_cast<int>(static_cast<int64_t>(supers) * warp / kWarps);
+  const int ue = static_cast<int>(static_cast<int64_t>(supers) * (warp + 1) / kWarps);
   const int tb = ub * CPS, te = min(ue * CPS, chunks);
+  const int ra = n0 + g, rb = n0 + g + 8;
+  // Rows past N read row N - 1 (valid memory; their results are dropped).
+  const int oa = min(ra, N - 1) - n0, ob = min(rb, N - 1) - n0;  // row offsets in the block
   const T* X = static_cast<const T*>(p.x);
-  const unsigned short* S = static_cast<const unsigned short*>(p.scales);
-  const unsigned short* Bi = static_cast<const unsigned short*>(p.biases);
   T* O = static_cast<T*>(p.out);
-  const uint32_t one2 = ones2<T>();
-  const uint32_t ones[4] = {one2, one2, one2, one2};
+  float* gsum = reinterpret_cast<float*>(smem);
+  const int gpad = (G + 3) & ~3;
+  T* xs = reinterpret_cast<T*>(smem + gpad * sizeof(float));
+  unsigned char* zero_line = smem + gpad * sizeof(float) + (XS ? static_cast<size_t>(K) * sizeof(T) : 0);
+  if (threadIdx.x < kZeroBytes / 4) reinterpret_cast<uint32_t*>(zero_line)[threadIdx.x] = 0u;
+  // The chunk-column of lane c's 32-code slice: slot (t % CPS) * NG + c * 32 / GS.
+  const int my_slot_c = (c * 32) / GS;
 
   for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
     const int64_t xi = p.lhs[l], wi = p.rhs[l];
     const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
                     index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
-    // Row r = 0..2RT-1 of this lane: n0 + 8r + g (tiles of 16: rows g, g + 8).
-    float acc[2 * RT];
+    float acc_a = 0.0f, acc_b = 0.0f;
+    const T* xrow = X + (ok ? xi : 0) * static_cast<int64_t>(K);
+    // The warp stages its own slice of x: group sums and (XS) the permuted values.
+    if (ok)
+      for (int base = tb * 16; base < te * 16; base += 32) {
+        const int i = base + lane;
+        float sum = 0.0f;
+        if (i < te * 16) {
+          const uint4 v = __ldg(reinterpret_cast<const uint4*>(xrow) + i);
+          if constexpr (XS) reinterpret_cast<uint4*>(xs)[i] = permute8(v);
+          const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-    for (int r = 0; r < 2 * RT; ++r) acc[r] = 0.0f;
+          for (int j = 0; j < 4; ++j) sum += bits_to_f<T>(wv[j]) + bits_to_f<T>(wv[j] >> 16);
+        }
+#pragma unroll
+        for (int o = 1; o < LPG; o *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (i < te * 16 && i % LPG == 0) gsum[i / LPG] = sum;
+      }
+    __syncthreads();  // x, the sums and the zero line are written (and red of the last entry was read)
     if (ok && tb < te) {
-      const T* xrow = X + xi * static_cast<int64_t>(K);
-      // Lane rows n0 + 8r + g, r < 2 RT: one base pointer, row r at 8r rows on.
-      const int64_t row_step = 8 * words_per_row;
-      const uint32_t* wlane = p.w + (wi * N + n0 + g) * words_per_row + 4 * c;
-      unsigned rvalid = 0;
-#pragma unroll
-      for (int r = 0; r < 2 * RT; ++r) rvalid |= (n0 + 8 * r + g < N ? 1u : 0u) << r;
-      uint4 wb[kPD][2 * RT], xb[kPD][4];
+      const uint32_t* wblk = p.w + (wi * N + n0) * static_cast<int64_t>(words_per_row);
+      const int woa = oa * words_per_row + 4 * c, wob = ob * words_per_row + 4 * c;
+      const int64_t sblk = (wi * N + n0) * static_cast<int64_t>(G);
+      const unsigned short* S = static_cast<const unsigned short*>(p.scales) + sblk;
+      const unsigned short* Bi = static_cast<const unsigned short*>(p.biases) + sblk;
+      const int soa = oa * G, sob = ob * G;
+      uint4 cw[2][2];  // (slot, row a/b): 2 chunks of codes in flight
       auto load = [&](int t, int s) {
         if (t < te) {
-#pragma unroll
-          for (int r = 0; r < 2 * RT; ++r)
-            wb[s][r] = (rvalid >> r) & 1u ? ld_stream16(wlane + r * row_step + static_cast<int64_t>(t) * 16)
-                                          : make_uint4(0u, 0u, 0u, 0u);
-          const int col = ((t % CPS) * 128 + 32 * c) / GS;
-          const T* xs = xrow + t * 128 + 32 * c;
-#pragma unroll
-          for (int j = 0; j < 4; ++j)
-            xb[s][j] = g == col ? __ldg(reinterpret_cast<const uint4*>(xs + 8 * j)) : make_uint4(0u, 0u, 0u, 0u);
+          cw[s][0] = ld_stream16(wblk + woa + t * 16);
+          cw[s][1] = ld_stream16(wblk + wob + t * 16);
         }
       };
-      float dacc[RT][4], xsum[4];
-      auto zero_d = [&]() {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          xsum[e] = 0.0f;
-#pragma unroll
-          for (int mt = 0; mt < RT; ++mt) dacc[mt][e] = 0.0f;
-        }
-      };
-      zero_d();
-      // Raw scales / biases of the lane's rows for groups G0 + 2c + e of the
-      // current super-chunk, loaded when it starts and used when it ends.
-      bool redo = false;  // a group of this lane was not finite: recompute its share exactly
-      // (scale | bias << 16), raw 16-bit patterns.
-      uint32_t sb[2 * RT][2];
+      float dacc[4];
+      bool redo = false;
+      uint32_t sc[2], bc[2];  // raw (group 2c, 2c + 1) pairs of rows a / b
       auto load_scales = [&](int u) {
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int grp = u * 8 + 2 * c + e;
-#pragma unroll
-          for (int r = 0; r < 2 * RT; ++r) {
-            const bool v = ((rvalid >> r) & 1u) && grp < G;
-            const int64_t at = (wi * N + n0 + 8 * r + g) * static_cast<int64_t>(G) + grp;
-            sb[r][e] = v ? (static_cast<uint32_t>(__ldg(S + at)) | static_cast<uint32_t>(__ldg(Bi + at)) << 16) : 0u;
+        const int grp = u * 8 + 2 * c;
+        if (grp < G) {
+          if (G % 2 == 0) {
+            sc[0] = __ldg(reinterpret_cast<const uint32_t*>(S + soa + grp));
+            bc[0] = __ldg(reinterpret_cast<const uint32_t*>(Bi + soa + grp));
+            sc[1] = __ldg(reinterpret_cast<const uint32_t*>(S + sob + grp));
+            bc[1] = __ldg(reinterpret_cast<const uint32_t*>(Bi + sob + grp));
+          } else {  // odd G (group size 128 only): rows are not 4-byte aligned
+            const bool two = grp + 1 < G;
+            sc[0] = __ldg(S + soa + grp) | (two ? static_cast<uint32_t>(__ldg(S + soa + grp + 1)) << 16 : 0u);
+            bc[0] = __ldg(Bi + soa + grp) | (two ? static_cast<uint32_t>(__ldg(Bi + soa + grp + 1)) << 16 : 0u);
+            sc[1] = __ldg(S + sob + grp) | (two ? static_cast<uint32_t>(__ldg(S + sob + grp + 1)) << 16 : 0u);
+            bc[1] = __ldg(Bi + sob + grp) | (two ? static_cast<uint32_t>(__ldg(Bi + sob + grp + 1)) << 16 : 0u);
           }
+        } else {
+          sc[0] = bc[0] = sc[1] = bc[1] = 0u;
         }
       };
       auto fold = [&](int u) {
+        const int grp0 = u * 8 + 2 * c;
+        const float2 xs2 = grp0 < G ? *reinterpret_cast<const float2*>(gsum + grp0) : make_float2(0.0f, 0.0f);
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int grp = u * 8 + 2 * c + e;
-          const float xs = xsum[e];  // rows g and g + 8 of the ones-mma hold the same sums
-#pragma unroll
-          for (int r = 0; r < 2 * RT; ++r) {
-            const float dot = dacc[r / 2][(r % 2) * 2 + e];
-            const float s = bits_to_f<T>(static_cast<unsigned short>(sb[r][e] & 0xFFFFu));
-            const float b = bits_to_f<T>(static_cast<unsigned short>(sb[r][e] >> 16));
-            if (isfinite(xs) && isfinite(dot) && isfinite(s) && isfinite(b)) acc[r] = fmaf(s, dot, fmaf(b, xs, acc[r]));
-            else if (((rvalid >> r) & 1u) && grp < G) redo = true;
-          }
+          const int grp = grp0 + e;
+          const float xsv = e ? xs2.y : xs2.x;
+          const float s_a = bits_to_f<T>(sc[0] >> (16 * e)), b_a = bits_to_f<T>(bc[0] >> (16 * e));
+          const float s_b = bits_to_f<T>(sc[1] >> (16 * e)), b_b = bits_to_f<T>(bc[1] >> (16 * e));
+          const float d_a = dacc[e], d_b = dacc[2 + e];
+          const bool fin = isfinite(xsv);
+          if (fin && isfinite(d_a) && isfinite(s_a) && isfinite(b_a)) acc_a = fmaf(s_a, d_a, fmaf(b_a, xsv, acc_a));
+          else if (grp < G) redo = true;
+          if (fin && isfinite(d_b) && isfinite(s_b) && isfinite(b_b)) acc_b = fmaf(s_b, d_b, fmaf(b_b, xsv, acc_b));
+          else if (grp < G) redo = true;
         }
-        zero_d();
       };
-      auto compute = [&](int s) {
+      auto compute = [&](int t, int s) {
+        // B operand, word j: 8 permuted activations, or zeros when this lane's
+        // column is not the group of its slice in this chunk.
+        const bool active = g == (t % CPS) * NG + my_slot_c;
+        const uint4* xb = nullptr;
+        if constexpr (XS)
+          xb = active ? reinterpret_cast<const uint4*>(xs + t * 128 + 32 * c) : reinterpret_cast<const uint4*>(zero_line);
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          const uint4 xw = xb[s][j];
-          // k order inside each mma: pairs (i, i + 4) of the word, as the A side.
-          const uint32_t xp[4] = {__byte_perm(xw.x, xw.z, 0x5410), __byte_perm(xw.x, xw.z, 0x7632),
-                                  __byte_perm(xw.y, xw.w, 0x5410), __byte_perm(xw.y, xw.w, 0x7632)};
+          uint4 xp;
+          if constexpr (XS) {
+            xp = xb[j];
+          } else {
+            xp = make_uint4(0u, 0u, 0u, 0u);
+            if (active) xp = permute8(__ldg(reinterpret_cast<const uint4*>(xrow + t * 128 + 32 * c) + j));
+          }
+          const uint32_t w_a = (&cw[s][0].x)[j], w_b = (&cw[s][1].x)[j];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int i = 2 * h;
-#pragma unroll
-            for (int mt = 0; mt < RT; ++mt) {
-              const uint32_t wa = (&wb[s][2 * mt].x)[j], wc = (&wb[s][2 * mt + 1].x)[j];
-              const uint32_t af[4] = {nib_pair<T>(wa >> (4 * i)), nib_pair<T>(wc >> (4 * i)),
-                                      nib_pair<T>(wa >> (4 * i + 4)), nib_pair<T>(wc >> (4 * i + 4))};
-              mma16816<T>(dacc[mt], af, xp[2 * h], xp[2 * h + 1]);
-            }
-            mma16816<T>(xsum, ones, xp[2 * h], xp[2 * h + 1]);
+            const uint32_t af[4] = {nib_pair<T>(w_a >> (4 * i)), nib_pair<T>(w_b >> (4 * i)),
+                                    nib_pair<T>(w_a >> (4 * i + 4)), nib_pair<T>(w_b >> (4 * i + 4))};
+            mma16816<T>(dacc, af, h ? xp.z : xp.x, h ? xp.w : xp.y);
           }
         }
       };
 
+      load(tb, 0);
+      load(tb + 1, 1);
+      for (int u = ub; u < ue; ++u) {
+        load_scales(u);
 #pragma unroll
-      for (int s = 0; s < kPD; ++s) load(tb + s, s);
-      load_scales(tb / CPS);
-      for (int t0 = tb; t0 < te; t0 += kPD) {
+        for (int e = 0; e < 4; ++e) dacc[e] = 0.0f;
 #pragma unroll
-        for (int s = 0; s < kPD; ++s) {
-          const int t = t0 + s;
-          if (t < te) {  // warp-uniform
-            compute(s);
-            load(t + kPD, s);
-            if ((t + 1) % CPS == 0 || t + 1 == te) {
-              fold(t / CPS);
-              if (t + 1 < te) load_scales((t + 1) / CPS);
-            }
+        for (int sub = 0; sub < CPS; ++sub) {
+          const int t = u * CPS + sub;
+          if (t < te) {  // warp-uniform; only the last super-chunk of K can be partial
+            compute(t, sub % 2);
+            load(t + 2, sub % 2);
           }
         }
+        fold(u);
       }
-      if (redo) {  // off the hot loop, so the call does not cost it registers
-#pragma unroll
-        for (int r = 0; r < 2 * RT; ++r) {
-          acc[r] = 0.0f;
-          if (!((rvalid >> r) & 1u)) continue;
-          const uint32_t* wr = p.w + (wi * N + n0 + 8 * r + g) * words_per_row;
-          const int64_t srow = (wi * N + n0 + 8 * r + g) * static_cast<int64_t>(G);
-          for (int u = ub; u < ue; ++u)
-            for (int e = 0; e < 2; ++e) {
-              const int grp = u * 8 + 2 * c + e;
-              if (grp >= G) continue;
-              acc[r] += exact_group1<T, GS>(xrow + static_cast<int64_t>(grp) * GS, wr + grp * (GS / 8),
-                                            bits_to_f<T>(S[srow + grp]), bits_to_f<T>(Bi[srow + grp]));
-            }
-        }
+      if (redo) {
+        const float2 r = redo_exact<T, GS>(p.w, static_cast<const unsigned short*>(p.scales),
+                                           static_cast<const unsigned short*>(p.biases), xrow, wi, N, K, ra, rb, ub,
+                                           ue, c);
+        acc_a = r.x;
+        acc_b = r.y;
       }
     }
     // Sum the lane's partial rows over c, then over the warps.
-#pragma unroll
-    for (int r = 0; r < 2 * RT; ++r) {
-      float v = acc[r];
-      v += __shfl_xor_sync(0xffffffffu, v, 1);
-      v += __shfl_xor_sync(0xffffffffu, v, 2);
-      if (c == 0) red[warp][8 * r + g] = v;
+    acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 1);
+    acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 2);
+    acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 1);
+    acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 2);
+    if (c == 0) {
+      red[warp][g] = acc_a;
+      red[warp][g + 8] = acc_b;
     }
     __syncthreads();
-    if (threadIdx.x < ROWS) {
+    if (threadIdx.x < kRows) {
       float v = 0.0f;
 #pragma unroll
-      for (int w = 0; w < WARPS; ++w) v += red[w][threadIdx.x];
+      for (int w = 0; w < kWarps; ++w) v += red[w][threadIdx.x];
       const int row = n0 + threadIdx.x;
       if (row < N) O[l * static_cast<int64_t>(N) + row] = from_f<T>(v);
     }
-    __syncthreads();
+  }
+}
+
+template <typename T, bool XS>
+void launch_xs(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows)), 1, static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
+  const int G = p.K / d.format.group_size;
+  const size_t smem = ((G + 3) & ~3) * sizeof(float) + (XS ? static_cast<size_t>(p.K) * sizeof(T) : 0) + kZeroBytes;
+  switch (d.format.group_size) {
+    case 32: qmv1_mma_kernel<T, 32, XS><<<grid, kWarps * 32, smem, scope.stream()>>>(p); break;
+    case 64: qmv1_mma_kernel<T, 64, XS><<<grid, kWarps * 32, smem, scope.stream()>>>(p); break;
+    default: qmv1_mma_kernel<T, 128, XS><<<grid, kWarps * 32, smem, scope.stream()>>>(p); break;
   }
 }
 
 template <typename T>
 void launch(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
-  constexpr int RT = 2, WARPS = 8;  // 32 rows per warp, 8 warps split K: 16 warps per SM
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, 16 * RT)), 1, static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
-  switch (d.format.group_size) {
-    case 32: qmv1_mma_kernel<T, 32, RT, WARPS><<<grid, WARPS * 32, 0, scope.stream()>>>(p); break;
-    case 64: qmv1_mma_kernel<T, 64, RT, WARPS><<<grid, WARPS * 32, 0, scope.stream()>>>(p); break;
-    default: qmv1_mma_kernel<T, 128, RT, WARPS><<<grid, WARPS * 32, 0, scope.stream()>>>(p); break;
-  }
+  if (p.K <= kMaxStagedK) launch_xs<T, true>(d, p, scope);
+  else launch_xs<T, false>(d, p, scope);
 }
 
 }  // namespace
@@ -286,8 +351,8 @@ bool qmv1_mma_supports(const detail::QmmDesc& d) {
 }
 
 bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), 16) || !aligned(a.scales.raw_data(), 2) ||
-      !aligned(a.biases.raw_data(), 2))
+  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), 16) || !aligned(a.scales.raw_data(), 4) ||
+      !aligned(a.biases.raw_data(), 4))
     return false;
   Qmv1Params p{};
   p.x = a.x.raw_data();

@@ -36,6 +36,7 @@
 #include "cuda/device/common.cuh"
 #include "cuda/device/decode.cuh"
 #include "cuda/device/mma.cuh"
+#include "cuda/gather_plan.h"
 #include "cuda/qmm_kernels.h"
 
 namespace mmkit::cuda {
@@ -55,6 +56,10 @@ struct QmvMmaParams {
   int M, N, K;
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
+  // Grouped gather (plan.items != nullptr): block z runs item z of the plan
+  // (one expert, up to 8 * MT rows gathered from any entries) instead of
+  // batch entry z; M is then the plan's rows per item.
+  GatherPlanView plan;
 };
 
 /// The low 16 bits of b as a T (float16 / bfloat16) value.
@@ -121,10 +126,25 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
   T* O = static_cast<T*>(p.out);
   const uint32_t ones = std::is_same_v<T, __nv_bfloat16> ? 0x3F803F80u : 0x3C003C00u;
 
-  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
-    const int64_t xi = p.lhs[l], wi = p.rhs[l];
-    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
-                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+  const bool grouped = p.plan.items != nullptr;
+  const int64_t n_work = grouped ? *p.plan.n_items : p.L;
+  for (int64_t l = blockIdx.z; l < n_work; l += gridDim.z) {
+    int64_t xi = 0, wi = 0, rbegin = 0;
+    int R = M;  // rows (columns of B) of this work unit
+    bool ok = true;
+    if (grouped) {
+      const GatherItem it = p.plan.items[l];
+      wi = it.expert;
+      R = it.count;
+      rbegin = it.begin;
+    } else {
+      xi = p.lhs[l];
+      wi = p.rhs[l];
+      ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) && index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    }
+    // Row m of this unit in the flattened x (Bx * M, K) and out (L * M, N).
+    auto x_row = [&](int m) -> int64_t { return grouped ? p.plan.rows[rbegin + m].x_row : xi * M + m; };
+    auto out_row = [&](int m) -> int64_t { return grouped ? p.plan.rows[rbegin + m].out_row : l * M + m; };
     float acc[MT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -136,8 +156,8 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
       bool xv[MT];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
-        xv[mt] = mt * 8 + g < M;
-        xr[mt] = X + (xi * M + (xv[mt] ? mt * 8 + g : 0)) * static_cast<int64_t>(K);
+        xv[mt] = mt * 8 + g < R;
+        xr[mt] = X + x_row(xv[mt] ? mt * 8 + g : 0) * static_cast<int64_t>(K);
       }
       const int64_t sa = (wi * N + ra) * static_cast<int64_t>(G), sb = (wi * N + rb) * static_cast<int64_t>(G);
 
@@ -241,8 +261,8 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
               const int row = e < 2 ? ra : rb, m = mt * 8 + 2 * c + (e & 1);
               if (isfinite(xacc[mt][e]) && isfinite(sv[e]) && isfinite(bv[e])) {
                 acc[mt][e] = fmaf(sv[e], gacc[mt][e], fmaf(bv[e], xacc[mt][e], acc[mt][e]));
-              } else if (m < M && row < N) {
-                acc[mt][e] += exact_group<T, GS>(X + (xi * M + m) * static_cast<int64_t>(K) + grp * GS,
+              } else if (m < R && row < N) {
+                acc[mt][e] += exact_group<T, GS>(X + x_row(m) * static_cast<int64_t>(K) + grp * GS,
                                                  p.w + (wi * N + row) * static_cast<int64_t>(words_per_row) + grp * GS / 8,
                                                  sv[e], bv[e]);
               }
@@ -289,7 +309,7 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
       float v = 0.0f;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) v += red[w][row][m];
-      if (m < M && n0 + row < N) O[(l * M + m) * static_cast<int64_t>(N) + n0 + row] = from_f<T>(v);
+      if (m < R && n0 + row < N) O[out_row(m) * static_cast<int64_t>(N) + n0 + row] = from_f<T>(v);
     }
     __syncthreads();
   }
@@ -298,7 +318,7 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
 template <typename T, int MT>
 void launch_gs(const detail::QmmDesc& d, const QmvMmaParams& p, const OpScope& scope) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRowsPerBlock)), 1,
-                  static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
+                  static_cast<unsigned>(p.L < 65535 ? p.L : 65535));  // p.L: the plan's max_items when grouped
   switch (d.format.group_size) {
     case 32: qmv_mma_kernel<T, 32, MT><<<grid, kWarps * 32, 0, scope.stream()>>>(p); break;
     case 64: qmv_mma_kernel<T, 64, MT><<<grid, kWarps * 32, 0, scope.stream()>>>(p); break;
@@ -325,10 +345,12 @@ bool qmv_mma_supports(const detail::QmmDesc& d) {
   return device_info(current_device()).cc_major >= 8;
 }
 
-bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), 16) || !aligned(a.scales.raw_data(), 8) ||
-      !aligned(a.biases.raw_data(), 8))
-    return false;
+namespace {
+bool qmv_mma_aligned(const detail::QmmArgs& a) {
+  return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), 16) && aligned(a.scales.raw_data(), 8) &&
+         aligned(a.biases.raw_data(), 8);
+}
+QmvMmaParams qmv_mma_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   QmvMmaParams p{};
   p.x = a.x.raw_data();
   p.w = a.w.data<uint32_t>();
@@ -344,9 +366,47 @@ bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& sc
   p.w_batch = d.w_batch;
   p.L = d.batch;
   p.guard = index_guard(scope.device(), d.op, d.indices_checked);
+  return p;
+}
+}  // namespace
+
+bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!qmv_mma_aligned(a)) return false;
+  const QmvMmaParams p = qmv_mma_params(d, a, scope);
   if (d.dtype == Dtype::float16) launch_mt<__half>(d, p, scope);
   else launch_mt<__nv_bfloat16>(d, p, scope);
   scope.check_launch("qmv_sm80_mma");
+  return true;
+}
+
+bool gather_grouped_supports(const detail::QmmDesc& d) {
+  if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
+  if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
+  if (d.K % 128 != 0 || d.K == 0 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
+  // Worth a plan only when entries share experts: more entries than a quarter
+  // of the experts (or sorted indices), and at most 32 rows per entry.
+  if (d.batch < 2 || d.w_batch < 2 || d.w_batch > kGatherPlanMaxExperts || d.M > kQmvMmaMaxM) return false;
+  if (!(d.rhs_sorted || 4 * d.batch > d.w_batch)) return false;
+  if (d.batch * d.M >= (int64_t{1} << 31)) return false;
+  return device_info(current_device()).cc_major >= 8;
+}
+
+bool gather_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!qmv_mma_aligned(a)) return false;
+  QmvMmaParams p = qmv_mma_params(d, a, scope);
+  // Rows per item from the average rows per distinct expert (at most min(E, L) experts).
+  const int64_t experts = d.w_batch < d.batch ? d.w_batch : d.batch;
+  const int64_t avg = (d.batch * d.M + experts - 1) / experts;
+  const int mt = avg <= 8 ? 1 : (avg <= 16 ? 2 : 4);
+  GatherPlan plan(scope, p.lhs, p.rhs, d.batch, d.M, d.x_batch, d.w_batch, 8 * mt, p.guard, p.out, 2, d.N);
+  p.plan = plan.view();
+  p.M = 8 * mt;
+  p.L = plan.max_items();
+  detail::QmmDesc dd = d;
+  dd.M = p.M;
+  if (d.dtype == Dtype::float16) launch_mt<__half>(dd, p, scope);
+  else launch_mt<__nv_bfloat16>(dd, p, scope);
+  scope.check_launch("qmv_sm80_mma (grouped gather)");
   return true;
 }
 

@@ -226,6 +226,19 @@ cudaEvent_t join_event(int device, int which) {
 
 }  // namespace
 
+cudaError_t stream_alloc(void** p, size_t nbytes, int device, cudaStream_t s) {
+  DeviceGuard g(device);
+  const cudaError_t e = cudaMallocFromPoolAsync(p, nbytes, pool_for(device), s);
+  if (e != cudaSuccess) cudaGetLastError();
+  return e;
+}
+
+void stream_free(void* p, int device, cudaStream_t s) {
+  if (p == nullptr) return;
+  DeviceGuard g(device);
+  if (cudaFreeAsync(p, s) != cudaSuccess) cudaGetLastError();
+}
+
 int current_device() {
   int d = 0;
   check_cuda(cudaGetDevice(&d), "gpu", "cudaGetDevice");

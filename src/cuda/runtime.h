@@ -69,6 +69,12 @@ class OpScope {
   bool joined_ = false;
 };
 
+/// Stream-ordered scratch memory from the device pool on stream s (capturable
+/// as graph memory nodes); for kernels' temporaries (the gather plan).
+cudaError_t stream_alloc(void** p, size_t nbytes, int device, cudaStream_t s);
+/// Frees it on s, ordered after the launches that use it; never throws.
+void stream_free(void* p, int device, cudaStream_t s);
+
 /// Strided-to-contiguous copy with dtype conversion on the GPU (copy_cast.cu).
 void gpu_copy_cast(const Array& src, Array& dst);
 

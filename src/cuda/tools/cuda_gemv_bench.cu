@@ -258,6 +258,108 @@ int main(int argc, char** argv) {
     }
   }
 
+  // ---- MoE decode: gather_qmm over routed tokens ------------------------------------------
+  // Qwen3-30B-A3B's expert projections (128 experts, top-8, hidden 2048,
+  // expert width 768): gate and up stacked as one (E, 1536, 2048) weight, and
+  // down (E, 2048, 768). T tokens, each routed to 8 distinct random experts;
+  // 16 routings rotate so consecutive calls touch different experts (cold-ish
+  // L2). GB/s counts the distinct active experts' bytes once per call.
+  {
+    struct MoeShape {
+      const char* label;
+      int64_t E, N, K, topk;
+    };
+    const MoeShape shapes[] = {{"qwen3-30b-a3b gate+up", 128, 1536, 2048, 8}, {"qwen3-30b-a3b down", 128, 2048, 768, 8}};
+    const std::vector<int64_t> Ts = quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 4, 16, 64, 256};
+    for (const MoeShape& sh : shapes) {
+      const int64_t words = sh.K / 8, groups = sh.K / 64;
+      detail::QmmArgs base;
+      base.w = random_codes(sh.E * sh.N, words, 77).reshape({sh.E, sh.N, words});
+      QFmt f{"affine b4 g64", fmt::Mode::affine, 4, 64};
+      base.scales = random_scales(f, sh.E * sh.N, groups, 78, false).reshape({sh.E, sh.N, groups});
+      base.biases = random_scales(f, sh.E * sh.N, groups, 79, true).reshape({sh.E, sh.N, groups});
+      const double expert_bytes = double(sh.N) * words * 4 + double(sh.N) * groups * 4;
+      for (int64_t T : Ts) {
+        const int64_t L = T * sh.topk;
+        std::mt19937 g(1234 + static_cast<uint32_t>(T));
+        const int kSets = 16;
+        std::vector<detail::QmmArgs> sets(kSets, base);
+        double distinct_sum = 0;
+        std::vector<int64_t> lhs(static_cast<size_t>(L));
+        for (int64_t l = 0; l < L; ++l) lhs[l] = l / sh.topk;
+        for (int i = 0; i < kSets; ++i) {
+          std::vector<int64_t> rhs;
+          std::vector<char> used(static_cast<size_t>(sh.E), 0);
+          for (int64_t t = 0; t < T; ++t) {
+            std::vector<int64_t> perm(static_cast<size_t>(sh.E));
+            for (int64_t e = 0; e < sh.E; ++e) perm[e] = e;
+            std::shuffle(perm.begin(), perm.end(), g);
+            for (int64_t k = 0; k < sh.topk; ++k) {
+              rhs.push_back(perm[k]);
+              used[perm[k]] = 1;
+            }
+          }
+          distinct_sum += std::count(used.begin(), used.end(), 1);
+          sets[i].lhs = Array::from_vector(lhs, {L}).to(Device::gpu());
+          sets[i].rhs = Array::from_vector(rhs, {L}).to(Device::gpu());
+        }
+        const double distinct = distinct_sum / kSets;
+        Array x = Array::from_vector(std::vector<float>(static_cast<size_t>(T * sh.K), 0.0f), {T, 1, sh.K});
+        {
+          std::mt19937 gx(9);
+          std::normal_distribution<float> n(0.0f, 0.02f);
+          for (int64_t i = 0; i < T * sh.K; ++i) x.data<float>()[i] = n(gx);
+        }
+        x = x.astype(Dtype::bfloat16).to(Device::gpu());
+        for (auto& st : sets) {
+          st.x = x;
+          st.out = Array::empty({L, 1, sh.N}, Dtype::bfloat16, Device::gpu());
+        }
+        detail::QmmDesc d;
+        d.format = {fmt::Mode::affine, 4, 64};
+        d.M = 1;
+        d.N = sh.N;
+        d.K = sh.K;
+        d.batch = L;
+        d.x_batch = T;
+        d.w_batch = sh.E;
+        d.dtype = Dtype::bfloat16;
+        d.op = "gather_qmm";
+        const auto& sel = reg.qmm.select(d, Device::Type::gpu);
+        const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* generic = nullptr;
+        const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* per_entry = nullptr;
+        for (const auto& e : reg.qmm.entries()) {
+          if (e.device != Device::Type::gpu) continue;
+          if (e.name == "cuda_qmm_generic") generic = &e;
+          if (e.name == "cuda_qmv1_mma") per_entry = &e;
+        }
+        std::vector<const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>*> runs = {&sel};
+        if (per_entry && sel.name != per_entry->name) runs.push_back(per_entry);  // ungrouped, same run
+        const Stream st(Device::gpu());
+        for (const auto* entry : runs) {
+          detail::QmmArgs chk = sets[0];
+          chk.out = Array::empty({L, 1, sh.N}, Dtype::bfloat16, Device::gpu());
+          entry->run(d, sets[0], st);
+          double err = -1;
+          if (generic) {
+            generic->run(d, chk, st);
+            err = max_abs_diff(sets[0].out, chk.out);
+          }
+          const double us = median_us(warm, iters, [&](int i) { entry->run(d, sets[i % kSets], st); });
+          const double sync_us = median_sync_us(20, [&](int i) { entry->run(d, sets[i % kSets], st); });
+          const double bytes = distinct * expert_bytes + double(T) * sh.K * 2 + double(L) * sh.N * 2;
+          Result r{std::string(sh.label) + " T=" + std::to_string(T) + " [" + entry->name + "]", L, sh.N, sh.K, us,
+                   bytes / (us * 1e-6) / 1e9, 0, 2.0 * L * sh.N * sh.K / (us * 1e-6) / 1e12, err, sync_us};
+          r.pct_copy = 100.0 * r.gbs / copy_gbs;
+          results.push_back(r);
+          std::printf("  %-52s %6.1f experts %9.2f us %8.1f GB/s %6.1f%% of copy (idle-GPU call %.2f us) check max|diff|=%.3g\n",
+                      r.name.c_str(), distinct, us, r.gbs, r.pct_copy, sync_us, err);
+          std::fflush(stdout);
+        }
+      }
+    }
+  }
+
   // ---- peer: cuBLAS bf16 ---------------------------------------------------------------
   {
     cublasHandle_t h;

@@ -1,0 +1,67 @@
+// Grouping of a gather's rows by expert, built on the device (gather_plan.cu).
+//
+// A gather_qmm / gather_mm call has L batch entries (lhs[l], rhs[l]) of M rows
+// each. The plan sorts the L * M rows by rhs (the expert) without a host
+// synchronisation and cuts each expert's rows into items of at most
+// `rows_per_item` rows, so a kernel can run one item per block and read each
+// expert's weights once per item instead of once per batch entry:
+//   items[i] = (expert, first row in `rows`, row count),  i < *n_items
+//   rows[r]  = (x row, out row) in the flattened (Bx * M, K) / (L * M, N) views.
+// Entries with an out-of-range index are reported through the guard (the
+// deferred error of docs/kernels/cuda.md), put in no item, and their output
+// rows are zeroed by the plan kernel. The order of rows inside an expert is not
+// deterministic; results are, since every row is computed independently.
+// Memory: allocated stream-ordered on the op's stream from the device pool
+// (capturable as memory nodes) and freed the same way after the consumer's
+// launch (GatherPlan's destructor).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "cuda/runtime.h"
+
+namespace mmkit::cuda {
+
+struct GatherItem {
+  int32_t expert;
+  int32_t count;
+  int64_t begin;
+};
+struct GatherRow {
+  int64_t x_row;
+  int64_t out_row;
+};
+
+struct GatherPlanView {
+  const GatherItem* items = nullptr;
+  const GatherRow* rows = nullptr;
+  const int32_t* n_items = nullptr;
+};
+
+/// Largest expert count the plan takes (its counters live in shared memory).
+inline constexpr int64_t kGatherPlanMaxExperts = 2048;
+
+class GatherPlan {
+ public:
+  /// Builds the plan on scope's stream. out/out_elem_bytes/N: where the rows of
+  /// entries with a bad index are zeroed.
+  GatherPlan(const OpScope& scope, const int64_t* lhs, const int64_t* rhs, int64_t L, int64_t M, int64_t x_batch,
+             int64_t w_batch, int rows_per_item, IndexGuard guard, void* out, int out_elem_bytes, int64_t N);
+  ~GatherPlan();
+  GatherPlan(const GatherPlan&) = delete;
+  GatherPlan& operator=(const GatherPlan&) = delete;
+  const GatherPlanView& view() const { return view_; }
+  /// Upper bound of *n_items (the grid size a consumer launches).
+  int64_t max_items() const { return max_items_; }
+
+ private:
+  void* mem_ = nullptr;
+  cudaStream_t stream_;
+  int device_;
+  GatherPlanView view_;
+  int64_t max_items_ = 0;
+};
+
+}  // namespace mmkit::cuda
