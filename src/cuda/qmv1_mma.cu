@@ -24,9 +24,12 @@
 // k slice in a chunk reads a zero line instead (one select per chunk).
 // Per 8 codes and row: 3 shifts, 4 LOP3, 4 half2 subtractions; per word pair
 // (rows g, g + 8): 2 mma and 2 ones-mma; everything else is per chunk.
-// Tile: a block is 8 warps on 16 weight rows, each warp a range of
-// super-chunks of K (split-K, reduced through shared memory); <= 64 registers
-// so 32 warps fit per SM; 2 chunks of loads in flight per warp.
+// Tile: a block is 8 warps: 8 / ks tiles of 16 weight rows, each split over ks
+// warps along K (ks = 8 for long K, fewer when K has fewer than 8 super-chunks
+// of 8 groups), reduced through shared memory; <= 64 registers so 32 warps
+// fit per SM; 2 chunks of loads in flight per warp plus L2 prefetches
+// `prefetch` chunks further ahead (no registers). The first loads are issued
+// before the block stages x, so the two latencies overlap.
 // K > kMaxStagedK: x is read from global memory instead (permuted in registers).
 // Non-finite groups (sum(x), dot, scale or bias not finite) are recomputed
 // element by element (x * (s * q + b)), so Inf and NaN propagate like the
@@ -35,6 +38,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <type_traits>
 
 #include "cuda/device/common.cuh"
@@ -48,6 +52,7 @@ constexpr int kWarps = 8;            // split-K inside a block
 constexpr int kRows = 16;            // weight rows per block
 constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to this K (32 KB)
 constexpr int kZeroBytes = 64;       // the zero line inactive lanes read
+constexpr int kDefaultPrefetch = 4;  // chunks of weights warmed in L2 ahead of the loads
 
 struct Qmv1Params {
   const void* x;
@@ -58,9 +63,14 @@ struct Qmv1Params {
   const int64_t* rhs;
   void* out;
   int N, K;
+  int ks;        // warps splitting K per 16-row tile (1, 2, 4 or 8): the block has 8 / ks tiles
+  int prefetch;  // L2 prefetch distance in chunks (0: none)
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
 };
+
+/// Warms L2 with the 16 bytes at p (no register, no wait).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
 /// 16 bytes of weights that are read once: no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
@@ -154,17 +164,21 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int N = p.N, K = p.K;
-  const int n0 = blockIdx.x * kRows;
+  // Warp w: 16-row tile w / ks of the block, K part w % ks.
+  const int ks = p.ks, tile = warp / ks, kpart = warp % ks;
+  const int n0 = (blockIdx.x * (kWarps / ks) + tile) * kRows;
   const int words_per_row = K / 8;
   const int G = K / GS;  // groups per row
   const int chunks = K / 128;
   const int supers = (chunks + CPS - 1) / CPS;
-  const int ub = static_cast<int>(static_cast<int64_t>(supers) * warp / kWarps);
-  const int ue = static_cast<int>(static_cast<int64_t>(supers) * (warp + 1) / kWarps);
+  const int ub = static_cast<int>(static_cast<int64_t>(supers) * kpart / ks);
+  const int ue = static_cast<int>(static_cast<int64_t>(supers) * (kpart + 1) / ks);
   const int tb = ub * CPS, te = min(ue * CPS, chunks);
   const int ra = n0 + g, rb = n0 + g + 8;
   // Rows past N read row N - 1 (valid memory; their results are dropped).
-  const int oa = min(ra, N - 1) - n0, ob = min(rb, N - 1) - n0;  // row offsets in the block
+  // (A tile wholly past N does no work; n0c keeps its addresses valid.)
+  const int n0c = min(n0, N - 1);
+  const int oa = min(ra, N - 1) - n0c, ob = min(rb, N - 1) - n0c;  // row offsets in the tile
   const T* X = static_cast<const T*>(p.x);
   T* O = static_cast<T*>(p.out);
   float* gsum = reinterpret_cast<float*>(smem);
@@ -181,12 +195,32 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
                     index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
     float acc_a = 0.0f, acc_b = 0.0f;
     const T* xrow = X + (ok ? xi : 0) * static_cast<int64_t>(K);
-    // The warp stages its own slice of x: group sums and (XS) the permuted values.
+    // This lane's weights: block tile rows, 32-bit offsets from one base.
+    const uint32_t* wblk = p.w + (wi * N + n0c) * static_cast<int64_t>(words_per_row);
+    const int woa = oa * words_per_row + 4 * c, wob = ob * words_per_row + 4 * c;
+    uint4 cw[2][2];  // (slot, row a/b): 2 chunks of codes in flight
+    auto load = [&](int t, int s) {
+      if (t < te) {
+        cw[s][0] = ld_stream16(wblk + woa + t * 16);
+        cw[s][1] = ld_stream16(wblk + wob + t * 16);
+      }
+    };
+    const bool work = ok && tb < te && n0 < N;
+    // The first chunks and the L2 prefetches go out before x is staged.
+    if (work) {
+      load(tb, 0);
+      load(tb + 1, 1);
+      for (int t = tb + 2; t < min(te, tb + 2 + p.prefetch); ++t) {
+        prefetch_l2(wblk + woa + t * 16);
+        prefetch_l2(wblk + wob + t * 16);
+      }
+    }
+    // The block stages x: group sums and (XS) the permuted values.
     if (ok)
-      for (int base = tb * 16; base < te * 16; base += 32) {
+      for (int base = warp * 32; base < K / 8; base += kWarps * 32) {
         const int i = base + lane;
         float sum = 0.0f;
-        if (i < te * 16) {
+        if (i < K / 8) {
           const uint4 v = __ldg(reinterpret_cast<const uint4*>(xrow) + i);
           if constexpr (XS) reinterpret_cast<uint4*>(xs)[i] = permute8(v);
           const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
@@ -195,23 +229,14 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
         }
 #pragma unroll
         for (int o = 1; o < LPG; o *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (i < te * 16 && i % LPG == 0) gsum[i / LPG] = sum;
+        if (i < K / 8 && i % LPG == 0) gsum[i / LPG] = sum;
       }
     __syncthreads();  // x, the sums and the zero line are written (and red of the last entry was read)
-    if (ok && tb < te) {
-      const uint32_t* wblk = p.w + (wi * N + n0) * static_cast<int64_t>(words_per_row);
-      const int woa = oa * words_per_row + 4 * c, wob = ob * words_per_row + 4 * c;
-      const int64_t sblk = (wi * N + n0) * static_cast<int64_t>(G);
+    if (work) {
+      const int64_t sblk = (wi * N + n0c) * static_cast<int64_t>(G);
       const unsigned short* S = static_cast<const unsigned short*>(p.scales) + sblk;
       const unsigned short* Bi = static_cast<const unsigned short*>(p.biases) + sblk;
       const int soa = oa * G, sob = ob * G;
-      uint4 cw[2][2];  // (slot, row a/b): 2 chunks of codes in flight
-      auto load = [&](int t, int s) {
-        if (t < te) {
-          cw[s][0] = ld_stream16(wblk + woa + t * 16);
-          cw[s][1] = ld_stream16(wblk + wob + t * 16);
-        }
-      };
       float dacc[4];
       bool redo = false;
       uint32_t sc[2], bc[2];  // raw (group 2c, 2c + 1) pairs of rows a / b
@@ -278,8 +303,6 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
         }
       };
 
-      load(tb, 0);
-      load(tb + 1, 1);
       for (int u = ub; u < ue; ++u) {
         load_scales(u);
 #pragma unroll
@@ -290,6 +313,10 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
           if (t < te) {  // warp-uniform; only the last super-chunk of K can be partial
             compute(t, sub % 2);
             load(t + 2, sub % 2);
+            if (p.prefetch > 0 && t + 2 + p.prefetch < te) {
+              prefetch_l2(wblk + woa + (t + 2 + p.prefetch) * 16);
+              prefetch_l2(wblk + wob + (t + 2 + p.prefetch) * 16);
+            }
           }
         }
         fold(u);
@@ -312,11 +339,11 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
       red[warp][g + 8] = acc_b;
     }
     __syncthreads();
-    if (threadIdx.x < kRows) {
+    if (threadIdx.x < kRows * (kWarps / ks)) {
+      const int tl = threadIdx.x / kRows, r = threadIdx.x % kRows;
       float v = 0.0f;
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) v += red[w][threadIdx.x];
-      const int row = n0 + threadIdx.x;
+      for (int w = 0; w < ks; ++w) v += red[tl * ks + w][r];
+      const int row = (blockIdx.x * (kWarps / ks) + tl) * kRows + r;
       if (row < N) O[l * static_cast<int64_t>(N) + row] = from_f<T>(v);
     }
   }
@@ -324,7 +351,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
 
 template <typename T, bool XS>
 void launch_xs(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows)), 1, static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * (kWarps / p.ks))), 1,
+                  static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
   const int G = p.K / d.format.group_size;
   const size_t smem = ((G + 3) & ~3) * sizeof(float) + (XS ? static_cast<size_t>(p.K) * sizeof(T) : 0) + kZeroBytes;
   switch (d.format.group_size) {
@@ -338,6 +366,15 @@ template <typename T>
 void launch(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
   if (p.K <= kMaxStagedK) launch_xs<T, true>(d, p, scope);
   else launch_xs<T, false>(d, p, scope);
+}
+
+/// L2 prefetch distance in chunks; MMKIT_CUDA_QMV1_PREFETCH overrides it (bench).
+int prefetch_distance() {
+  static const int v = [] {
+    const char* e = std::getenv("MMKIT_CUDA_QMV1_PREFETCH");
+    return e ? std::atoi(e) : kDefaultPrefetch;
+  }();
+  return v;
 }
 
 }  // namespace
@@ -368,6 +405,11 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   p.w_batch = d.w_batch;
   p.L = d.batch;
   p.guard = index_guard(scope.device(), d.op, d.indices_checked);
+  // Split K over as many warps as leave each at least one super-chunk (8 groups).
+  const int64_t supers = ceil_div(d.K / 128, d.format.group_size / 16);
+  p.ks = kWarps;
+  while (p.ks > 1 && supers < p.ks) p.ks /= 2;
+  p.prefetch = prefetch_distance();
   if (d.dtype == Dtype::float16) launch<__half>(d, p, scope);
   else launch<__nv_bfloat16>(d, p, scope);
   scope.check_launch("qmv1_mma");
