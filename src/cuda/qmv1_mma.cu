@@ -27,9 +27,9 @@
 // Tile: a block is 8 warps: 8 / ks tiles of 16 weight rows, each split over ks
 // warps along K (ks = 8 for long K, fewer when K has fewer than 8 super-chunks
 // of 8 groups), reduced through shared memory; <= 64 registers so 32 warps
-// fit per SM; 2 chunks of loads in flight per warp plus L2 prefetches
-// `prefetch` chunks further ahead (no registers). The first loads are issued
-// before the block stages x, so the two latencies overlap.
+// fit per SM; 2 chunks of loads in flight per warp. (Measured slower: L2
+// prefetches 2 - 8 chunks ahead, and issuing the first loads before staging x;
+// docs/kernels/cuda.md.)
 // K > kMaxStagedK: x is read from global memory instead (permuted in registers).
 // Non-finite groups (sum(x), dot, scale or bias not finite) are recomputed
 // element by element (x * (s * q + b)), so Inf and NaN propagate like the
@@ -38,7 +38,6 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <cstdlib>
 #include <type_traits>
 
 #include "cuda/device/common.cuh"
@@ -52,7 +51,6 @@ constexpr int kWarps = 8;            // split-K inside a block
 constexpr int kRows = 16;            // weight rows per block
 constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to this K (32 KB)
 constexpr int kZeroBytes = 64;       // the zero line inactive lanes read
-constexpr int kDefaultPrefetch = 4;  // chunks of weights warmed in L2 ahead of the loads
 
 struct Qmv1Params {
   const void* x;
@@ -64,13 +62,9 @@ struct Qmv1Params {
   void* out;
   int N, K;
   int ks;        // warps splitting K per 16-row tile (1, 2, 4 or 8): the block has 8 / ks tiles
-  int prefetch;  // L2 prefetch distance in chunks (0: none)
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
 };
-
-/// Warms L2 with the 16 bytes at p (no register, no wait).
-__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];\n" ::"l"(p)); }
 
 /// 16 bytes of weights that are read once: no L1 allocation.
 __device__ __forceinline__ uint4 ld_stream16(const void* p) {
@@ -195,32 +189,14 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
                     index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
     float acc_a = 0.0f, acc_b = 0.0f;
     const T* xrow = X + (ok ? xi : 0) * static_cast<int64_t>(K);
-    // This lane's weights: block tile rows, 32-bit offsets from one base.
-    const uint32_t* wblk = p.w + (wi * N + n0c) * static_cast<int64_t>(words_per_row);
-    const int woa = oa * words_per_row + 4 * c, wob = ob * words_per_row + 4 * c;
-    uint4 cw[2][2];  // (slot, row a/b): 2 chunks of codes in flight
-    auto load = [&](int t, int s) {
-      if (t < te) {
-        cw[s][0] = ld_stream16(wblk + woa + t * 16);
-        cw[s][1] = ld_stream16(wblk + wob + t * 16);
-      }
-    };
     const bool work = ok && tb < te && n0 < N;
-    // The first chunks and the L2 prefetches go out before x is staged.
-    if (work) {
-      load(tb, 0);
-      load(tb + 1, 1);
-      for (int t = tb + 2; t < min(te, tb + 2 + p.prefetch); ++t) {
-        prefetch_l2(wblk + woa + t * 16);
-        prefetch_l2(wblk + wob + t * 16);
-      }
-    }
-    // The block stages x: group sums and (XS) the permuted values.
-    if (ok)
-      for (int base = warp * 32; base < K / 8; base += kWarps * 32) {
+    // The warps of tile 0 stage x, each its own K part: group sums and (XS)
+    // the permuted values.
+    if (ok && tile == 0)
+      for (int base = tb * 16; base < te * 16; base += 32) {
         const int i = base + lane;
         float sum = 0.0f;
-        if (i < K / 8) {
+        if (i < te * 16) {
           const uint4 v = __ldg(reinterpret_cast<const uint4*>(xrow) + i);
           if constexpr (XS) reinterpret_cast<uint4*>(xs)[i] = permute8(v);
           const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
@@ -229,10 +205,20 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
         }
 #pragma unroll
         for (int o = 1; o < LPG; o *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (i < K / 8 && i % LPG == 0) gsum[i / LPG] = sum;
+        if (i < te * 16 && i % LPG == 0) gsum[i / LPG] = sum;
       }
     __syncthreads();  // x, the sums and the zero line are written (and red of the last entry was read)
     if (work) {
+      // This lane's weights: block tile rows, 32-bit offsets from one base.
+      const uint32_t* wblk = p.w + (wi * N + n0c) * static_cast<int64_t>(words_per_row);
+      const int woa = oa * words_per_row + 4 * c, wob = ob * words_per_row + 4 * c;
+      uint4 cw[2][2];  // (slot, row a/b): 2 chunks of codes in flight
+      auto load = [&](int t, int s) {
+        if (t < te) {
+          cw[s][0] = ld_stream16(wblk + woa + t * 16);
+          cw[s][1] = ld_stream16(wblk + wob + t * 16);
+        }
+      };
       const int64_t sblk = (wi * N + n0c) * static_cast<int64_t>(G);
       const unsigned short* S = static_cast<const unsigned short*>(p.scales) + sblk;
       const unsigned short* Bi = static_cast<const unsigned short*>(p.biases) + sblk;
@@ -303,6 +289,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
         }
       };
 
+      load(tb, 0);
+      load(tb + 1, 1);
       for (int u = ub; u < ue; ++u) {
         load_scales(u);
 #pragma unroll
@@ -313,10 +301,6 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
           if (t < te) {  // warp-uniform; only the last super-chunk of K can be partial
             compute(t, sub % 2);
             load(t + 2, sub % 2);
-            if (p.prefetch > 0 && t + 2 + p.prefetch < te) {
-              prefetch_l2(wblk + woa + (t + 2 + p.prefetch) * 16);
-              prefetch_l2(wblk + wob + (t + 2 + p.prefetch) * 16);
-            }
           }
         }
         fold(u);
@@ -368,15 +352,6 @@ void launch(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope)
   else launch_xs<T, false>(d, p, scope);
 }
 
-/// L2 prefetch distance in chunks; MMKIT_CUDA_QMV1_PREFETCH overrides it (bench).
-int prefetch_distance() {
-  static const int v = [] {
-    const char* e = std::getenv("MMKIT_CUDA_QMV1_PREFETCH");
-    return e ? std::atoi(e) : kDefaultPrefetch;
-  }();
-  return v;
-}
-
 }  // namespace
 
 bool qmv1_mma_supports(const detail::QmmDesc& d) {
@@ -409,7 +384,6 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   const int64_t supers = ceil_div(d.K / 128, d.format.group_size / 16);
   p.ks = kWarps;
   while (p.ks > 1 && supers < p.ks) p.ks /= 2;
-  p.prefetch = prefetch_distance();
   if (d.dtype == Dtype::float16) launch<__half>(d, p, scope);
   else launch<__nv_bfloat16>(d, p, scope);
   scope.check_launch("qmv1_mma");
