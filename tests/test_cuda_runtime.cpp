@@ -175,8 +175,9 @@ TEST(CudaRuntime, GroupedGatherReportsABadDeviceIndexAndZerosOnlyItsEntry) {
   auto q = quantize(gpu(randn({4 * 16, 128}, Dtype::bfloat16, 18)), 64, 4);
   Array w = q[0].reshape({4, 16, 16}), s = q[1].reshape({4, 16, 2}), b = q[2].reshape({4, 16, 2});
   Array x = gpu(randn({2, 1, 128}, Dtype::bfloat16, 19));
-  std::vector<int64_t> ri = {1, 3, 0, 2, 1, 1, 3, 0, 9, 2, 0, 1}, li = {0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1};
-  Array rhs = gpu(Array::from_vector(ri, {12})), lhs = gpu(Array::from_vector(li, {12}));
+  std::vector<int64_t> ri = {1, 3, 0, 2, 1, 1, 3, 0, 9, 2, 0, 1, 2, 2, 3, 0},
+                       li = {0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 1, 0};
+  Array rhs = gpu(Array::from_vector(ri, {16})), lhs = gpu(Array::from_vector(li, {16}));
   Array y = gather_qmm(x, w, s, b, lhs, rhs, true, 64, 4);
   try {
     synchronize(kGpu);
@@ -188,9 +189,9 @@ TEST(CudaRuntime, GroupedGatherReportsABadDeviceIndexAndZerosOnlyItsEntry) {
   synchronize(kGpu);
   auto v = cpu(y).to_double_vector();
   ri[8] = 0;
-  Array good = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {12})), gpu(Array::from_vector(ri, {12})), true, 64, 4);
+  Array good = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {16})), gpu(Array::from_vector(ri, {16})), true, 64, 4);
   auto gv = cpu(good).to_double_vector();
-  for (int64_t i = 0; i < 12 * 16; ++i) {
+  for (int64_t i = 0; i < 16 * 16; ++i) {
     if (i / 16 == 8) EXPECT_EQ(v[i], 0.0) << i;
     else EXPECT_EQ(v[i], gv[i]) << i;
   }
