@@ -7,8 +7,8 @@
 // m16n8k16 B operand are idle. Here they carry the groups instead: column j of
 // B holds x masked to the j-th group of a "super-chunk" of 8 groups, so one
 // mma accumulates the 8 per-group dot products dot_j(x, q) of 16 weight rows
-// at once, and a second mma against ones gives the 8 group sums sum_j(x).
-// Every group is then folded once, exactly as the other kernels do:
+// at once; the group sums sum_j(x) are computed when x is staged. Every group
+// is then folded once, exactly as the other kernels do:
 //   acc += s * dot(x, q) + b * sum(x)   (float32; codes exact in T).
 //
 // Layout. A warp owns 16 weight rows and a range of super-chunks of K. Lane
@@ -23,7 +23,7 @@
 // 16-byte shared load per word. A lane whose column is not the group of its
 // k slice in a chunk reads a zero line instead (one select per chunk).
 // Per 8 codes and row: 3 shifts, 4 LOP3, 4 half2 subtractions; per word pair
-// (rows g, g + 8): 2 mma and 2 ones-mma; everything else is per chunk.
+// (rows g, g + 8): 2 mma; everything else is per chunk or super-chunk.
 // Tile: a block is 8 warps: 8 / ks tiles of 16 weight rows, each split over ks
 // warps along K (ks = 8 for long K, fewer when K has fewer than 8 super-chunks
 // of 8 groups), reduced through shared memory; <= 64 registers so 32 warps
