@@ -71,6 +71,17 @@ TEST(Regression, ShapeElementCountOverflowIsAnError) {
   EXPECT_EQ(Array::zeros({0}, Dtype::float32).reshape({big, big, 0}).size(), 0);
 }
 
+// fuzz_safetensors, UBSan "signed integer overflow: 4294967296 * 4294967296":
+// the row-major strides of an empty shape with huge extents (a tensor header
+// {0, 2^32, 2^32, ...}) overflowed int64 although the array has no element.
+TEST(Regression, StridesOfAnEmptyShapeWithHugeExtentsDoNotOverflow) {
+  const int64_t big = int64_t{1} << 32;
+  const Array a = Array::zeros({0, big, big, 2}, Dtype::float32);
+  EXPECT_EQ(a.size(), 0);
+  EXPECT_EQ(a.shape(), (Shape{0, big, big, 2}));
+  EXPECT_EQ(a.reshape({big, 0, big}).size(), 0);
+}
+
 // fuzz_gather_mm / fuzz_quantized_matmul with MMKIT_CPU_ISA=scalar, UBSan
 // "null pointer passed as argument 1" in to_float: with K = 0 the portable
 // kernels converted 0 elements into an empty vector's null data() through

@@ -1,6 +1,7 @@
 #include "mmkit/array.h"
 
 #include <algorithm>
+#include <limits>
 #include <cmath>
 #include <cstdlib>
 #include <map>
@@ -133,7 +134,11 @@ int64_t shape_size(const Shape& s) {
 
 Strides row_major_strides(const Shape& s) {
   Strides st(s.size(), 1);
-  for (int i = static_cast<int>(s.size()) - 2; i >= 0; --i) st[i] = st[i + 1] * std::max<int64_t>(s[i + 1], 1);
+  // Only an empty shape (a 0 among huge extents) can overflow here, and its
+  // strides are never used to address an element: saturate.
+  for (int i = static_cast<int>(s.size()) - 2; i >= 0; --i)
+    if (__builtin_mul_overflow(st[i + 1], std::max<int64_t>(s[i + 1], 1), &st[i]))
+      st[i] = std::numeric_limits<int64_t>::max();
   return st;
 }
 
@@ -315,9 +320,10 @@ int64_t Array::shape(int axis) const { return shape_[norm_axis(axis, ndim(), "sh
 Device Array::device() const { return buf_ ? buf_->device : Device::cpu(); }
 
 bool Array::is_contiguous() const {
+  for (int64_t d : shape_)
+    if (d == 0) return true;  // empty (its extents may be huge: no product below)
   int64_t expected = 1;
   for (int i = ndim() - 1; i >= 0; --i) {
-    if (shape_[i] == 0) return true;
     if (shape_[i] != 1 && strides_[i] != expected) return false;
     expected *= shape_[i];
   }
