@@ -41,6 +41,7 @@
 #include <type_traits>
 
 #include "cuda/device/common.cuh"
+#include "cuda/device/decode.cuh"
 #include "cuda/device/mma.cuh"
 #include "cuda/qmm_kernels.h"
 
@@ -65,15 +66,6 @@ struct Qmv1Params {
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
 };
-
-/// 16 bytes of weights that are read once: no L1 allocation.
-__device__ __forceinline__ uint4 ld_stream16(const void* p) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p));
-  return r;
-}
 
 /// (v & mask) | magic in one LOP3 (the compiler splits it in two when both
 /// are immediates).
@@ -215,8 +207,8 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
       uint4 cw[2][2];  // (slot, row a/b): 2 chunks of codes in flight
       auto load = [&](int t, int s) {
         if (t < te) {
-          cw[s][0] = ld_stream16(wblk + woa + t * 16);
-          cw[s][1] = ld_stream16(wblk + wob + t * 16);
+          cw[s][0] = ld_stream_v4(wblk + woa + t * 16);
+          cw[s][1] = ld_stream_v4(wblk + wob + t * 16);
         }
       };
       const int64_t sblk = (wi * N + n0c) * static_cast<int64_t>(G);
