@@ -8,36 +8,41 @@
 // B holds x masked to the j-th group of a "super-chunk" of 8 groups, so one
 // mma accumulates the 8 per-group dot products dot_j(x, q) of 16 weight rows
 // at once; the group sums sum_j(x) are computed when x is staged. Every group
-// is then folded once, exactly as the other kernels do:
-//   acc += s * dot(x, q) + b * sum(x)   (float32; codes exact in T).
+// is then folded once:
+//   acc += s * dot(x, OFF + q) + (b - OFF * s) * sum(x)   (float32)
+// where the codes enter the mma as OFF + q (one LOP3 with a magic number,
+// exact in T: OFF = 128 for bfloat16, 1024 for float16).
 //
 // Layout. A warp owns 16 weight rows and a range of super-chunks of K. Lane
-// (g, c) (g = lane / 4, c = lane % 4) loads 16 bytes (32 codes) of rows g and
-// g + 8 per chunk of 128 codes straight from global memory (ld.global.nc, no
-// L1 allocation; the 4 lanes of a row read 64 contiguous bytes), and those 32
-// codes are exactly the k values its A fragments hold in the chunk's 8 mma
-// steps: the k order inside an mma is free as long as B uses the same one, so
-// a word's nibble pairs (i, i + 4) become A pairs with one LOP3 and one half2
-// subtraction each, and x is stored in shared memory once per block already
-// permuted the same way ([x0 x4 x1 x5 x2 x6 x3 x7] per 8 values), so B is one
-// 16-byte shared load per word. A lane whose column is not the group of its
-// k slice in a chunk reads a zero line instead (one select per chunk).
-// Per 8 codes and row: 3 shifts, 4 LOP3, 4 half2 subtractions; per word pair
-// (rows g, g + 8): 2 mma; everything else is per chunk or super-chunk.
+// (g, c) (g = lane / 4, c = lane % 4) streams 16 bytes (32 codes) of rows g
+// and g + 8 per chunk of 128 codes through a per-warp cp.async ring in shared
+// memory (kDepth chunks in flight, each lane reading back only its own
+// copies), and those 32 codes are exactly the k values its A fragments hold
+// in the chunk's 8 mma steps: the k order inside an mma is free as long as B
+// uses the same one, so a word's nibble pairs (i, i + 4) become A pairs with
+// one shift and one LOP3 each, and x is stored in shared memory once per
+// block already permuted the same way ([x0 x4 x1 x5 x2 x6 x3 x7] per 8
+// values), so B is one 16-byte shared load per word. A lane whose column is
+// not the group of its k slice in a chunk reads a zero line instead.
+// Per 8 codes and row: 3 shifts, 4 LOP3; per word pair (rows g, g + 8): 2 mma;
+// everything else is per chunk or super-chunk.
 // Tile: a block is 8 warps: 8 / ks tiles of 16 weight rows, each split over ks
 // warps along K (ks = 8 for long K, fewer when K has fewer than 8 super-chunks
 // of 8 groups), reduced through shared memory; <= 64 registers so 32 warps
-// fit per SM; 2 chunks of loads in flight per warp. (Measured slower: L2
-// prefetches 2 - 8 chunks ahead, and issuing the first loads before staging x;
-// docs/kernels/cuda.md.)
+// fit per SM. (Measured slower: L2 prefetches, a deeper ring, fewer warps per
+// tile, shifts as multiplies on the FMA pipe; docs/kernels/cuda.md.)
 // K > kMaxStagedK: x is read from global memory instead (permuted in registers).
-// Non-finite groups (sum(x), dot, scale or bias not finite) are recomputed
-// element by element (x * (s * q + b)), so Inf and NaN propagate like the
-// reference.
+// A lane whose sum is not finite (a non-finite x, scale or bias, or an
+// overflow) recomputes its groups element by element (x * (s * q + b)), so Inf
+// and NaN propagate like the reference.
 // Measured (and the tilings that were slower): docs/kernels/cuda.md. Tests: tests/test_cuda_cross.cpp.
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda/device/common.cuh"
@@ -52,6 +57,15 @@ constexpr int kWarps = 8;            // split-K inside a block
 constexpr int kRows = 16;            // weight rows per block
 constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to this K (32 KB)
 constexpr int kZeroBytes = 64;       // the zero line inactive lanes read
+constexpr int kDepth = 4;            // chunks of weights in flight per warp (cp.async ring)
+constexpr int64_t kMaxK = int64_t{1} << 18;  // the group sums of x stay within 32 KB of shared memory
+
+/// Dynamic shared memory of one block.
+inline size_t smem_bytes(int64_t K, int gs, bool xs, int depth) {
+  const int64_t G = K / gs;
+  return static_cast<size_t>((G + 3) & ~int64_t{3}) * sizeof(float) + (xs ? static_cast<size_t>(K) * 2 : 0) +
+         kZeroBytes + static_cast<size_t>(kWarps) * depth * 1024;
+}
 
 struct Qmv1Params {
   const void* x;
@@ -62,7 +76,7 @@ struct Qmv1Params {
   const int64_t* rhs;
   void* out;
   int N, K;
-  int ks;        // warps splitting K per 16-row tile (1, 2, 4 or 8): the block has 8 / ks tiles
+  int ks_log2;   // log2 of ks, the warps splitting K per 16-row tile (1, 2, 4 or 8): the block has 8 / ks tiles
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
 };
@@ -73,21 +87,6 @@ __device__ __forceinline__ uint32_t and_or(uint32_t v, uint32_t magic) {
   uint32_t r;
   asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(v), "n"(0x000F000F), "r"(magic));
   return r;
-}
-
-/// Nibbles (i, i + 4) of v >> 4i as an exact T pair (the shift is the caller's).
-template <typename T>
-__device__ __forceinline__ uint32_t nib_pair(uint32_t v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    const uint32_t h = and_or(v, 0x43004300u);  // 128 + q
-    const __nv_bfloat162 r =
-        __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&h), __floats2bfloat162_rn(128.0f, 128.0f));
-    return *reinterpret_cast<const uint32_t*>(&r);
-  } else {
-    const uint32_t h = and_or(v, 0x64006400u);  // 1024 + q
-    const __half2 r = __hsub2(*reinterpret_cast<const __half2*>(&h), __floats2half2_rn(1024.0f, 1024.0f));
-    return *reinterpret_cast<const uint32_t*>(&r);
-  }
 }
 
 /// 8 activations [x0 .. x7] (4 pairs) as the B order [x0 x4 x1 x5 x2 x6 x3 x7].
@@ -138,27 +137,47 @@ __device__ __noinline__ float2 redo_exact(const uint32_t* w, const unsigned shor
   return make_float2(acc[0], acc[1]);
 }
 
+/// 16-byte shared load / async copy at a shared-window address; volatile, so
+/// they keep their order with cp.async.wait_group.
+__device__ __forceinline__ uint4 lds128(uint32_t a) {
+  uint4 r;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];\n" : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(a));
+  return r;
+}
+__device__ __forceinline__ void cp16(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
+}
+
 // XS: x staged in shared memory (K <= kMaxStagedK), else read from global.
-// Shared memory: the group sums of x (G floats), [x permuted (K values)], a zero line.
-template <typename T, int GS, bool XS>
+// D: chunks of weights in flight per warp (the cp.async ring).
+// Shared memory: the group sums of x (G floats, padded with zeros to a
+// multiple of 4), [x permuted (K values)], a zero line, the ring
+// (kWarps x D slots of 2 rows x 32 lanes x 16 bytes).
+template <typename T, int GS, bool XS, int D>
 __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) {
   constexpr int CPS = GS / 16;    // 128-code chunks per super-chunk of 8 groups
   constexpr int NG = 128 / GS;    // groups per chunk
   constexpr int LPG = GS / 8;     // 16-byte x vectors (lanes) per group
+  static_assert(D == 4 || D == 8, "ring depth: a power of two, slots of 1 KB per warp");
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  // Codes become OFF + q with one LOP3 (exact in T); the offset is taken out
+  // per group in the fold: dot(x, OFF + q) - OFF * sum(x).
+  constexpr uint32_t kMagic = kBf16 ? 0x43004300u : 0x64006400u;
+  constexpr float kOff = kBf16 ? 128.0f : 1024.0f;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float red[kWarps][kRows];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int N = p.N, K = p.K;
   // Warp w: 16-row tile w / ks of the block, K part w % ks.
-  const int ks = p.ks, tile = warp / ks, kpart = warp % ks;
-  const int n0 = (blockIdx.x * (kWarps / ks) + tile) * kRows;
+  const int ks = 1 << p.ks_log2, tile = warp >> p.ks_log2, kpart = warp & (ks - 1);
+  const int n0 = (blockIdx.x * (kWarps >> p.ks_log2) + tile) * kRows;
   const int words_per_row = K / 8;
   const int G = K / GS;  // groups per row
   const int chunks = K / 128;
   const int supers = (chunks + CPS - 1) / CPS;
-  const int ub = static_cast<int>(static_cast<int64_t>(supers) * kpart / ks);
-  const int ue = static_cast<int>(static_cast<int64_t>(supers) * (kpart + 1) / ks);
+  const int ub = (supers * kpart) >> p.ks_log2;  // supers < 2^16 (K <= kMaxK)
+  const int ue = (supers * (kpart + 1)) >> p.ks_log2;
   const int tb = ub * CPS, te = min(ue * CPS, chunks);
   const int ra = n0 + g, rb = n0 + g + 8;
   // Rows past N read row N - 1 (valid memory; their results are dropped).
@@ -171,17 +190,39 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
   const int gpad = (G + 3) & ~3;
   T* xs = reinterpret_cast<T*>(smem + gpad * sizeof(float));
   unsigned char* zero_line = smem + gpad * sizeof(float) + (XS ? static_cast<size_t>(K) * sizeof(T) : 0);
+  const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line + kZeroBytes)) +
+                        static_cast<uint32_t>(warp * D * 1024 + lane * 16);
   if (threadIdx.x < kZeroBytes / 4) reinterpret_cast<uint32_t*>(zero_line)[threadIdx.x] = 0u;
+  if (threadIdx.x < gpad - G) gsum[G + threadIdx.x] = 0.0f;
   // The chunk-column of lane c's 32-code slice: slot (t % CPS) * NG + c * 32 / GS.
   const int my_slot_c = (c * 32) / GS;
 
   for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
-    const int64_t xi = p.lhs[l], wi = p.rhs[l];
+    // (No index arrays: a quantized_matmul of one batch entry, both indices 0.)
+    const int64_t xi = p.lhs ? p.lhs[l] : 0, wi = p.rhs ? p.rhs[l] : 0;
     const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
                     index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
     float acc_a = 0.0f, acc_b = 0.0f;
     const T* xrow = X + (ok ? xi : 0) * static_cast<int64_t>(K);
     const bool work = ok && tb < te && n0 < N;
+    // This lane's weights (block tile rows a / b; 64 bytes per chunk and row),
+    // streamed into the warp's ring slot t % D: chunk t's group is committed
+    // D chunks ahead, so one wait_group<D - 1> per chunk.
+    const uint32_t* wblk = p.w + ((ok ? wi : 0) * N + n0c) * static_cast<int64_t>(words_per_row);
+    const uint32_t* wa = wblk + oa * words_per_row + 4 * c;
+    const uint32_t* wb = wblk + ob * words_per_row + 4 * c;
+    auto issue = [&](int t) {
+      if (t < te) {
+        const uint32_t dst = ring + ((static_cast<uint32_t>(t) & (D - 1)) << 10);
+        cp16(dst, wa + t * 16);
+        cp16(dst + 512, wb + t * 16);
+      }
+      cp_async_commit();
+    };
+    // The ring starts filling before x is staged (cp.async holds no registers).
+    if (work)
+#pragma unroll
+      for (int i = 0; i < D; ++i) issue(tb + i);
     // The warps of tile 0 stage x, each its own K part: group sums and (XS)
     // the permuted values.
     if (ok && tile == 0)
@@ -201,88 +242,74 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
       }
     __syncthreads();  // x, the sums and the zero line are written (and red of the last entry was read)
     if (work) {
-      // This lane's weights: block tile rows, 32-bit offsets from one base.
-      const uint32_t* wblk = p.w + (wi * N + n0c) * static_cast<int64_t>(words_per_row);
-      const int woa = oa * words_per_row + 4 * c, wob = ob * words_per_row + 4 * c;
-      uint4 cw[2][2];  // (slot, row a/b): 2 chunks of codes in flight
-      auto load = [&](int t, int s) {
-        if (t < te) {
-          cw[s][0] = ld_stream_v4(wblk + woa + t * 16);
-          cw[s][1] = ld_stream_v4(wblk + wob + t * 16);
-        }
-      };
-      const int64_t sblk = (wi * N + n0c) * static_cast<int64_t>(G);
+      const int64_t sblk = ((ok ? wi : 0) * N + n0c) * static_cast<int64_t>(G);
       const unsigned short* S = static_cast<const unsigned short*>(p.scales) + sblk;
       const unsigned short* Bi = static_cast<const unsigned short*>(p.biases) + sblk;
-      const int soa = oa * G, sob = ob * G;
+      const int soa = oa * G + 2 * c, sob = ob * G + 2 * c;
       float dacc[4];
-      bool redo = false;
       uint32_t sc[2], bc[2];  // raw (group 2c, 2c + 1) pairs of rows a / b
       auto load_scales = [&](int u) {
         const int grp = u * 8 + 2 * c;
         if (grp < G) {
-          if (G % 2 == 0) {
-            sc[0] = __ldg(reinterpret_cast<const uint32_t*>(S + soa + grp));
-            bc[0] = __ldg(reinterpret_cast<const uint32_t*>(Bi + soa + grp));
-            sc[1] = __ldg(reinterpret_cast<const uint32_t*>(S + sob + grp));
-            bc[1] = __ldg(reinterpret_cast<const uint32_t*>(Bi + sob + grp));
+          if (GS < 128 || G % 2 == 0) {  // K % 128 == 0: G is even below group size 128
+            sc[0] = __ldg(reinterpret_cast<const uint32_t*>(S + soa + u * 8));
+            bc[0] = __ldg(reinterpret_cast<const uint32_t*>(Bi + soa + u * 8));
+            sc[1] = __ldg(reinterpret_cast<const uint32_t*>(S + sob + u * 8));
+            bc[1] = __ldg(reinterpret_cast<const uint32_t*>(Bi + sob + u * 8));
           } else {  // odd G (group size 128 only): rows are not 4-byte aligned
             const bool two = grp + 1 < G;
-            sc[0] = __ldg(S + soa + grp) | (two ? static_cast<uint32_t>(__ldg(S + soa + grp + 1)) << 16 : 0u);
-            bc[0] = __ldg(Bi + soa + grp) | (two ? static_cast<uint32_t>(__ldg(Bi + soa + grp + 1)) << 16 : 0u);
-            sc[1] = __ldg(S + sob + grp) | (two ? static_cast<uint32_t>(__ldg(S + sob + grp + 1)) << 16 : 0u);
-            bc[1] = __ldg(Bi + sob + grp) | (two ? static_cast<uint32_t>(__ldg(Bi + sob + grp + 1)) << 16 : 0u);
+            const int ia = soa + u * 8, ib = sob + u * 8;
+            sc[0] = __ldg(S + ia) | (two ? static_cast<uint32_t>(__ldg(S + ia + 1)) << 16 : 0u);
+            bc[0] = __ldg(Bi + ia) | (two ? static_cast<uint32_t>(__ldg(Bi + ia + 1)) << 16 : 0u);
+            sc[1] = __ldg(S + ib) | (two ? static_cast<uint32_t>(__ldg(S + ib + 1)) << 16 : 0u);
+            bc[1] = __ldg(Bi + ib) | (two ? static_cast<uint32_t>(__ldg(Bi + ib + 1)) << 16 : 0u);
           }
         } else {
           sc[0] = bc[0] = sc[1] = bc[1] = 0u;
         }
       };
+      // acc += s * dot(x, OFF + q) + (b - OFF * s) * sum(x) per group. (Groups
+      // past G: zero scale, bias, dot and sum.) Non-finite values are not
+      // tested here: they reach acc, which is tested once at the end.
       auto fold = [&](int u) {
         const int grp0 = u * 8 + 2 * c;
         const float2 xs2 = grp0 < G ? *reinterpret_cast<const float2*>(gsum + grp0) : make_float2(0.0f, 0.0f);
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int grp = grp0 + e;
           const float xsv = e ? xs2.y : xs2.x;
           const float s_a = bits_to_f<T>(sc[0] >> (16 * e)), b_a = bits_to_f<T>(bc[0] >> (16 * e));
           const float s_b = bits_to_f<T>(sc[1] >> (16 * e)), b_b = bits_to_f<T>(bc[1] >> (16 * e));
-          const float d_a = dacc[e], d_b = dacc[2 + e];
-          const bool fin = isfinite(xsv);
-          if (fin && isfinite(d_a) && isfinite(s_a) && isfinite(b_a)) acc_a = fmaf(s_a, d_a, fmaf(b_a, xsv, acc_a));
-          else if (grp < G) redo = true;
-          if (fin && isfinite(d_b) && isfinite(s_b) && isfinite(b_b)) acc_b = fmaf(s_b, d_b, fmaf(b_b, xsv, acc_b));
-          else if (grp < G) redo = true;
+          acc_a = fmaf(s_a, dacc[e], fmaf(fmaf(-kOff, s_a, b_a), xsv, acc_a));
+          acc_b = fmaf(s_b, dacc[2 + e], fmaf(fmaf(-kOff, s_b, b_b), xsv, acc_b));
         }
       };
-      auto compute = [&](int t, int s) {
-        // B operand, word j: 8 permuted activations, or zeros when this lane's
-        // column is not the group of its slice in this chunk.
-        const bool active = g == (t % CPS) * NG + my_slot_c;
-        const uint4* xb = nullptr;
-        if constexpr (XS)
-          xb = active ? reinterpret_cast<const uint4*>(xs + t * 128 + 32 * c) : reinterpret_cast<const uint4*>(zero_line);
+      // B operand of lane (g, c) in chunk t: its 32-code slice of permuted x,
+      // or the zero line when its column is not the group of that slice.
+      const uint32_t xs_lane = static_cast<uint32_t>(__cvta_generic_to_shared(xs)) + 64u * c;
+      const uint32_t zero_addr = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line));
+      auto compute = [&](int t, int sub, const uint4& cwa, const uint4& cwb) {
+        const bool active = g == sub * NG + my_slot_c;
+        const uint32_t xb = active ? xs_lane + 256u * static_cast<uint32_t>(t) : zero_addr;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           uint4 xp;
           if constexpr (XS) {
-            xp = xb[j];
+            xp = lds128(xb + 16 * j);
           } else {
             xp = make_uint4(0u, 0u, 0u, 0u);
             if (active) xp = permute8(__ldg(reinterpret_cast<const uint4*>(xrow + t * 128 + 32 * c) + j));
           }
-          const uint32_t w_a = (&cw[s][0].x)[j], w_b = (&cw[s][1].x)[j];
+          const uint32_t w_a = (&cwa.x)[j], w_b = (&cwb.x)[j];
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int i = 2 * h;
-            const uint32_t af[4] = {nib_pair<T>(w_a >> (4 * i)), nib_pair<T>(w_b >> (4 * i)),
-                                    nib_pair<T>(w_a >> (4 * i + 4)), nib_pair<T>(w_b >> (4 * i + 4))};
+            const uint32_t af[4] = {and_or(w_a >> (4 * i), kMagic), and_or(w_b >> (4 * i), kMagic),
+                                    and_or(w_a >> (4 * i + 4), kMagic), and_or(w_b >> (4 * i + 4), kMagic)};
             mma16816<T>(dacc, af, h ? xp.z : xp.x, h ? xp.w : xp.y);
           }
         }
       };
 
-      load(tb, 0);
-      load(tb + 1, 1);
       for (int u = ub; u < ue; ++u) {
         load_scales(u);
 #pragma unroll
@@ -291,13 +318,19 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
         for (int sub = 0; sub < CPS; ++sub) {
           const int t = u * CPS + sub;
           if (t < te) {  // warp-uniform; only the last super-chunk of K can be partial
-            compute(t, sub % 2);
-            load(t + 2, sub % 2);
+            cp_async_wait<D - 1>();  // chunk t is in its slot (each lane reads only its own copies)
+            const uint32_t src = ring + ((static_cast<uint32_t>(t) & (D - 1)) << 10);
+            const uint4 cwa = lds128(src), cwb = lds128(src + 512);
+            compute(t, sub, cwa, cwb);
+            issue(t + D);  // after the slot's words were used
           }
         }
         fold(u);
       }
-      if (redo) {
+      cp_async_wait<0>();
+      if (!isfinite(acc_a) || !isfinite(acc_b)) {
+        // A non-finite sum, dot, scale or bias (or an overflow) somewhere in
+        // this lane's groups: recompute them element by element.
         const float2 r = redo_exact<T, GS>(p.w, static_cast<const unsigned short*>(p.scales),
                                            static_cast<const unsigned short*>(p.biases), xrow, wi, N, K, ra, rb, ub,
                                            ue, c);
@@ -315,33 +348,50 @@ __global__ void __launch_bounds__(kWarps * 32, 4) qmv1_mma_kernel(Qmv1Params p) 
       red[warp][g + 8] = acc_b;
     }
     __syncthreads();
-    if (threadIdx.x < kRows * (kWarps / ks)) {
+    if (threadIdx.x < kRows * (kWarps >> p.ks_log2)) {
       const int tl = threadIdx.x / kRows, r = threadIdx.x % kRows;
       float v = 0.0f;
       for (int w = 0; w < ks; ++w) v += red[tl * ks + w][r];
-      const int row = (blockIdx.x * (kWarps / ks) + tl) * kRows + r;
+      const int row = (blockIdx.x * (kWarps >> p.ks_log2) + tl) * kRows + r;
       if (row < N) O[l * static_cast<int64_t>(N) + row] = from_f<T>(v);
     }
   }
 }
 
-template <typename T, bool XS>
+/// Launches Kernel; dynamic shared memory above the 48 KB default needs the
+/// kernel's opt-in (per kernel and device; raised when a larger K asks for more).
+template <auto Kernel>
+void launch_kernel(dim3 grid, size_t smem, cudaStream_t stream, const Qmv1Params& p) {
+  static std::atomic<size_t> allowed[64];
+  if (smem > 48 * 1024) {
+    std::atomic<size_t>& a = allowed[current_device() & 63];
+    if (smem > a.load(std::memory_order_relaxed)) {
+      check_cuda(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)),
+                 "qmv1_mma", "cudaFuncSetAttribute");
+      size_t cur = a.load(std::memory_order_relaxed);
+      while (cur < smem && !a.compare_exchange_weak(cur, smem, std::memory_order_relaxed)) {
+      }
+    }
+  }
+  Kernel<<<grid, kWarps * 32, smem, stream>>>(p);
+}
+
+template <typename T, bool XS, int D>
 void launch_xs(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * (kWarps / p.ks))), 1,
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * (kWarps >> p.ks_log2))), 1,
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
-  const int G = p.K / d.format.group_size;
-  const size_t smem = ((G + 3) & ~3) * sizeof(float) + (XS ? static_cast<size_t>(p.K) * sizeof(T) : 0) + kZeroBytes;
+  const size_t smem = smem_bytes(p.K, d.format.group_size, XS, D);
   switch (d.format.group_size) {
-    case 32: qmv1_mma_kernel<T, 32, XS><<<grid, kWarps * 32, smem, scope.stream()>>>(p); break;
-    case 64: qmv1_mma_kernel<T, 64, XS><<<grid, kWarps * 32, smem, scope.stream()>>>(p); break;
-    default: qmv1_mma_kernel<T, 128, XS><<<grid, kWarps * 32, smem, scope.stream()>>>(p); break;
+    case 32: launch_kernel<qmv1_mma_kernel<T, 32, XS, D>>(grid, smem, scope.stream(), p); break;
+    case 64: launch_kernel<qmv1_mma_kernel<T, 64, XS, D>>(grid, smem, scope.stream(), p); break;
+    default: launch_kernel<qmv1_mma_kernel<T, 128, XS, D>>(grid, smem, scope.stream(), p); break;
   }
 }
 
 template <typename T>
 void launch(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
-  if (p.K <= kMaxStagedK) launch_xs<T, true>(d, p, scope);
-  else launch_xs<T, false>(d, p, scope);
+  if (p.K <= kMaxStagedK) launch_xs<T, true, kDepth>(d, p, scope);
+  else launch_xs<T, false, kDepth>(d, p, scope);
 }
 
 }  // namespace
@@ -350,7 +400,7 @@ bool qmv1_mma_supports(const detail::QmmDesc& d) {
   if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
   if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
   if (d.M != 1 || d.K % 128 != 0 || d.K == 0) return false;
-  if (d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
+  if (d.N >= (int64_t{1} << 31) || d.K > kMaxK) return false;
   return device_info(current_device()).cc_major >= 8;
 }
 
@@ -363,8 +413,9 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   p.w = a.w.data<uint32_t>();
   p.scales = a.scales.raw_data();
   p.biases = a.biases.raw_data();
-  p.lhs = a.lhs.data<int64_t>();
-  p.rhs = a.rhs.data<int64_t>();
+  const bool no_indices = d.batch == 1 && !std::strcmp(d.op, "quantized_matmul");
+  p.lhs = no_indices ? nullptr : a.lhs.data<int64_t>();
+  p.rhs = no_indices ? nullptr : a.rhs.data<int64_t>();
   p.out = a.out.raw_data();
   p.N = static_cast<int>(d.N);
   p.K = static_cast<int>(d.K);
@@ -374,8 +425,13 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   p.guard = index_guard(scope.device(), d.op, d.indices_checked);
   // Split K over as many warps as leave each at least one super-chunk (8 groups).
   const int64_t supers = ceil_div(d.K / 128, d.format.group_size / 16);
-  p.ks = kWarps;
-  while (p.ks > 1 && supers < p.ks) p.ks /= 2;
+  p.ks_log2 = 3;
+  while (p.ks_log2 > 0 && supers < (int64_t{1} << p.ks_log2)) --p.ks_log2;
+  if (const char* e = std::getenv("MMKIT_QMV1_KS_LOG2"))  // tuning knob (docs/kernels/cuda.md): at most the default
+    p.ks_log2 = std::min(p.ks_log2, std::max(0, std::atoi(e)));
+  if (smem_bytes(d.K, d.format.group_size, d.K <= kMaxStagedK, kDepth) >
+      device_info(scope.device()).smem_optin)
+    return false;
   if (d.dtype == Dtype::float16) launch<__half>(d, p, scope);
   else launch<__nv_bfloat16>(d, p, scope);
   scope.check_launch("qmv1_mma");
