@@ -13,11 +13,11 @@
 // where the codes enter the mma as OFF + q (one LOP3 with a magic number,
 // exact in T: OFF = 128 for bfloat16, 1024 for float16).
 //
-// Layout. A warp owns 16 weight rows and a range of super-chunks of K. Lane
-// (g, c) (g = lane / 4, c = lane % 4) streams 16 bytes (32 codes) of rows g
-// and g + 8 per chunk of 128 codes through a per-warp cp.async ring in shared
-// memory (kDepth chunks in flight, each lane reading back only its own
-// copies), and those 32 codes are exactly the k values its A fragments hold
+// Layout. A warp owns 16 weight rows and a range of super-chunks of K. Its
+// weights stream through a per-warp cp.async ring in shared memory (kDepth
+// chunks in flight, copied in windows of 16 rows x 128 contiguous bytes),
+// and lane (g, c) (g = lane / 4, c = lane % 4) reads 16 bytes (32 codes) of
+// rows g and g + 8 per chunk of 128 codes; those 32 codes are exactly the k values its A fragments hold
 // in the chunk's 8 mma steps: the k order inside an mma is free as long as B
 // uses the same one, so a word's nibble pairs (i, i + 4) become A pairs with
 // one shift and one LOP3 each, and x is stored in shared memory once per
@@ -154,12 +154,13 @@ __device__ __forceinline__ void cp16(uint32_t dst, const void* src) {
 // Shared memory: the group sums of x (G floats, padded with zeros to a
 // multiple of 4), [x permuted (K values)], a zero line, the ring
 // (W x D slots of 2 rows x 32 lanes x 16 bytes).
-template <typename T, int GS, bool XS, int D, int W>
+template <typename T, int GS, bool XS, int D, int W, int CW>
 __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) {
   constexpr int CPS = GS / 16;    // 128-code chunks per super-chunk of 8 groups
   constexpr int NG = 128 / GS;    // groups per chunk
   constexpr int LPG = GS / 8;     // 16-byte x vectors (lanes) per group
   static_assert(D == 4 || D == 8, "ring depth: a power of two, slots of 1 KB per warp");
+  static_assert(D == 2 * CW && CW >= 1 && GS / 16 % CW == 0, "the ring holds two windows; windows tile super-chunks");
   constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
   // Codes become OFF + q with one LOP3 (exact in T); the offset is taken out
   // per group in the fold: dot(x, OFF + q) - OFF * sum(x).
@@ -207,24 +208,36 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
     float acc_a = 0.0f, acc_b = 0.0f;
     const T* xrow = X + (ok ? xi : 0) * static_cast<int64_t>(K);
     const bool work = ok && tb < te && n0 < N;
-    // This lane's weights (block tile rows a / b; 64 bytes per chunk and row),
-    // streamed into the warp's ring slot t % D: chunk t's group is committed
-    // D chunks ahead, so one wait_group<D - 1> per chunk.
+    // The warp's weights (its 16 tile rows, 64 bytes per chunk and row) stream
+    // into its ring in windows of CW chunks: a window is 16 rows x CW * 64
+    // contiguous bytes, copied by the whole warp (lanes copy for each other,
+    // hence a __syncwarp after each wait and before each slot is refilled),
+    // and the ring holds two windows (chunk t in slot t % D).
     const uint32_t* wblk = p.w + ((ok ? wi : 0) * N + n0c) * static_cast<int64_t>(words_per_row);
-    const uint32_t* wa = wblk + oa * words_per_row + 4 * c;
-    const uint32_t* wb = wblk + ob * words_per_row + 4 * c;
-    auto issue = [&](int t) {
-      if (t < te) {
-        const uint32_t dst = ring + ((static_cast<uint32_t>(t) & (D - 1)) << 10);
-        cp16(dst, wa + t * 16);
-        cp16(dst + 512, wb + t * 16);
+    const uint32_t ring_w = ring - static_cast<uint32_t>(lane * 16);
+    auto issue_win = [&](int w) {
+      const int t0 = tb + w * CW;
+      if (t0 < te) {
+#pragma unroll
+        for (int i = 0; i < 2 * CW; ++i) {
+          const int r = i * (8 / CW) + lane / (4 * CW);
+          const int piece = lane % (4 * CW);
+          const int t = t0 + piece / 4, cc = piece % 4;
+          if (t < te) {
+            const int rr = min(n0 + r, N - 1) - n0c;
+            const uint32_t dst = ring_w + ((static_cast<uint32_t>(t) & (D - 1)) << 10) + (r >= 8 ? 512u : 0u) +
+                                 static_cast<uint32_t>(((r & 7) * 4 + cc) << 4);
+            cp16(dst, wblk + rr * words_per_row + t * 16 + cc * 4);
+          }
+        }
       }
       cp_async_commit();
     };
     // The ring starts filling before x is staged (cp.async holds no registers).
-    if (work)
-#pragma unroll
-      for (int i = 0; i < D; ++i) issue(tb + i);
+    if (work) {
+      issue_win(0);
+      issue_win(1);
+    }
     // The warps of a K part stage it, the block's tiles taking turns: group
     // sums and (XS) the permuted values.
     if (ok)
@@ -320,11 +333,17 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
         for (int sub = 0; sub < CPS; ++sub) {
           const int t = u * CPS + sub;
           if (t < te) {  // warp-uniform; only the last super-chunk of K can be partial
-            cp_async_wait<D - 1>();  // chunk t is in its slot (each lane reads only its own copies)
+            if (sub % CW == 0) {
+              cp_async_wait<1>();  // the window of chunk t is in (the next one may be in flight)
+              __syncwarp();
+            }
             const uint32_t src = ring + ((static_cast<uint32_t>(t) & (D - 1)) << 10);
             const uint4 cwa = lds128(src), cwb = lds128(src + 512);
             compute(t, sub, cwa, cwb);
-            issue(t + D);  // after the slot's words were used
+            if (sub % CW == CW - 1) {
+              __syncwarp();  // every lane has read the window's slots
+              issue_win((t - tb) / CW + 2);
+            }
           }
         }
         fold(u);
@@ -384,9 +403,9 @@ void launch_xs(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& sco
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
   const size_t smem = smem_bytes(p.K, d.format.group_size, XS, D, W);
   switch (d.format.group_size) {
-    case 32: launch_kernel<qmv1_mma_kernel<T, 32, XS, D, W>>(grid, smem, scope.stream(), p); break;
-    case 64: launch_kernel<qmv1_mma_kernel<T, 64, XS, D, W>>(grid, smem, scope.stream(), p); break;
-    default: launch_kernel<qmv1_mma_kernel<T, 128, XS, D, W>>(grid, smem, scope.stream(), p); break;
+    case 32: launch_kernel<qmv1_mma_kernel<T, 32, XS, D, W, D / 2>>(grid, smem, scope.stream(), p); break;
+    case 64: launch_kernel<qmv1_mma_kernel<T, 64, XS, D, W, D / 2>>(grid, smem, scope.stream(), p); break;
+    default: launch_kernel<qmv1_mma_kernel<T, 128, XS, D, W, D / 2>>(grid, smem, scope.stream(), p); break;
   }
 }
 
