@@ -415,6 +415,115 @@ TEST(CudaCross, GatherQmmGroupedByExpertOnTheDevice) {
       }
 }
 
+/// A gather_qmm descriptor as the front end builds it (for registry selection).
+detail::QmmDesc gather_desc(const Fmt& f, Dtype dt, int64_t M, int64_t N, int64_t K, int64_t L, int64_t Bx, int64_t E) {
+  detail::QmmDesc d;
+  const std::string m = f.mode;
+  const fmt::Mode mode = m == "affine"  ? fmt::Mode::affine
+                         : m == "mxfp4" ? fmt::Mode::mxfp4
+                         : m == "nvfp4" ? fmt::Mode::nvfp4
+                                        : fmt::Mode::mxfp8;
+  d.format = {mode, f.bits, f.gs};
+  d.M = M;
+  d.N = N;
+  d.K = K;
+  d.batch = L;
+  d.x_batch = Bx;
+  d.w_batch = E;
+  d.dtype = dt;
+  d.op = "gather_qmm";
+  return d;
+}
+
+TEST(CudaCross, GatherQmmGroupedEveryFormat) {
+  MMKIT_REQUIRE_GPU();
+  // Every format and dtype through the grouped gather (cuda_gather_grouped):
+  // >= 4 rows per expert on average, unsorted rhs, expert 1 unused, host and
+  // device indices. 4-bit affine float16/bfloat16 with K % 128 == 0 run the
+  // tensor-core kernel per item, everything else the SIMT GEMV (qmv.cu) per
+  // item; items of 8 rows (E = 3) and of 4 rows (E = 4, M = 1). Bit-exact with
+  // the CPU on exactly representable data.
+  auto& reg = detail::registries();
+  uint64_t seed = 9500;
+  for (const Fmt& f : all_formats())
+    for (Dtype dt : kFloats)
+      for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 16, 1}, {3, 16, 3}, {4, 16, 1}}) {
+        // K: 3 groups (6 for nvfp4: K % 32 == 0); N not a multiple of 8.
+        const int64_t N = 37, K = f.gs * (f.gs == 16 ? 6 : 3), Bx = 5;
+        SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
+                     " K=" + std::to_string(K));
+        ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_gather_grouped");
+        QW q = exact_quantized(f, E * N, K, dt, seed++);
+        Array w = q.w.reshape({E, N, q.w.shape(-1)});
+        Array s = q.scales.reshape({E, N, q.scales.shape(-1)});
+        std::optional<Array> b;
+        if (q.biases) b = q.biases->reshape({E, N, q.biases->shape(-1)});
+        Array x = small_ints({Bx, M, K}, dt, seed++);
+        std::mt19937_64 g(seed++);
+        std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
+        for (int64_t l = 0; l < L; ++l) {
+          li[l] = static_cast<int64_t>(g() % Bx);
+          const int64_t e = static_cast<int64_t>(g() % (E - 1));
+          ri[l] = e == 0 ? 0 : e + 1;  // expert 1 gets no rows
+        }
+        Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
+        Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode);
+        const auto v = yc.astype(Dtype::float32).to_double_vector();
+        ASSERT_TRUE(std::any_of(v.begin(), v.end(), [](double e) { return e != 0.0; }));
+        Array yh = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), lhs, rhs, true, f.gs, f.bits, f.mode);
+        Array yd = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+        EXPECT_TRUE(bit_equal(yh, yc)) << "host indices";
+        EXPECT_TRUE(bit_equal(yd, yc)) << "device indices";
+      }
+}
+
+TEST(CudaCross, GatherQmmGroupedSimtReportsABadDeviceIndexAndZerosOnlyItsEntry) {
+  MMKIT_REQUIRE_GPU();
+  // The grouped gather on the SIMT GEMV (not 4-bit affine): an out-of-range
+  // device rhs index is reported by the plan kernel at the next synchronizing
+  // call, and only that entry's rows are zero.
+  auto& reg = detail::registries();
+  uint64_t seed = 9900;
+  for (const Fmt& f : {Fmt{"affine", 3, 32}, Fmt{"mxfp8", 8, 32}})
+    for (Dtype dt : kFloats) {
+      SCOPED_TRACE(name(f, dt));
+      const int64_t E = 4, L = 16, M = 3, N = 24, K = 128, Bx = 2;
+      ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_gather_grouped");
+      QW q = exact_quantized(f, E * N, K, dt, seed++);
+      Array w = gpu(q.w.reshape({E, N, q.w.shape(-1)}));
+      Array s = gpu(q.scales.reshape({E, N, q.scales.shape(-1)}));
+      std::optional<Array> b;
+      if (q.biases) b = gpu(q.biases->reshape({E, N, q.biases->shape(-1)}));
+      Array x = gpu(small_ints({Bx, M, K}, dt, seed++));
+      std::vector<int64_t> ri = {1, 3, 0, 2, 1, 1, 3, 0, 9, 2, 0, 1, 2, 2, 3, 0},
+                           li = {0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 1, 0};
+      synchronize(kGpu);
+      Array y = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})), true, f.gs,
+                           f.bits, f.mode);
+      try {
+        synchronize(kGpu);
+        ADD_FAILURE() << "expected the deferred index error";
+      } catch (const Error& e) {
+        const std::string m = e.what();
+        EXPECT_EQ(m.rfind("[gather_qmm] rhs_indices value 9 at flat position 8", 0), 0u) << m;
+      }
+      synchronize(kGpu);
+      ri[8] = 0;
+      Array good = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})), true,
+                              f.gs, f.bits, f.mode);
+      const auto v = y.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
+      const auto gv = good.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
+      ASSERT_EQ(v.size(), static_cast<size_t>(L * M * N));
+      int64_t nonzero = 0;
+      for (int64_t i = 0; i < L * M * N; ++i) {
+        if (i / (M * N) == 8) EXPECT_EQ(v[i], 0.0) << i;
+        else EXPECT_EQ(v[i], gv[i]) << i;
+        nonzero += gv[i] != 0.0;
+      }
+      EXPECT_GT(nonzero, 0);
+    }
+}
+
 TEST(CudaCross, QmmBatchedBroadcastAndEmpty) {
   MMKIT_REQUIRE_GPU();
   const Fmt f{"affine", 4, 32};

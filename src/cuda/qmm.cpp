@@ -1,5 +1,8 @@
 // Registration of the GPU quantized-matmul family, in dispatch order:
-//   cuda_gather_grouped gather_qmm with shared experts, 4-bit affine, float16/bfloat16 (qmv_sm80.cu + gather_plan.cu)
+//   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average): rows grouped by
+//                     expert on the device (gather_plan.cu), then 4-bit affine float16/bfloat16 with
+//                     K % 128 == 0 on qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0, every format
+//                     and dtype) on qmv.cu
 //   cuda_qmv1_mma     M = 1, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
@@ -30,9 +33,14 @@ void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
   if (!qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
 }
+bool grouped_supports(const QmmDesc& d) {
+  return gather_grouped_supports(d) || qmv_grouped_supports(d);
+}
 void run_grouped(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
-  if (!gather_grouped_run(d, a, scope) && !(qmv_supports(d) && qmv_run(d, a, scope))) qmm_generic_run(d, a, scope);
+  if (gather_grouped_supports(d) && gather_grouped_run(d, a, scope)) return;
+  if (qmv_grouped_supports(d) && qmv_grouped_run(d, a, scope)) return;
+  if (!(qmv_supports(d) && qmv_run(d, a, scope))) qmm_generic_run(d, a, scope);
 }
 void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
@@ -42,7 +50,7 @@ void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
 }  // namespace
 
 void register_qmm_kernels(detail::Registries& r) {
-  r.qmm.add({"cuda_gather_grouped", Device::Type::gpu, gather_grouped_supports, run_grouped, 50});
+  r.qmm.add({"cuda_gather_grouped", Device::Type::gpu, grouped_supports, run_grouped, 50});
   r.qmm.add({"cuda_qmv1_mma", Device::Type::gpu, qmv1_mma_supports, run_qmv1_mma, 40});
   r.qmm.add({"cuda_qmv_sm80_mma", Device::Type::gpu, qmv_mma_supports, run_qmv_mma, 30});
   r.qmm.add({"cuda_qmv", Device::Type::gpu, qmv_supports, run_qmv, 20});

@@ -2,6 +2,7 @@
 // qmm_sm80.cu, qmm_generic.cu) and their registration order (qmm.cpp).
 #pragma once
 
+#include "cuda/gather_plan.h"
 #include "cuda/runtime.h"
 #include "ops/descriptors.h"
 
@@ -16,10 +17,26 @@ inline constexpr int kQmvMmaMaxM = 32;
 bool qmv1_mma_supports(const detail::QmmDesc& d);
 bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
+/// Whether grouping a gather's rows by expert (gather_plan.h) pays: at least 4
+/// rows per expert on average (measured for the tensor-core path on an H200,
+/// Qwen3-30B-A3B shapes: at 1.6 rows per expert the per-entry GEMV is 1.6x
+/// faster, at 4 the plan is 1.5x faster; docs/kernels/cuda.md; the SIMT path
+/// uses the same rule), 2 ..= kGatherPlanMaxExperts experts, at most max_m
+/// rows per entry.
+inline bool gather_grouping_pays(const detail::QmmDesc& d, int64_t max_m) {
+  if (d.batch < 2 || d.w_batch < 2 || d.w_batch > kGatherPlanMaxExperts || d.M > max_m) return false;
+  return d.batch * d.M >= 4 * d.w_batch && d.batch * d.M < (int64_t{1} << 31);
+}
+
 /// gather_qmm whose entries share experts, 4-bit affine, float16/bfloat16: rows
 /// grouped by expert on the device (gather_plan.h), then qmv_sm80 per item.
 bool gather_grouped_supports(const detail::QmmDesc& d);
 bool gather_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+
+/// The same grouping for every format qmv takes (M <= kQmvMaxM), then the
+/// SIMT GEMV (qmv.cu) per item; false when a pointer is not aligned.
+bool qmv_grouped_supports(const detail::QmmDesc& d);
+bool qmv_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
 bool qmv_mma_supports(const detail::QmmDesc& d);
 bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);

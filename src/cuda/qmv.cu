@@ -14,13 +14,20 @@
 // shift, LOP3, magic-number subtraction and an FMA per code, no I2F) and used
 // for all M rows; float32 accumulation.
 //
+// Grouped gather (GROUPED instances, qmv_grouped_run): a plan built on the
+// device (gather_plan.h) sorts the L * M rows by expert and cuts them into
+// items of <= 4 or 8 rows; block z runs item z (one expert, rows gathered
+// from any entries) instead of entry z, so an expert's weights are read and
+// dequantized once per item instead of once per entry.
+//
 // Bound: weight bandwidth in principle (M = 1, 4-bit g64, 8192 x 8192: 37.8 MB,
 // 12.7 us at 2.97 TB/s); target >= 60% of the measured device-to-device copy
 // bandwidth. Measured on an H100: 31.4 us = 40.5% (docs/kernels/cuda.md): the
 // kernel is instruction-bound (about 8.6 instructions per code: ncu counted
 // 18.1 M warp instructions for 67 M codes), not bandwidth-bound.
 // src/cuda/tools/cuda_gemv_bench.cu measures it.
-// Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*, exact and tolerance),
+// Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*, exact and tolerance;
+// CudaCross.GatherQmmGroupedEveryFormat for the grouped instances),
 // conformance with MMKIT_TEST_DEVICE=gpu.
 #include <cuda_runtime.h>
 
@@ -30,6 +37,7 @@
 #include "cuda/device/common.cuh"
 #include "cuda/device/decode.cuh"
 #include "cuda/device/mma.cuh"
+#include "cuda/gather_plan.h"
 #include "cuda/qmm_kernels.h"
 #include "cuda/runtime.h"
 
@@ -52,6 +60,21 @@ struct QmvParams {
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
 };
+// The grouped instances' parameters: block z runs item z of the plan, M is the
+// plan's rows per item. A struct of its own: adding the plan to QmvParams
+// (112 -> 136 bytes) changes the code nvcc generates for the ungrouped kernels.
+struct QmvGroupedParams {
+  const void* x;
+  const uint32_t* w;
+  const void* scales;
+  const void* biases;
+  void* out;
+  int M, N, K;
+  int gshift;
+  GatherPlanView plan;
+};
+template <bool GROUPED>
+using QmvKernelParams = std::conditional_t<GROUPED, QmvGroupedParams, QmvParams>;
 
 /// Raw bits of element i of a T array (affine scales / biases), widened.
 template <typename T>
@@ -91,10 +114,10 @@ __device__ __forceinline__ void load_x8(const T* p, float (&v)[8]) {
   }
 }
 
-template <typename T, QKind KIND, int BITS, int GPP, int MT>
+template <typename T, QKind KIND, int BITS, int GPP, int MT, bool GROUPED>
 // MT = 1: <= 64 registers so 8 blocks (32 warps) fit per SM: N = 8192 is one
 // wave (4096 warps on 132 x 32).
-__global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 8 : 1) qmv_kernel(QmvParams p) {
+__global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 8 : 1) qmv_kernel(QmvKernelParams<GROUPED> p) {
   constexpr int R = kRows;
   // Ring depth: 16 / BITS slots (2..4), <= 16 KB per block (8 blocks per SM).
   constexpr int S = 16 / BITS < 2 ? 2 : (16 / BITS > 4 ? 4 : 16 / BITS);
@@ -109,11 +132,41 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 8 : 1) qmv_kernel(QmvPa
   const int G = GPP == 2 ? 2 * P : (P >> p.gshift);  // groups per row
   const T* X = static_cast<const T*>(p.x);
   T* O = static_cast<T*>(p.out);
+  // Grouped: the item's rows as (x element offset, out element offset), one
+  // table per warp (written by lanes m < count, ordered by __syncwarp).
+  int64_t* x_off = nullptr;
+  int64_t* out_off = nullptr;
+  int64_t n_work;  // work units: batch entries or plan items
+  if constexpr (GROUPED) {
+    __shared__ int64_t row_off[kWarps][2][MT];  // (warp, x / out, row of the item)
+    x_off = row_off[warp][0];
+    out_off = row_off[warp][1];
+    n_work = *p.plan.n_items;
+  } else {
+    n_work = p.L;
+  }
 
-  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
-    const int64_t xi = p.lhs[l], wi = p.rhs[l];
-    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
-                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+  for (int64_t l = blockIdx.z; l < n_work; l += gridDim.z) {
+    int64_t xi = 0, wi = 0;
+    int rows = M;  // rows of this work unit
+    bool ok = true;
+    if constexpr (GROUPED) {
+      // Bad indices were reported, and their rows zeroed, by the plan kernel.
+      const GatherItem it = p.plan.items[l];
+      wi = it.expert;
+      rows = it.count;
+      __syncwarp();  // lane 0 has written the previous item's outputs
+      if (lane < rows) {
+        const GatherRow gr = p.plan.rows[it.begin + lane];
+        x_off[lane] = gr.x_row * K;
+        out_off[lane] = gr.out_row * N;
+      }
+      __syncwarp();
+    } else {
+      xi = p.lhs[l];
+      wi = p.rhs[l];
+      ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) && index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    }
     float acc[R][MT];
 #pragma unroll
     for (int r = 0; r < R; ++r)
@@ -225,9 +278,10 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 8 : 1) qmv_kernel(QmvPa
             }
 #pragma unroll
           for (int m = 0; m < MT; ++m) {
-            if (m < M) {
+            if (m < rows) {
+              const T* xm = GROUPED ? X + x_off[m] : xb + static_cast<int64_t>(m) * K;
               float xv[8];
-              load_x8<T>(xb + static_cast<int64_t>(m) * K + pp * 32 + c8 * 8, xv);
+              load_x8<T>(xm + pp * 32 + c8 * 8, xv);
 #pragma unroll
               for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -277,49 +331,65 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 8 : 1) qmv_kernel(QmvPa
       for (int r = 0; r < R; ++r)
 #pragma unroll
         for (int m = 0; m < MT; ++m)
-          if (m < M && n0 + r < N) O[(l * M + m) * static_cast<int64_t>(N) + n0 + r] = from_f<T>(acc[r][m]);
+          if (m < rows && n0 + r < N) {
+            const int64_t o = GROUPED ? out_off[m] : (l * M + m) * static_cast<int64_t>(N);
+            O[o + n0 + r] = from_f<T>(acc[r][m]);
+          }
     }
   }
 }
 
-template <typename T, QKind KIND, int BITS, int GPP>
-void launch_mt(const QmvParams& p, const OpScope& scope) {
+// Grouped instances: items of 4 or 8 rows only (the plan is used from 4 rows
+// per expert on average).
+template <typename T, QKind KIND, int BITS, int GPP, bool GROUPED>
+void launch_mt(const QmvKernelParams<GROUPED>& p, int64_t units, const OpScope& scope) {
   const dim3 block(kWarps * 32);
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kWarps * kRows)), 1,
-                  static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
-  if (p.M <= 1) qmv_kernel<T, KIND, BITS, GPP, 1><<<grid, block, 0, scope.stream()>>>(p);
-  else if (p.M <= 2) qmv_kernel<T, KIND, BITS, GPP, 2><<<grid, block, 0, scope.stream()>>>(p);
-  else if (p.M <= 4) qmv_kernel<T, KIND, BITS, GPP, 4><<<grid, block, 0, scope.stream()>>>(p);
-  else qmv_kernel<T, KIND, BITS, GPP, 8><<<grid, block, 0, scope.stream()>>>(p);
-}
-
-template <typename T>
-void launch_format(const detail::QmmDesc& d, const QmvParams& p, const OpScope& scope) {
-  switch (d.format.mode) {
-    case fmt::Mode::affine:
-      switch (d.format.bits) {
-        case 2: return launch_mt<T, QKind::affine, 2, 1>(p, scope);
-        case 3: return launch_mt<T, QKind::affine, 3, 1>(p, scope);
-        case 4: return launch_mt<T, QKind::affine, 4, 1>(p, scope);
-        case 5: return launch_mt<T, QKind::affine, 5, 1>(p, scope);
-        case 6: return launch_mt<T, QKind::affine, 6, 1>(p, scope);
-        default: return launch_mt<T, QKind::affine, 8, 1>(p, scope);
-      }
-    case fmt::Mode::mxfp4: return launch_mt<T, QKind::e2m1, 4, 1>(p, scope);
-    case fmt::Mode::nvfp4: return launch_mt<T, QKind::e2m1, 4, 2>(p, scope);
-    case fmt::Mode::mxfp8: return launch_mt<T, QKind::e4m3, 8, 1>(p, scope);
+                  static_cast<unsigned>(units < 65535 ? units : 65535));
+  if constexpr (GROUPED) {
+    if (p.M <= 4) qmv_kernel<T, KIND, BITS, GPP, 4, true><<<grid, block, 0, scope.stream()>>>(p);
+    else qmv_kernel<T, KIND, BITS, GPP, 8, true><<<grid, block, 0, scope.stream()>>>(p);
+  } else {
+    if (p.M <= 1) qmv_kernel<T, KIND, BITS, GPP, 1, false><<<grid, block, 0, scope.stream()>>>(p);
+    else if (p.M <= 2) qmv_kernel<T, KIND, BITS, GPP, 2, false><<<grid, block, 0, scope.stream()>>>(p);
+    else if (p.M <= 4) qmv_kernel<T, KIND, BITS, GPP, 4, false><<<grid, block, 0, scope.stream()>>>(p);
+    else qmv_kernel<T, KIND, BITS, GPP, 8, false><<<grid, block, 0, scope.stream()>>>(p);
   }
 }
 
-}  // namespace
-
-bool qmv_supports(const detail::QmmDesc& d) {
-  return d.transpose && d.M >= 1 && d.M <= kQmvMaxM && d.K % 32 == 0 && d.N < (int64_t{1} << 31) &&
-         d.K < (int64_t{1} << 31);
+template <typename T, bool GROUPED>
+void launch_format(const detail::QmmDesc& d, const QmvKernelParams<GROUPED>& p, int64_t units, const OpScope& scope) {
+  switch (d.format.mode) {
+    case fmt::Mode::affine:
+      switch (d.format.bits) {
+        case 2: return launch_mt<T, QKind::affine, 2, 1, GROUPED>(p, units, scope);
+        case 3: return launch_mt<T, QKind::affine, 3, 1, GROUPED>(p, units, scope);
+        case 4: return launch_mt<T, QKind::affine, 4, 1, GROUPED>(p, units, scope);
+        case 5: return launch_mt<T, QKind::affine, 5, 1, GROUPED>(p, units, scope);
+        case 6: return launch_mt<T, QKind::affine, 6, 1, GROUPED>(p, units, scope);
+        default: return launch_mt<T, QKind::affine, 8, 1, GROUPED>(p, units, scope);
+      }
+    case fmt::Mode::mxfp4: return launch_mt<T, QKind::e2m1, 4, 1, GROUPED>(p, units, scope);
+    case fmt::Mode::nvfp4: return launch_mt<T, QKind::e2m1, 4, 2, GROUPED>(p, units, scope);
+    case fmt::Mode::mxfp8: return launch_mt<T, QKind::e4m3, 8, 1, GROUPED>(p, units, scope);
+  }
 }
 
-bool qmv_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), pack_align(d.format.bits))) return false;
+/// units: batch entries, or the plan's max_items (the grid's z extent).
+template <bool GROUPED>
+void launch_dtype(const detail::QmmDesc& d, const QmvKernelParams<GROUPED>& p, int64_t units, const OpScope& scope) {
+  switch (d.dtype) {
+    case Dtype::float16: launch_format<__half, GROUPED>(d, p, units, scope); break;
+    case Dtype::bfloat16: launch_format<__nv_bfloat16, GROUPED>(d, p, units, scope); break;
+    default: launch_format<float, GROUPED>(d, p, units, scope); break;
+  }
+}
+
+bool qmv_aligned(const detail::QmmDesc& d, const detail::QmmArgs& a) {
+  return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), pack_align(d.format.bits));
+}
+
+QmvParams qmv_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   QmvParams p{};
   p.x = a.x.raw_data();
   p.w = a.w.data<uint32_t>();
@@ -336,12 +406,39 @@ bool qmv_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope)
   p.w_batch = d.w_batch;
   p.L = d.batch;
   p.guard = index_guard(scope.device(), d.op, d.indices_checked);
-  switch (d.dtype) {
-    case Dtype::float16: launch_format<__half>(d, p, scope); break;
-    case Dtype::bfloat16: launch_format<__nv_bfloat16>(d, p, scope); break;
-    default: launch_format<float>(d, p, scope); break;
-  }
+  return p;
+}
+
+}  // namespace
+
+bool qmv_supports(const detail::QmmDesc& d) {
+  return d.transpose && d.M >= 1 && d.M <= kQmvMaxM && d.K % 32 == 0 && d.N < (int64_t{1} << 31) &&
+         d.K < (int64_t{1} << 31);
+}
+
+bool qmv_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!qmv_aligned(d, a)) return false;
+  launch_dtype<false>(d, qmv_params(d, a, scope), d.batch, scope);
   scope.check_launch("qmv");
+  return true;
+}
+
+bool qmv_grouped_supports(const detail::QmmDesc& d) {
+  return qmv_supports(d) && gather_grouping_pays(d, kQmvMaxM);
+}
+
+bool qmv_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!qmv_aligned(d, a)) return false;
+  const QmvParams u = qmv_params(d, a, scope);
+  // Rows per item from the average rows per distinct expert (at most min(E, L) experts).
+  const int64_t experts = d.w_batch < d.batch ? d.w_batch : d.batch;
+  const int64_t avg = (d.batch * d.M + experts - 1) / experts;
+  const int rows_per_item = avg <= 4 ? 4 : kQmvMaxM;
+  GatherPlan plan(scope, u.lhs, u.rhs, d.batch, d.M, d.x_batch, d.w_batch, rows_per_item, u.guard, u.out,
+                  static_cast<int>(itemsize(d.dtype)), d.N);
+  const QmvGroupedParams p{u.x, u.w, u.scales, u.biases, u.out, rows_per_item, u.N, u.K, u.gshift, plan.view()};
+  launch_dtype<true>(d, p, plan.max_items(), scope);
+  scope.check_launch("qmv (grouped gather)");
   return true;
 }
 

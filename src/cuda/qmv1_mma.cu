@@ -203,17 +203,16 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
   for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
     // (No index arrays: a quantized_matmul of one batch entry, both indices 0.)
     const int64_t xi = p.lhs ? p.lhs[l] : 0, wi = p.rhs ? p.rhs[l] : 0;
-    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
-                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
-    float acc_a = 0.0f, acc_b = 0.0f;
-    const T* xrow = X + (ok ? xi : 0) * static_cast<int64_t>(K);
-    const bool work = ok && tb < te && n0 < N;
+    // The ring starts filling first (an in-range weight index is enough; the
+    // index checks and their error path come after).
+    const bool w_in = wi >= 0 && wi < p.w_batch;
+    const bool fill = w_in && tb < te && n0 < N;
     // The warp's weights (its 16 tile rows, 64 bytes per chunk and row) stream
     // into its ring in windows of CW chunks: a window is 16 rows x CW * 64
     // contiguous bytes, copied by the whole warp (lanes copy for each other,
     // hence a __syncwarp after each wait and before each slot is refilled),
     // and the ring holds two windows (chunk t in slot t % D).
-    const uint32_t* wblk = p.w + ((ok ? wi : 0) * N + n0c) * static_cast<int64_t>(words_per_row);
+    const uint32_t* wblk = p.w + ((w_in ? wi : 0) * N + n0c) * static_cast<int64_t>(words_per_row);
     const uint32_t ring_w = ring - static_cast<uint32_t>(lane * 16);
     auto issue_win = [&](int w) {
       const int t0 = tb + w * CW;
@@ -233,11 +232,15 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
       }
       cp_async_commit();
     };
-    // The ring starts filling before x is staged (cp.async holds no registers).
-    if (work) {
+    if (fill) {
       issue_win(0);
       issue_win(1);
     }
+    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
+                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    float acc_a = 0.0f, acc_b = 0.0f;
+    const T* xrow = X + (ok ? xi : 0) * static_cast<int64_t>(K);
+    const bool work = ok && fill;
     // The warps of a K part stage it, the block's tiles taking turns: group
     // sums and (XS) the permuted values.
     if (ok)
@@ -359,6 +362,7 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
         acc_b = r.y;
       }
     }
+    if (fill && !work) cp_async_wait<0>();  // (a bad lhs index: the copies land before the ring is reused)
     // Sum the lane's partial rows over c, then over the warps.
     acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 1);
     acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 2);

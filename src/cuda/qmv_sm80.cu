@@ -383,13 +383,7 @@ bool gather_grouped_supports(const detail::QmmDesc& d) {
   if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
   if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
   if (d.K % 128 != 0 || d.K == 0 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
-  // Worth a plan only when experts have several rows each: at least 4 rows
-  // per expert on average (measured on an H200, Qwen3-30B-A3B shapes: at 1.6
-  // rows per expert the per-entry GEMV is 1.6x faster, at 4 the plan is 1.5x
-  // faster; docs/kernels/cuda.md), and at most 32 rows per entry.
-  if (d.batch < 2 || d.w_batch < 2 || d.w_batch > kGatherPlanMaxExperts || d.M > kQmvMmaMaxM) return false;
-  if (d.batch * d.M < 4 * d.w_batch) return false;
-  if (d.batch * d.M >= (int64_t{1} << 31)) return false;
+  if (!gather_grouping_pays(d, kQmvMmaMaxM)) return false;  // at most 32 rows per entry
   return device_info(current_device()).cc_major >= 8;
 }
 

@@ -2,7 +2,9 @@
 // kernels, measured against the same run's ceilings:
 //   * device-to-device copy bandwidth (cudaMemcpyAsync, 2 x 512 MiB buffers,
 //     bytes read + written), the roofline for memory-bound kernels;
-//   * cuBLAS bf16 GEMV/GEMM on the same shape (peer).
+//   * cuBLAS bf16 GEMV/GEMM on the same shape (peer);
+//   * the read-only streaming floor of the headline's bytes (a plain
+//     coalesced read kernel: what reading 36 MB once costs at this size).
 // Each call is bracketed by CUDA events recorded back to back (median of the
 // runs after a warm-up; the host enqueues ahead, so a delta is the call's
 // device time); the latency of one call on an idle GPU, host launch included,
@@ -68,6 +70,26 @@ double median_us(int warmup, int iters, F&& body) {
   for (auto& e : ev) CK(cudaEventDestroy(e));
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
+}
+
+/// Read-only streaming of n 16-byte vectors (4 per thread in flight,
+/// grid-stride, XOR-reduced so the loads are used): the floor of any kernel
+/// that reads those bytes once at this size.
+__global__ void __launch_bounds__(256) stream_read(const uint4* __restrict__ p, size_t n, uint32_t* out) {
+  constexpr int U = 4;
+  uint32_t acc = 0;
+  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x * U;
+  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x * U + threadIdx.x; i < n; i += stride) {
+    uint4 v[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const size_t j = i + static_cast<size_t>(u) * blockDim.x;
+      v[u] = j < n ? __ldcs(p + j) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
+  }
+  if (acc == 0x9e3779b9u) *out = acc;  // practically never; keeps the loads
 }
 
 /// Median latency of one call on an idle GPU (host launch overhead included):
@@ -167,6 +189,27 @@ int main(int argc, char** argv) {
   CK(cudaFree(c0));
   CK(cudaFree(c1));
   std::printf("device-to-device copy: %.1f GB/s (read + write, 512 MiB, median of 20)\n", copy_gbs);
+
+  // ---- floor: reading the headline's bytes once (4-bit g64 8192 x 8192 weights,
+  // scales and biases), cold (rotating copies), timed like the kernels -----------------
+  const size_t floor_bytes = size_t{8192} * 8192 / 2 + size_t{8192} * (8192 / 64) * 4;
+  const int floor_copies = 8;
+  void* fb = nullptr;
+  uint32_t* fo = nullptr;
+  CK(cudaMalloc(&fb, floor_bytes * floor_copies));
+  CK(cudaMalloc(&fo, 4));
+  CK(cudaMemset(fb, 3, floor_bytes * floor_copies));
+  const size_t fn = floor_bytes / 16;
+  const double floor_us = median_us(10, iters, [&](int i) {
+    stream_read<<<prop.multiProcessorCount * 8, 256, 0, cudaStreamLegacy>>>(
+        static_cast<const uint4*>(fb) + (i % floor_copies) * fn, fn, fo);
+  });
+  CK(cudaGetLastError());
+  CK(cudaFree(fb));
+  CK(cudaFree(fo));
+  const double floor_gbs = floor_bytes / (floor_us * 1e-6) / 1e9;
+  std::printf("read-only streaming of %.1f MB (the 4-bit g64 8192 x 8192 bytes), cold: %.2f us = %.1f GB/s = %.1f%% of copy\n",
+              floor_bytes / 1e6, floor_us, floor_gbs, 100.0 * floor_gbs / copy_gbs);
 
   auto& reg = detail::registries();
   std::vector<Result> results;
@@ -270,16 +313,29 @@ int main(int argc, char** argv) {
       int64_t E, N, K, topk;
     };
     const MoeShape shapes[] = {{"qwen3-30b-a3b gate+up", 128, 1536, 2048, 8}, {"qwen3-30b-a3b down", 128, 2048, 768, 8}};
-    const std::vector<int64_t> Ts = quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 4, 16, 64, 256};
+    // 4-bit affine g64 (per entry: the one-row tensor-core GEMV), and mxfp4
+    // (gpt-oss's format; per entry: the SIMT GEMV) at the larger T.
+    struct MoeFmt {
+      QFmt f;
+      const char* suffix;
+      const char* per_entry;
+      std::vector<int64_t> Ts;
+    };
+    const std::vector<MoeFmt> moe_fmts = {
+        {{"affine b4 g64", fmt::Mode::affine, 4, 64}, "", "cuda_qmv1_mma",
+         quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 4, 16, 64, 256}},
+        {{"mxfp4", fmt::Mode::mxfp4, 4, 32}, " mxfp4", "cuda_qmv", quick ? std::vector<int64_t>{} : std::vector<int64_t>{16, 64, 256}}};
+    for (const MoeFmt& mf : moe_fmts)
     for (const MoeShape& sh : shapes) {
-      const int64_t words = sh.K / 8, groups = sh.K / 64;
+      const QFmt& f = mf.f;
+      const bool affine = f.mode == fmt::Mode::affine;
+      const int64_t words = sh.K / 8, groups = sh.K / f.gs;
       detail::QmmArgs base;
       base.w = random_codes(sh.E * sh.N, words, 77).reshape({sh.E, sh.N, words});
-      QFmt f{"affine b4 g64", fmt::Mode::affine, 4, 64};
       base.scales = random_scales(f, sh.E * sh.N, groups, 78, false).reshape({sh.E, sh.N, groups});
-      base.biases = random_scales(f, sh.E * sh.N, groups, 79, true).reshape({sh.E, sh.N, groups});
-      const double expert_bytes = double(sh.N) * words * 4 + double(sh.N) * groups * 4;
-      for (int64_t T : Ts) {
+      if (affine) base.biases = random_scales(f, sh.E * sh.N, groups, 79, true).reshape({sh.E, sh.N, groups});
+      const double expert_bytes = double(sh.N) * words * 4 + double(sh.N) * groups * (affine ? 4 : 1);
+      for (int64_t T : mf.Ts) {
         const int64_t L = T * sh.topk;
         std::mt19937 g(1234 + static_cast<uint32_t>(T));
         const int kSets = 16;
@@ -316,7 +372,7 @@ int main(int argc, char** argv) {
           st.out = Array::empty({L, 1, sh.N}, Dtype::bfloat16, Device::gpu());
         }
         detail::QmmDesc d;
-        d.format = {fmt::Mode::affine, 4, 64};
+        d.format = {f.mode, f.bits, f.gs};
         d.M = 1;
         d.N = sh.N;
         d.K = sh.K;
@@ -331,7 +387,7 @@ int main(int argc, char** argv) {
         for (const auto& e : reg.qmm.entries()) {
           if (e.device != Device::Type::gpu) continue;
           if (e.name == "cuda_qmm_generic") generic = &e;
-          if (e.name == "cuda_qmv1_mma") per_entry = &e;
+          if (e.name == mf.per_entry) per_entry = &e;
         }
         std::vector<const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>*> runs = {&sel};
         if (per_entry && sel.name != per_entry->name) runs.push_back(per_entry);  // ungrouped, same run
@@ -348,7 +404,7 @@ int main(int argc, char** argv) {
           const double us = median_us(warm, iters, [&](int i) { entry->run(d, sets[i % kSets], st); });
           const double sync_us = median_sync_us(20, [&](int i) { entry->run(d, sets[i % kSets], st); });
           const double bytes = distinct * expert_bytes + double(T) * sh.K * 2 + double(L) * sh.N * 2;
-          Result r{std::string(sh.label) + " T=" + std::to_string(T) + " [" + entry->name + "]", L, sh.N, sh.K, us,
+          Result r{std::string(sh.label) + mf.suffix + " T=" + std::to_string(T) + " [" + entry->name + "]", L, sh.N, sh.K, us,
                    bytes / (us * 1e-6) / 1e9, 0, 2.0 * L * sh.N * sh.K / (us * 1e-6) / 1e12, err, sync_us};
           r.pct_copy = 100.0 * r.gbs / copy_gbs;
           results.push_back(r);
@@ -410,7 +466,9 @@ int main(int argc, char** argv) {
   if (!json_path.empty()) {
     std::ofstream o(json_path);
     o << "{\n  \"device\": \"" << prop.name << "\", \"driver\": " << driver << ", \"runtime\": " << runtime
-      << ",\n  \"copy_gbs\": " << copy_gbs << ",\n  \"results\": [\n";
+      << ",\n  \"copy_gbs\": " << copy_gbs << ",\n  \"stream_floor\": {\"bytes\": " << floor_bytes
+      << ", \"median_us\": " << floor_us << ", \"gbs\": " << floor_gbs << ", \"pct_copy\": " << 100.0 * floor_gbs / copy_gbs
+      << "},\n  \"results\": [\n";
     for (size_t i = 0; i < results.size(); ++i) {
       const auto& r = results[i];
       o << "    {\"name\": \"" << r.name << "\", \"M\": " << r.M << ", \"N\": " << r.N << ", \"K\": " << r.K
