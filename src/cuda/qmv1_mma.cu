@@ -9,9 +9,9 @@
 // mma accumulates the 8 per-group dot products dot_j(x, q) of 16 weight rows
 // at once; the group sums sum_j(x) are computed when x is staged. Every group
 // is then folded once:
-//   acc += s * dot(x, OFF + q) + (b - OFF * s) * sum(x)   (float32)
-// where the codes enter the mma as OFF + q (one LOP3 with a magic number,
-// exact in T: OFF = 128 for bfloat16, 1024 for float16).
+//   acc += (s / S) * dot(x, S * (OFF + q)) + (b - OFF * s) * sum(x)   (float32)
+// where the codes enter the mma as S * (OFF + q) (a LOP3 with a magic number,
+// exact in T: 128 + q for bfloat16, (64 + q) / 64 for float16; nib_pair).
 //
 // Layout. A warp owns 16 weight rows and a range of super-chunks of K. Its
 // weights stream through a per-warp cp.async ring in shared memory (kDepth
@@ -82,13 +82,34 @@ struct Qmv1Params {
   IndexGuard guard;
 };
 
-/// (v & mask) | magic in one LOP3 (the compiler splits it in two when both
+/// (v & MASK) | magic in one LOP3 (the compiler splits it in two when both
 /// are immediates).
+template <uint32_t MASK>
 __device__ __forceinline__ uint32_t and_or(uint32_t v, uint32_t magic) {
   uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(v), "n"(0x000F000F), "r"(magic));
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(v), "n"(MASK), "r"(magic));
   return r;
 }
+
+/// Nibbles (i, i + 4) of a word as a T pair with one LOP3 (and a shift for
+/// i > 0 in bfloat16, i != 1 in float16), exact, as kPairScale * (kPairOff + q):
+///   bfloat16: the nibbles at mantissa bits 0-3 of 128.0:  128 + q;
+///   float16:  at mantissa bits 4-7 of 1.0: 1 + q / 64 = (64 + q) / 64.
+/// (The offset is taken out per group in the fold. Float16 does not use
+/// 1024 + q at bits 0-3: its offset is 16 times larger relative to q, and
+/// the cancellation in the fold then costs float16 results about 7 bits.)
+template <typename T>
+__device__ __forceinline__ uint32_t nib_pair(uint32_t w, int i) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return and_or<0x000F000Fu>(w >> (4 * i), 0x43004300u);
+  } else {
+    return and_or<0x00F000F0u>(i == 0 ? w << 4 : w >> (4 * i - 4), 0x3C003C00u);
+  }
+}
+template <typename T>
+inline constexpr float kPairOff = std::is_same_v<T, __nv_bfloat16> ? 128.0f : 64.0f;
+template <typename T>
+inline constexpr float kPairScale = std::is_same_v<T, __nv_bfloat16> ? 1.0f : 1.0f / 64.0f;
 
 /// 8 activations [x0 .. x7] (4 pairs) as the B order [x0 x4 x1 x5 x2 x6 x3 x7].
 __device__ __forceinline__ uint4 permute8(uint4 v) {
@@ -161,11 +182,9 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
   constexpr int LPG = GS / 8;     // 16-byte x vectors (lanes) per group
   static_assert(D == 4 || D == 8, "ring depth: a power of two, slots of 1 KB per warp");
   static_assert(D == 2 * CW && CW >= 1 && GS / 16 % CW == 0, "the ring holds two windows; windows tile super-chunks");
-  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
-  // Codes become OFF + q with one LOP3 (exact in T); the offset is taken out
-  // per group in the fold: dot(x, OFF + q) - OFF * sum(x).
-  constexpr uint32_t kMagic = kBf16 ? 0x43004300u : 0x64006400u;
-  constexpr float kOff = kBf16 ? 128.0f : 1024.0f;
+  // Codes become kPairScale * (kPairOff + q) (nib_pair); the fold takes the
+  // offset out per group: dot(x, q) = dot(x, code) / kPairScale - kPairOff * sum(x).
+  constexpr float kOff = kPairOff<T>, kInv = 1.0f / kPairScale<T>;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float red[W][kRows];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -286,7 +305,7 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
           sc[0] = bc[0] = sc[1] = bc[1] = 0u;
         }
       };
-      // acc += s * dot(x, OFF + q) + (b - OFF * s) * sum(x) per group. (Groups
+      // acc += (s / kPairScale) * dot(x, code) + (b - OFF * s) * sum(x) per group. (Groups
       // past G: zero scale, bias, dot and sum.) Non-finite values are not
       // tested here: they reach acc, which is tested once at the end.
       auto fold = [&](int u) {
@@ -297,8 +316,8 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
           const float xsv = e ? xs2.y : xs2.x;
           const float s_a = bits_to_f<T>(sc[0] >> (16 * e)), b_a = bits_to_f<T>(bc[0] >> (16 * e));
           const float s_b = bits_to_f<T>(sc[1] >> (16 * e)), b_b = bits_to_f<T>(bc[1] >> (16 * e));
-          acc_a = fmaf(s_a, dacc[e], fmaf(fmaf(-kOff, s_a, b_a), xsv, acc_a));
-          acc_b = fmaf(s_b, dacc[2 + e], fmaf(fmaf(-kOff, s_b, b_b), xsv, acc_b));
+          acc_a = fmaf(kInv * s_a, dacc[e], fmaf(fmaf(-kOff, s_a, b_a), xsv, acc_a));
+          acc_b = fmaf(kInv * s_b, dacc[2 + e], fmaf(fmaf(-kOff, s_b, b_b), xsv, acc_b));
         }
       };
       // B operand of lane (g, c) in chunk t: its 32-code slice of permuted x,
@@ -321,8 +340,8 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int i = 2 * h;
-            const uint32_t af[4] = {and_or(w_a >> (4 * i), kMagic), and_or(w_b >> (4 * i), kMagic),
-                                    and_or(w_a >> (4 * i + 4), kMagic), and_or(w_b >> (4 * i + 4), kMagic)};
+            const uint32_t af[4] = {nib_pair<T>(w_a, i), nib_pair<T>(w_b, i), nib_pair<T>(w_a, i + 1),
+                                    nib_pair<T>(w_b, i + 1)};
             mma16816<T>(dacc, af, h ? xp.z : xp.x, h ? xp.w : xp.y);
           }
         }
