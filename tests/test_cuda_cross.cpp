@@ -251,13 +251,14 @@ TEST(CudaCross, QmmExactTileEdges) {
 
 TEST(CudaCross, QmmExactTensorCoreGemvShapes) {
   MMKIT_REQUIRE_GPU();
-  // 4-bit affine, half activations, K % 128 == 0: the one-row GEMV at M = 1, the
-  // tensor-core GEMV for 2 <= M <= 32 (1, 2 and 4 column tiles), then the
-  // tiled kernel from M = 33.
+  // 4-bit affine, half activations, K % 128 == 0: the groups-in-columns GEMV
+  // (cuda_qmv1_mma) up to M = gs / 16 rows (8 at group size 128), the
+  // tensor-core GEMV up to M = 32 (1, 2 and 4 column tiles), then the tiled
+  // kernel from M = 33.
   uint64_t seed = 8000;
   for (int gs : {32, 64, 128})
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
-      for (int64_t M : {1, 2, 7, 8, 9, 16, 17, 31, 32, 33})
+      for (int64_t M : {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33})
         check_exact_qmm({{"affine", 4, gs}, dt, true, M, M % 2 ? 41 : 16, 128 * (1 + M % 4)}, seed++);
 }
 
@@ -272,6 +273,15 @@ TEST(CudaCross, QmmExactOneRowGemvSplitK) {
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
       for (int64_t K : {128, 384, 1152, 8832})
         for (int64_t N : {1, 33, 96}) check_exact_qmm({{"affine", 4, gs}, dt, true, 1, N, K}, seed++);
+  // Several rows per entry (the kernel built for 2, 4 or 8 rows: super-chunks
+  // of 4, 2 or 1 groups; x staged or, at 4 x 8832 and 8 x 8832, read from
+  // global memory).
+  for (int gs : {32, 64, 128})
+    for (int64_t M : {2, 3, 4, 6, 8}) {
+      if (M > (gs == 128 ? 8 : gs / 16)) continue;
+      for (int64_t K : {128, 1152, 8832}) check_exact_qmm({{"affine", 4, gs}, Dtype::bfloat16, true, M, 33, K}, seed++);
+      check_exact_qmm({{"affine", 4, gs}, Dtype::float16, true, M, 96, 1152}, seed++);
+    }
   // A long K (x is 48 KB): many super-chunks per warp.
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) check_exact_qmm({{"affine", 4, 64}, dt, true, 1, 33, 24704}, seed++);
 }
@@ -286,7 +296,7 @@ TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   uint64_t seed = 40;
   for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"mxfp4", 4, 32}})
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16, Dtype::float32})
-      for (int64_t M : {1, 5, 20, 40}) {
+      for (int64_t M : {1, 3, 5, 20, 40}) {
         SCOPED_TRACE(name(f, dt) + " M=" + std::to_string(M));
         const int64_t N = 24, K = 256;
         QW q = exact_quantized(f, N, K, dt, seed++);

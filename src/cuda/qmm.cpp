@@ -3,7 +3,7 @@
 //                     expert on the device (gather_plan.cu), then 4-bit affine float16/bfloat16 with
 //                     K % 128 == 0 on qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0, every format
 //                     and dtype) on qmv.cu
-//   cuda_qmv1_mma     M = 1, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv1_mma.cu)
+//   cuda_qmv1_mma     M <= group size / 16 (8 at 128), 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
 //   cuda_qmm_sm80_mma M > 8 (> 32 for 4-bit affine), float16/bfloat16, transpose=true, K % 32 == 0 (qmm_sm80.cu)

@@ -1,14 +1,17 @@
-// qmv1_mma: tensor-core GEMV for one activation row and 4-bit affine weights,
-//   out[l] (1, N) = x[lhs[l]] (1, K) @ dequantize(w[rhs[l]]) (N, K)^T,
-// float16 / bfloat16, transpose=true, K % 128 == 0, group size 32 / 64 / 128.
+// qmv1_mma: tensor-core GEMV for a few activation rows and 4-bit affine weights,
+//   out[l] (M, N) = x[lhs[l]] (M, K) @ dequantize(w[rhs[l]]) (N, K)^T,
+// float16 / bfloat16, transpose=true, K % 128 == 0, group size 32 / 64 / 128,
+// M <= 2 / 4 / 8 (gs / 16 rows, 8 at group size 128).
 // (M = 1 is the decode case: every batch entry of a gather_qmm at decode is one.)
 //
 // Why a separate kernel: with one activation row, 7 of the 8 columns of an
 // m16n8k16 B operand are idle. Here they carry the groups instead: column j of
 // B holds x masked to the j-th group of a "super-chunk" of 8 groups, so one
 // mma accumulates the 8 per-group dot products dot_j(x, q) of 16 weight rows
-// at once; the group sums sum_j(x) are computed when x is staged. Every group
-// is then folded once:
+// at once; the group sums sum_j(x) are computed when x is staged. With MR
+// rows (the kernel is built for MR = 1, 2, 4 or 8 >= M), column n carries x
+// row n % MR and group n / MR of a super-chunk of 8 / MR groups, so the same
+// weights and mma count serve MR rows. Every group is then folded once:
 //   acc += (s / S) * dot(x, S * (OFF + q)) + (b - OFF * s) * sum(x)   (float32)
 // where the codes enter the mma as S * (OFF + q) (a LOP3 with a magic number,
 // exact in T: 128 + q for bfloat16, (64 + q) / 64 for float16; nib_pair).
@@ -55,17 +58,23 @@ namespace {
 
 constexpr int kWarps = 8;            // warps per block (split-K inside a block)
 constexpr int kRows = 16;            // weight rows per block
-constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to this K (32 KB)
+constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to MR * K = this (32 KB)
 constexpr int kZeroBytes = 64;       // the zero line inactive lanes read
 constexpr int kDepth = 4;            // chunks of weights in flight per warp (cp.async ring)
 constexpr int64_t kMaxK = int64_t{1} << 18;  // the group sums of x stay within 32 KB of shared memory
 
-/// Dynamic shared memory of one block.
-inline size_t smem_bytes(int64_t K, int gs, bool xs, int depth, int warps) {
+/// Dynamic shared memory of one block (mr activation rows).
+inline size_t smem_bytes(int64_t K, int gs, int mr, bool xs, int depth, int warps) {
   const int64_t G = K / gs;
-  return static_cast<size_t>((G + 3) & ~int64_t{3}) * sizeof(float) + (xs ? static_cast<size_t>(K) * 2 : 0) +
+  return static_cast<size_t>(mr) * (static_cast<size_t>((G + 3) & ~int64_t{3}) * sizeof(float) +
+                                    (xs ? static_cast<size_t>(K) * 2 : 0)) +
          kZeroBytes + static_cast<size_t>(warps) * depth * 1024;
 }
+/// Activation rows per entry the kernel is built for: M rounded up to a power of two.
+inline int rows_built(int64_t M) { return M <= 1 ? 1 : M <= 2 ? 2 : M <= 4 ? 4 : 8; }
+/// The most rows per entry for a group size (a super-chunk of 8 / MR groups
+/// must hold a 128-code chunk).
+inline int max_rows(int gs) { return gs >= 128 ? 8 : gs / 16; }
 
 struct Qmv1Params {
   const void* x;
@@ -76,6 +85,7 @@ struct Qmv1Params {
   const int64_t* rhs;
   void* out;
   int N, K;
+  int M;         // activation rows per entry (<= the kernel's MR)
   int ks_log2;   // log2 of ks, the warps splitting K per 16-row tile (1, 2, 4 or 8)
   int warps;     // per block (the kernel's W): W / ks tiles of 16 rows
   int64_t x_batch, w_batch, L;
@@ -134,29 +144,35 @@ __device__ __noinline__ float exact_group1(const T* xg, const uint32_t* wg, floa
   return e;
 }
 
-/// The exact recomputation of lane (g, c)'s share of rows ra / rb over its
-/// groups (a group's sum(x), dot, scale or bias was not finite): off the hot
-/// loop, so it costs the loop no registers.
-template <typename T, int GS>
-__device__ __noinline__ float2 redo_exact(const uint32_t* w, const unsigned short* S, const unsigned short* Bi,
-                                          const T* xrow, int64_t wi, int N, int K, int ra, int rb, int ub, int ue,
-                                          int c) {
+/// The exact recomputation of lane (g, c)'s four terms (rows ra / rb x its
+/// two B columns n = 2c + e: group slot n / MR, x row n % MR of the entry)
+/// over its super-chunks (something was not finite): off the hot loop, so it
+/// costs the loop no registers. acc[2 * r + e].
+template <typename T, int GS, int MR>
+__device__ __noinline__ float4 redo_exact(const uint32_t* w, const unsigned short* S, const unsigned short* Bi,
+                                          const T* xrows, int M, int64_t wi, int N, int K, int ra, int rb, int ub,
+                                          int ue, int c) {
+  constexpr int SG = 8 / MR;  // groups per super-chunk
   const int G = K / GS;
-  float acc[2] = {0.0f, 0.0f};
+  float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
   for (int r = 0; r < 2; ++r) {
     const int row = r ? rb : ra;
     if (row >= N) continue;
     const uint32_t* wr = w + (wi * N + row) * static_cast<int64_t>(K / 8);
     const int64_t srow = (wi * N + row) * static_cast<int64_t>(G);
-    for (int u = ub; u < ue; ++u)
-      for (int e = 0; e < 2; ++e) {
-        const int grp = u * 8 + 2 * c + e;
+    for (int e = 0; e < 2; ++e) {
+      const int n = 2 * c + e, m = n % MR;
+      if (m >= M) continue;
+      for (int u = ub; u < ue; ++u) {
+        const int grp = u * SG + n / MR;
         if (grp >= G) continue;
-        acc[r] += exact_group1<T, GS>(xrow + static_cast<int64_t>(grp) * GS, wr + grp * (GS / 8),
-                                      bits_to_f<T>(S[srow + grp]), bits_to_f<T>(Bi[srow + grp]));
+        acc[2 * r + e] += exact_group1<T, GS>(xrows + static_cast<int64_t>(m) * K + static_cast<int64_t>(grp) * GS,
+                                              wr + grp * (GS / 8), bits_to_f<T>(S[srow + grp]),
+                                              bits_to_f<T>(Bi[srow + grp]));
       }
+    }
   }
-  return make_float2(acc[0], acc[1]);
+  return make_float4(acc[0], acc[1], acc[2], acc[3]);
 }
 
 /// 16-byte shared load / async copy at a shared-window address; volatile, so
@@ -170,26 +186,32 @@ __device__ __forceinline__ void cp16(uint32_t dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src));
 }
 
-// XS: x staged in shared memory (K <= kMaxStagedK), else read from global.
+// MR: activation rows per entry the kernel is built for (1, 2, 4 or 8; the
+// entry's M <= MR, rows past M are computed from row M - 1 and dropped). B
+// column n = g of lane (g, c) carries x row n % MR masked to group slot
+// n / MR of a super-chunk of SG = 8 / MR groups.
+// XS: x staged in shared memory (MR * K <= kMaxStagedK), else read from global.
 // D: chunks of weights in flight per warp (the cp.async ring).
-// Shared memory: the group sums of x (G floats, padded with zeros to a
-// multiple of 4), [x permuted (K values)], a zero line, the ring
-// (W x D slots of 2 rows x 32 lanes x 16 bytes).
-template <typename T, int GS, bool XS, int D, int W, int CW>
+// Shared memory: the group sums of x (MR x G floats, each row padded with
+// zeros to a multiple of 4), [x permuted (MR x K values)], a zero line, the
+// ring (W x D slots of 2 rows x 32 lanes x 16 bytes).
+template <typename T, int GS, int MR, bool XS, int D, int W, int CW>
 __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) {
-  constexpr int CPS = GS / 16;    // 128-code chunks per super-chunk of 8 groups
-  constexpr int NG = 128 / GS;    // groups per chunk
-  constexpr int LPG = GS / 8;     // 16-byte x vectors (lanes) per group
+  constexpr int SG = 8 / MR;               // groups per super-chunk
+  constexpr int CPS = SG * GS / 128;       // 128-code chunks per super-chunk
+  constexpr int NG = 128 / GS;             // groups per chunk
+  constexpr int LPG = GS / 8;              // 16-byte x vectors (lanes) per group
+  static_assert(CPS >= 1, "a super-chunk holds at least one chunk (MR <= GS / 16)");
   static_assert(D == 4 || D == 8, "ring depth: a power of two, slots of 1 KB per warp");
-  static_assert(D == 2 * CW && CW >= 1 && GS / 16 % CW == 0, "the ring holds two windows; windows tile super-chunks");
+  static_assert(D == 2 * CW && CW >= 1, "the ring holds two windows");
   // Codes become kPairScale * (kPairOff + q) (nib_pair); the fold takes the
   // offset out per group: dot(x, q) = dot(x, code) / kPairScale - kPairOff * sum(x).
   constexpr float kOff = kPairOff<T>, kInv = 1.0f / kPairScale<T>;
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ float red[W][kRows];
+  __shared__ float red[W][kRows][MR];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
-  const int N = p.N, K = p.K;
+  const int N = p.N, K = p.K, M = p.M;
   // Warp w: 16-row tile w / ks of the block, K part w % ks.
   const int ks = 1 << p.ks_log2, tile = warp >> p.ks_log2, kpart = warp & (ks - 1);
   const int ntiles = W >> p.ks_log2;
@@ -198,7 +220,7 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
   const int G = K / GS;  // groups per row
   const int chunks = K / 128;
   const int supers = (chunks + CPS - 1) / CPS;
-  const int ub = (supers * kpart) >> p.ks_log2;  // supers < 2^16 (K <= kMaxK)
+  const int ub = (supers * kpart) >> p.ks_log2;  // supers < 2^17 (K <= kMaxK)
   const int ue = (supers * (kpart + 1)) >> p.ks_log2;
   const int tb = ub * CPS, te = min(ue * CPS, chunks);
   const int ra = n0 + g, rb = n0 + g + 8;
@@ -210,14 +232,18 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
   T* O = static_cast<T*>(p.out);
   float* gsum = reinterpret_cast<float*>(smem);
   const int gpad = (G + 3) & ~3;
-  T* xs = reinterpret_cast<T*>(smem + gpad * sizeof(float));
-  unsigned char* zero_line = smem + gpad * sizeof(float) + (XS ? static_cast<size_t>(K) * sizeof(T) : 0);
+  T* xs = reinterpret_cast<T*>(smem + MR * gpad * sizeof(float));
+  unsigned char* zero_line = smem + MR * gpad * sizeof(float) + (XS ? static_cast<size_t>(MR) * K * sizeof(T) : 0);
   const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line + kZeroBytes)) +
                         static_cast<uint32_t>(warp * D * 1024 + lane * 16);
   if (threadIdx.x < kZeroBytes / 4) reinterpret_cast<uint32_t*>(zero_line)[threadIdx.x] = 0u;
-  if (threadIdx.x < gpad - G) gsum[G + threadIdx.x] = 0.0f;
+  if (threadIdx.x < gpad - G)
+#pragma unroll
+    for (int m = 0; m < MR; ++m) gsum[m * gpad + G + threadIdx.x] = 0.0f;
   // The chunk-column of lane c's 32-code slice: slot (t % CPS) * NG + c * 32 / GS.
   const int my_slot_c = (c * 32) / GS;
+  // Lane (g, c)'s B column: group slot g / MR, x row g % MR.
+  const int col_slot = g / MR, col_m = g % MR;
 
   for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
     // (No index arrays: a quantized_matmul of one batch entry, both indices 0.)
@@ -257,75 +283,103 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
     }
     const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
                     index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
-    float acc_a = 0.0f, acc_b = 0.0f;
-    const T* xrow = X + (ok ? xi : 0) * static_cast<int64_t>(K);
+    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // [2 * (row b) + e]: rows a / b x columns 2c + e
+    const T* xrows = X + (ok ? xi : 0) * static_cast<int64_t>(M) * K;  // the entry's M rows
     const bool work = ok && fill;
-    // The warps of a K part stage it, the block's tiles taking turns: group
-    // sums and (XS) the permuted values.
+    // The warps of a K part stage it (each of the MR rows; rows past M repeat
+    // row M - 1), the block's tiles taking turns: group sums and (XS) the
+    // permuted values.
     if (ok)
-      for (int base = tb * 16 + tile * 32; base < te * 16; base += 32 * ntiles) {
-        const int i = base + lane;
-        float sum = 0.0f;
-        if (i < te * 16) {
-          const uint4 v = __ldg(reinterpret_cast<const uint4*>(xrow) + i);
-          if constexpr (XS) reinterpret_cast<uint4*>(xs)[i] = permute8(v);
-          const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-          for (int j = 0; j < 4; ++j) sum += bits_to_f<T>(wv[j]) + bits_to_f<T>(wv[j] >> 16);
+      for (int m = 0; m < MR; ++m) {
+        const uint4* xv = reinterpret_cast<const uint4*>(xrows + static_cast<int64_t>(min(m, M - 1)) * K);
+        for (int base = tb * 16 + tile * 32; base < te * 16; base += 32 * ntiles) {
+          const int i = base + lane;
+          float sum = 0.0f;
+          if (i < te * 16) {
+            const uint4 v = __ldg(xv + i);
+            if constexpr (XS) reinterpret_cast<uint4*>(xs)[m * (K / 8) + i] = permute8(v);
+            const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) sum += bits_to_f<T>(wv[j]) + bits_to_f<T>(wv[j] >> 16);
+          }
+#pragma unroll
+          for (int o = 1; o < LPG; o *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+          if (i < te * 16 && i % LPG == 0) gsum[m * gpad + i / LPG] = sum;
         }
-#pragma unroll
-        for (int o = 1; o < LPG; o *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-        if (i < te * 16 && i % LPG == 0) gsum[i / LPG] = sum;
       }
     __syncthreads();  // x, the sums and the zero line are written (and red of the last entry was read)
     if (work) {
       const int64_t sblk = ((ok ? wi : 0) * N + n0c) * static_cast<int64_t>(G);
       const unsigned short* S = static_cast<const unsigned short*>(p.scales) + sblk;
       const unsigned short* Bi = static_cast<const unsigned short*>(p.biases) + sblk;
-      const int soa = oa * G + 2 * c, sob = ob * G + 2 * c;
+      // This lane's columns n = 2c + e: group slots (2c + e) / MR (two groups
+      // for MR = 1, one for MR >= 2), x rows (2c + e) % MR.
+      constexpr bool kTwoGroups = MR == 1;
+      const int slot0 = (2 * c) / MR;
+      const int soa = oa * G + slot0, sob = ob * G + slot0;
       float dacc[4];
-      uint32_t sc[2], bc[2];  // raw (group 2c, 2c + 1) pairs of rows a / b
+      uint32_t sc[2], bc[2];  // raw scales / biases of rows a / b (two groups as a pair for MR = 1)
       auto load_scales = [&](int u) {
-        const int grp = u * 8 + 2 * c;
+        const int grp = u * SG + slot0;
         if (grp < G) {
-          if (GS < 128 || G % 2 == 0) {  // K % 128 == 0: G is even below group size 128
-            sc[0] = __ldg(reinterpret_cast<const uint32_t*>(S + soa + u * 8));
-            bc[0] = __ldg(reinterpret_cast<const uint32_t*>(Bi + soa + u * 8));
-            sc[1] = __ldg(reinterpret_cast<const uint32_t*>(S + sob + u * 8));
-            bc[1] = __ldg(reinterpret_cast<const uint32_t*>(Bi + sob + u * 8));
-          } else {  // odd G (group size 128 only): rows are not 4-byte aligned
-            const bool two = grp + 1 < G;
-            const int ia = soa + u * 8, ib = sob + u * 8;
-            sc[0] = __ldg(S + ia) | (two ? static_cast<uint32_t>(__ldg(S + ia + 1)) << 16 : 0u);
-            bc[0] = __ldg(Bi + ia) | (two ? static_cast<uint32_t>(__ldg(Bi + ia + 1)) << 16 : 0u);
-            sc[1] = __ldg(S + ib) | (two ? static_cast<uint32_t>(__ldg(S + ib + 1)) << 16 : 0u);
-            bc[1] = __ldg(Bi + ib) | (two ? static_cast<uint32_t>(__ldg(Bi + ib + 1)) << 16 : 0u);
+          if constexpr (kTwoGroups) {
+            if (GS < 128 || G % 2 == 0) {  // K % 128 == 0: G is even below group size 128
+              sc[0] = __ldg(reinterpret_cast<const uint32_t*>(S + soa + u * SG));
+              bc[0] = __ldg(reinterpret_cast<const uint32_t*>(Bi + soa + u * SG));
+              sc[1] = __ldg(reinterpret_cast<const uint32_t*>(S + sob + u * SG));
+              bc[1] = __ldg(reinterpret_cast<const uint32_t*>(Bi + sob + u * SG));
+            } else {  // odd G (group size 128 only): rows are not 4-byte aligned
+              const bool two = grp + 1 < G;
+              const int ia = soa + u * SG, ib = sob + u * SG;
+              sc[0] = __ldg(S + ia) | (two ? static_cast<uint32_t>(__ldg(S + ia + 1)) << 16 : 0u);
+              bc[0] = __ldg(Bi + ia) | (two ? static_cast<uint32_t>(__ldg(Bi + ia + 1)) << 16 : 0u);
+              sc[1] = __ldg(S + ib) | (two ? static_cast<uint32_t>(__ldg(S + ib + 1)) << 16 : 0u);
+              bc[1] = __ldg(Bi + ib) | (two ? static_cast<uint32_t>(__ldg(Bi + ib + 1)) << 16 : 0u);
+            }
+          } else {
+            sc[0] = __ldg(S + soa + u * SG);
+            bc[0] = __ldg(Bi + soa + u * SG);
+            sc[1] = __ldg(S + sob + u * SG);
+            bc[1] = __ldg(Bi + sob + u * SG);
           }
         } else {
           sc[0] = bc[0] = sc[1] = bc[1] = 0u;
         }
       };
-      // acc += (s / kPairScale) * dot(x, code) + (b - OFF * s) * sum(x) per group. (Groups
-      // past G: zero scale, bias, dot and sum.) Non-finite values are not
-      // tested here: they reach acc, which is tested once at the end.
+      // acc += (s / kPairScale) * dot(x, code) + (b - OFF * s) * sum(x) per
+      // group and column. (Groups past G: zero scale, bias, dot and sum.)
+      // Non-finite values are not tested here: they reach acc, which is
+      // tested once at the end.
       auto fold = [&](int u) {
-        const int grp0 = u * 8 + 2 * c;
-        const float2 xs2 = grp0 < G ? *reinterpret_cast<const float2*>(gsum + grp0) : make_float2(0.0f, 0.0f);
+        float2 xs2;  // the sums of x for columns 2c and 2c + 1
+        if constexpr (MR == 1) {  // groups 2c, 2c + 1 of row 0 (the row's sums are padded to a multiple of 4)
+          const int grp0 = u * SG + 2 * c;
+          xs2 = grp0 < G ? *reinterpret_cast<const float2*>(gsum + grp0) : make_float2(0.0f, 0.0f);
+        } else {  // one group, x rows (2c) % MR and (2c + 1) % MR
+          const int grp = u * SG + slot0;
+          xs2 = grp < G ? make_float2(gsum[((2 * c) % MR) * gpad + grp], gsum[((2 * c + 1) % MR) * gpad + grp])
+                        : make_float2(0.0f, 0.0f);
+        }
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const float xsv = e ? xs2.y : xs2.x;
-          const float s_a = bits_to_f<T>(sc[0] >> (16 * e)), b_a = bits_to_f<T>(bc[0] >> (16 * e));
-          const float s_b = bits_to_f<T>(sc[1] >> (16 * e)), b_b = bits_to_f<T>(bc[1] >> (16 * e));
-          acc_a = fmaf(kInv * s_a, dacc[e], fmaf(fmaf(-kOff, s_a, b_a), xsv, acc_a));
-          acc_b = fmaf(kInv * s_b, dacc[2 + e], fmaf(fmaf(-kOff, s_b, b_b), xsv, acc_b));
+          const int sh = kTwoGroups ? 16 * e : 0;
+          const float s_a = bits_to_f<T>(sc[0] >> sh), b_a = bits_to_f<T>(bc[0] >> sh);
+          const float s_b = bits_to_f<T>(sc[1] >> sh), b_b = bits_to_f<T>(bc[1] >> sh);
+          acc[e] = fmaf(kInv * s_a, dacc[e], fmaf(fmaf(-kOff, s_a, b_a), xsv, acc[e]));
+          acc[2 + e] = fmaf(kInv * s_b, dacc[2 + e], fmaf(fmaf(-kOff, s_b, b_b), xsv, acc[2 + e]));
         }
       };
-      // B operand of lane (g, c) in chunk t: its 32-code slice of permuted x,
-      // or the zero line when its column is not the group of that slice.
-      const uint32_t xs_lane = static_cast<uint32_t>(__cvta_generic_to_shared(xs)) + 64u * c;
+      // B operand of lane (g, c) in chunk t: its 32-code slice of permuted x
+      // row col_m, or the zero line when its column's group slot is not the
+      // group of that slice.
+      const uint32_t xs_lane = static_cast<uint32_t>(__cvta_generic_to_shared(xs)) +
+                               static_cast<uint32_t>(col_m * K * static_cast<int>(sizeof(T))) + 64u * c;
       const uint32_t zero_addr = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line));
+      const T* xcol = xrows + static_cast<int64_t>(min(col_m, M - 1)) * K;
       auto compute = [&](int t, int sub, const uint4& cwa, const uint4& cwb) {
-        const bool active = g == sub * NG + my_slot_c;
+        const bool active = col_slot == sub * NG + my_slot_c;
         const uint32_t xb = active ? xs_lane + 256u * static_cast<uint32_t>(t) : zero_addr;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
@@ -334,7 +388,7 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
             xp = lds128(xb + 16 * j);
           } else {
             xp = make_uint4(0u, 0u, 0u, 0u);
-            if (active) xp = permute8(__ldg(reinterpret_cast<const uint4*>(xrow + t * 128 + 32 * c) + j));
+            if (active) xp = permute8(__ldg(reinterpret_cast<const uint4*>(xcol + t * 128 + 32 * c) + j));
           }
           const uint32_t w_a = (&cwa.x)[j], w_b = (&cwb.x)[j];
 #pragma unroll
@@ -347,6 +401,7 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
         }
       };
 
+      int wcount = 0;  // chunks consumed (windows are counted from tb)
       for (int u = ub; u < ue; ++u) {
         load_scales(u);
 #pragma unroll
@@ -355,49 +410,69 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
         for (int sub = 0; sub < CPS; ++sub) {
           const int t = u * CPS + sub;
           if (t < te) {  // warp-uniform; only the last super-chunk of K can be partial
-            if (sub % CW == 0) {
+            // (Windows tile super-chunks when CPS % CW == 0: positions known at compile time.)
+            const int wpos = CPS % CW == 0 ? sub % CW : wcount % CW;
+            if (wpos == 0) {
               cp_async_wait<1>();  // the window of chunk t is in (the next one may be in flight)
               __syncwarp();
             }
             const uint32_t src = ring + ((static_cast<uint32_t>(t) & (D - 1)) << 10);
             const uint4 cwa = lds128(src), cwb = lds128(src + 512);
             compute(t, sub, cwa, cwb);
-            if (sub % CW == CW - 1) {
+            if (wpos == CW - 1) {
               __syncwarp();  // every lane has read the window's slots
-              issue_win((t - tb) / CW + 2);
+              issue_win((CPS % CW == 0 ? t - tb : wcount) / CW + 2);
             }
+            ++wcount;
           }
         }
         fold(u);
       }
       cp_async_wait<0>();
-      if (!isfinite(acc_a) || !isfinite(acc_b)) {
+      bool finite = true;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) finite = finite && ((2 * c + (e & 1)) % MR >= M || isfinite(acc[e]));
+      if (!finite) {
         // A non-finite sum, dot, scale or bias (or an overflow) somewhere in
         // this lane's groups: recompute them element by element.
-        const float2 r = redo_exact<T, GS>(p.w, static_cast<const unsigned short*>(p.scales),
-                                           static_cast<const unsigned short*>(p.biases), xrow, wi, N, K, ra, rb, ub,
-                                           ue, c);
-        acc_a = r.x;
-        acc_b = r.y;
+        const float4 r = redo_exact<T, GS, MR>(p.w, static_cast<const unsigned short*>(p.scales),
+                                               static_cast<const unsigned short*>(p.biases), xrows, M, wi, N, K, ra,
+                                               rb, ub, ue, c);
+        acc[0] = r.x;
+        acc[1] = r.y;
+        acc[2] = r.z;
+        acc[3] = r.w;
       }
     }
     if (fill && !work) cp_async_wait<0>();  // (a bad lhs index: the copies land before the ring is reused)
-    // Sum the lane's partial rows over c, then over the warps.
-    acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 1);
-    acc_a += __shfl_xor_sync(0xffffffffu, acc_a, 2);
-    acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 1);
-    acc_b += __shfl_xor_sync(0xffffffffu, acc_b, 2);
-    if (c == 0) {
-      red[warp][g] = acc_a;
-      red[warp][g + 8] = acc_b;
+    // Sum each output (weight row, x row m) over the lanes and columns that
+    // hold it, then over the warps. Column 2c + e holds x row (2c + e) % MR.
+    if constexpr (MR == 1) {
+      acc[0] += acc[1];
+      acc[2] += acc[3];
+    }
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if constexpr (MR <= 2) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], 1);
+      if constexpr (MR <= 4) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], 2);
+    }
+    constexpr int kWriters = MR <= 2 ? 1 : MR / 2;  // lanes c < kWriters hold distinct x rows
+    if (c < kWriters) {
+#pragma unroll
+      for (int e = 0; e < (MR == 1 ? 1 : 2); ++e) {
+        const int m = (2 * c + e) % MR;
+        red[warp][g][m] = acc[e];
+        red[warp][g + 8][m] = acc[2 + e];
+      }
     }
     __syncthreads();
-    if (threadIdx.x < kRows * ntiles) {
-      const int tl = threadIdx.x / kRows, r = threadIdx.x % kRows;
+    for (int idx = threadIdx.x; idx < kRows * ntiles * MR; idx += W * 32) {
+      const int m = idx % MR, r = (idx / MR) % kRows, tl = idx / (MR * kRows);
+      if (m >= M) continue;
       float v = 0.0f;
-      for (int w = 0; w < ks; ++w) v += red[tl * ks + w][r];
+      for (int w = 0; w < ks; ++w) v += red[tl * ks + w][r][m];
       const int row = (blockIdx.x * ntiles + tl) * kRows + r;
-      if (row < N) O[l * static_cast<int64_t>(N) + row] = from_f<T>(v);
+      if (row < N) O[(l * M + m) * static_cast<int64_t>(N) + row] = from_f<T>(v);
     }
   }
 }
@@ -420,22 +495,40 @@ void launch_kernel(dim3 grid, size_t smem, cudaStream_t stream, const Qmv1Params
   Kernel<<<grid, dim3(static_cast<unsigned>(p.warps * 32)), smem, stream>>>(p);
 }
 
-template <typename T, bool XS, int D, int W>
-void launch_xs(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
+template <typename T, int GS, int MR, bool XS>
+void launch_one(const Qmv1Params& p, const OpScope& scope) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * (p.warps >> p.ks_log2))), 1,
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
-  const size_t smem = smem_bytes(p.K, d.format.group_size, XS, D, W);
-  switch (d.format.group_size) {
-    case 32: launch_kernel<qmv1_mma_kernel<T, 32, XS, D, W, D / 2>>(grid, smem, scope.stream(), p); break;
-    case 64: launch_kernel<qmv1_mma_kernel<T, 64, XS, D, W, D / 2>>(grid, smem, scope.stream(), p); break;
-    default: launch_kernel<qmv1_mma_kernel<T, 128, XS, D, W, D / 2>>(grid, smem, scope.stream(), p); break;
-  }
+  const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps);
+  launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kDepth / 2>>(grid, smem, scope.stream(), p);
+}
+
+template <typename T, int GS, int MR>
+void launch_rows(const Qmv1Params& p, const OpScope& scope) {
+  if (static_cast<int64_t>(MR) * p.K <= kMaxStagedK) launch_one<T, GS, MR, true>(p, scope);
+  else launch_one<T, GS, MR, false>(p, scope);
 }
 
 template <typename T>
 void launch(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
-  if (p.K <= kMaxStagedK) launch_xs<T, true, kDepth, kWarps>(d, p, scope);
-  else launch_xs<T, false, kDepth, kWarps>(d, p, scope);
+  const int mr = rows_built(d.M);
+  switch (d.format.group_size) {
+    case 32:
+      if (mr == 1) launch_rows<T, 32, 1>(p, scope);
+      else launch_rows<T, 32, 2>(p, scope);
+      break;
+    case 64:
+      if (mr == 1) launch_rows<T, 64, 1>(p, scope);
+      else if (mr == 2) launch_rows<T, 64, 2>(p, scope);
+      else launch_rows<T, 64, 4>(p, scope);
+      break;
+    default:
+      if (mr == 1) launch_rows<T, 128, 1>(p, scope);
+      else if (mr == 2) launch_rows<T, 128, 2>(p, scope);
+      else if (mr == 4) launch_rows<T, 128, 4>(p, scope);
+      else launch_rows<T, 128, 8>(p, scope);
+      break;
+  }
 }
 
 }  // namespace
@@ -443,7 +536,7 @@ void launch(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope)
 bool qmv1_mma_supports(const detail::QmmDesc& d) {
   if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
   if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
-  if (d.M != 1 || d.K % 128 != 0 || d.K == 0) return false;
+  if (d.M < 1 || d.M > max_rows(d.format.group_size) || d.K % 128 != 0 || d.K == 0) return false;
   if (d.N >= (int64_t{1} << 31) || d.K > kMaxK) return false;
   return device_info(current_device()).cc_major >= 8;
 }
@@ -463,18 +556,20 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   p.out = a.out.raw_data();
   p.N = static_cast<int>(d.N);
   p.K = static_cast<int>(d.K);
+  p.M = static_cast<int>(d.M);
   p.x_batch = d.x_batch;
   p.w_batch = d.w_batch;
   p.L = d.batch;
   p.guard = index_guard(scope.device(), d.op, d.indices_checked);
-  // Split K over as many warps as leave each at least one super-chunk (8 groups).
-  const int64_t supers = ceil_div(d.K / 128, d.format.group_size / 16);
+  // Split K over as many warps as leave each at least one super-chunk (8 / MR groups).
+  const int mr = rows_built(d.M);
+  const int64_t supers = ceil_div(d.K / 128, (8 / mr) * d.format.group_size / 128);
   p.ks_log2 = 3;
   while (p.ks_log2 > 0 && supers < (int64_t{1} << p.ks_log2)) --p.ks_log2;
   if (const char* e = std::getenv("MMKIT_QMV1_KS_LOG2"))  // tuning knob (docs/kernels/cuda.md): at most the default
     p.ks_log2 = std::min(p.ks_log2, std::max(0, std::atoi(e)));
   p.warps = kWarps;  // (16 measured: 3% faster on 8192 x 8192, 12% slower on the MoE T = 1 shapes)
-  if (smem_bytes(d.K, d.format.group_size, d.K <= kMaxStagedK, kDepth, p.warps) >
+  if (smem_bytes(d.K, d.format.group_size, mr, mr * d.K <= kMaxStagedK, kDepth, p.warps) >
       device_info(scope.device()).smem_optin)
     return false;
   if (d.dtype == Dtype::float16) launch<__half>(d, p, scope);
