@@ -591,6 +591,99 @@ TEST(CudaCross, GatherMmRandomWithinTolerance) {
   }
 }
 
+/// A gather_mm descriptor as the front end builds it (for registry selection).
+detail::GemmDesc gemm_gather_desc(Dtype dt, int64_t M, int64_t N, int64_t K, int64_t L, int64_t Ba, int64_t E,
+                                  bool kmajor) {
+  detail::GemmDesc d;
+  d.M = M;
+  d.N = N;
+  d.K = K;
+  d.batch = L;
+  d.a_batch = Ba;
+  d.b_batch = E;
+  d.dtype = dt;
+  d.b_kmajor = kmajor;
+  return d;
+}
+
+TEST(CudaCross, GatherMmGroupedByExpertOnTheDevice) {
+  MMKIT_REQUIRE_GPU();
+  // gather_mm whose entries share experts (cuda_gemm_grouped): rows grouped by
+  // expert on the device, one plan item of <= 64 rows per tile row. E = 3 with
+  // expert 1 unused, unsorted rhs; at M = 5 expert 2 has 65 rows (items of 64
+  // and 1). N spans two column tiles with a partial one, K is not a multiple
+  // of the 32-wide k tile. Host and device indices; bit-exact with the CPU on
+  // small integers.
+  auto& reg = detail::registries();
+  uint64_t seed = 9700;
+  const int64_t E = 3, L = 16, N = 72, K = 40, Ba = 5;
+  const std::vector<int64_t> ri = {2, 0, 2, 2, 2, 2, 0, 2, 2, 2, 2, 2, 0, 2, 2, 2};
+  for (Dtype dt : {Dtype::float16, Dtype::bfloat16})
+    for (bool kmajor : {false, true})
+      for (int64_t M : {1, 5}) {
+        SCOPED_TRACE(std::string(dtype_name(dt)) + (kmajor ? " K-major" : " N-major") + " M=" + std::to_string(M));
+        ASSERT_EQ(reg.gemm.select(gemm_gather_desc(dt, M, N, K, L, Ba, E, kmajor), Device::Type::gpu).name,
+                  "cuda_gemm_grouped");
+        Array a = small_ints({Ba, M, K}, dt, seed++);
+        Array b = kmajor ? small_ints({E, N, K}, dt, seed++).swapaxes(-1, -2) : small_ints({E, K, N}, dt, seed++);
+        std::mt19937_64 g(seed++);
+        std::vector<int64_t> li(static_cast<size_t>(L));
+        for (int64_t l = 0; l < L; ++l) li[l] = static_cast<int64_t>(g() % Ba);
+        Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
+        Array yc = gather_mm(a, b, lhs, rhs);
+        const auto v = yc.astype(Dtype::float32).to_double_vector();
+        ASSERT_TRUE(std::any_of(v.begin(), v.end(), [](double e) { return e != 0.0; }));
+        Array bg = kmajor ? gpu(b.swapaxes(-1, -2).contiguous()).swapaxes(-1, -2) : gpu(b);
+        Array yh = gather_mm(gpu(a), bg, lhs, rhs);
+        Array yd = gather_mm(gpu(a), bg, gpu(lhs), gpu(rhs));
+        EXPECT_TRUE(bit_equal(yh, yc)) << "host indices";
+        EXPECT_TRUE(bit_equal(yd, yc)) << "device indices";
+      }
+}
+
+TEST(CudaCross, GatherMmGroupedReportsABadDeviceIndexAndZerosOnlyItsEntry) {
+  MMKIT_REQUIRE_GPU();
+  // The grouped gather_mm: an out-of-range device rhs index is reported by the
+  // plan kernel at the next synchronizing call, and only that entry's rows are
+  // zero.
+  auto& reg = detail::registries();
+  uint64_t seed = 9800;
+  const int64_t E = 3, L = 16, M = 5, N = 24, K = 32, Ba = 2;
+  for (Dtype dt : {Dtype::float16, Dtype::bfloat16})
+    for (bool kmajor : {false, true}) {
+      SCOPED_TRACE(std::string(dtype_name(dt)) + (kmajor ? " K-major" : " N-major"));
+      ASSERT_EQ(reg.gemm.select(gemm_gather_desc(dt, M, N, K, L, Ba, E, kmajor), Device::Type::gpu).name,
+                "cuda_gemm_grouped");
+      Array a = gpu(small_ints({Ba, M, K}, dt, seed++));
+      Array b = kmajor ? gpu(small_ints({E, N, K}, dt, seed++)).swapaxes(-1, -2)
+                       : gpu(small_ints({E, K, N}, dt, seed++));
+      std::vector<int64_t> ri = {1, 2, 0, 2, 1, 1, 2, 0, 9, 2, 0, 1, 2, 2, 0, 0},
+                           li = {0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 1, 0};
+      synchronize(kGpu);
+      Array y = gather_mm(a, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})));
+      try {
+        synchronize(kGpu);
+        ADD_FAILURE() << "expected the deferred index error";
+      } catch (const Error& e) {
+        const std::string m = e.what();
+        EXPECT_EQ(m.rfind("[gather_mm] rhs_indices value 9 at flat position 8", 0), 0u) << m;
+      }
+      synchronize(kGpu);
+      ri[8] = 0;
+      Array good = gather_mm(a, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})));
+      const auto v = y.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
+      const auto gv = good.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
+      ASSERT_EQ(v.size(), static_cast<size_t>(L * M * N));
+      int64_t nonzero = 0;
+      for (int64_t i = 0; i < L * M * N; ++i) {
+        if (i / (M * N) == 8) EXPECT_EQ(v[i], 0.0) << i;
+        else EXPECT_EQ(v[i], gv[i]) << i;
+        nonzero += gv[i] != 0.0;
+      }
+      EXPECT_GT(nonzero, 0);
+    }
+}
+
 // ---------------------------------------------------------------------------
 // block_masked_mm
 
@@ -727,6 +820,10 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
     gd.dtype = dt;
     seen.insert(r.gemm.select(gd, Device::Type::gpu).name);
   }
+  gd.M = 1;
+  gd.batch = 64;  // a gather whose entries share experts
+  gd.b_batch = 8;
+  seen.insert(r.gemm.select(gd, Device::Type::gpu).name);
   seen.insert(r.block_masked.select(detail::BlockMaskedDesc{}, Device::Type::gpu).name);
   seen.insert(r.quantize.select(detail::QuantizeDesc{}, Device::Type::gpu).name);
   seen.insert(r.dequantize.select(detail::DequantizeDesc{}, Device::Type::gpu).name);
@@ -745,6 +842,7 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   check_family(r.fp8);
   EXPECT_TRUE(seen.count("cuda_gather_grouped") && seen.count("cuda_qmv1_mma") && seen.count("cuda_qmv_sm80_mma") && seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") &&
               seen.count("cuda_qmm_generic"));
+  EXPECT_TRUE(seen.count("cuda_gemm_grouped") && seen.count("cuda_gemm_sm80_mma") && seen.count("cuda_gemm_simt"));
 }
 
 }  // namespace

@@ -12,17 +12,33 @@
 //                   needs K % 8 == 0 and, for N-major b, N % 8 == 0 (16-byte
 //                   chunks). Bound: this simple tile aims at >= 30% of the bf16
 //                   tensor peak at large sizes (not yet measured).
+//   gemm_sm80_mma, grouped (cuda_gemm_grouped, dispatched first): gather_mm
+//                   whose entries share experts (the rule of gather_qmm: >= 4
+//                   rows per expert on average, 2 ..= kGatherPlanMaxExperts
+//                   experts, batch * M < 2^31; here also M <= 64): a plan built
+//                   on the device (gather_plan.h) sorts the L * M rows by expert
+//                   and cuts them into items of <= 64 rows (the tile's BM); one
+//                   item per block row-tile, A rows gathered through the plan,
+//                   rows past the item's count zero-filled, outputs scattered to
+//                   the rows' out rows, b = the item's expert, so an expert's b
+//                   is read once per item instead of once per entry. Unaligned
+//                   a / b fall back to the ungrouped path.
 //   gemm_simt       any dtype / shape: float32 FMA, 64 x 64 x 16 tile.
 //   block_masked    float32 FMA, one bs x bs output block per 256-thread block,
 //                   work proportional to the unmasked blocks.
-// Indices: one launch covers all L entries (grid.z); device-resident indices
-// are checked on the device (runtime.h). Tests: tests/test_cuda_cross.cpp
-// (CudaCross.GatherMm*, BlockMasked*), conformance with MMKIT_TEST_DEVICE=gpu.
+// Indices: one launch covers all L entries (grid.z; plan items when grouped);
+// device-resident indices are checked on the device (runtime.h; by the plan
+// kernel when grouped, which also zeroes a bad entry's output rows).
+// Tests: tests/test_cuda_cross.cpp (CudaCross.GatherMm*, GatherMmGrouped*,
+// BlockMasked*), conformance with MMKIT_TEST_DEVICE=gpu.
 #include <cuda_runtime.h>
+
+#include <type_traits>
 
 #include "cuda/device/common.cuh"
 #include "cuda/device/mma.cuh"
 #include "cuda/device/simt_tile.cuh"
+#include "cuda/gather_plan.h"
 #include "cuda/runtime.h"
 
 namespace mmkit::cuda {
@@ -44,10 +60,28 @@ struct GemmParams {
   IndexGuard guard;
 };
 
+// The grouped instances' parameters (gemm_grouped_run): block z runs item z of
+// the plan (up to BM rows of one expert), a struct of its own so that the
+// ungrouped instances keep their parameters and code.
+struct GemmGroupedParams {
+  const void* a;
+  const void* b;
+  void* out;
+  int64_t N, K;
+  GatherPlanView plan;
+};
+template <bool GROUPED>
+using GemmKernelParams = std::conditional_t<GROUPED, GemmGroupedParams, GemmParams>;
+
 // ---- tensor-core gemm ------------------------------------------------------------
 
-template <typename T, bool KMAJOR>
-__global__ void __launch_bounds__(MmaTile::THREADS) gemm_mma_kernel(GemmParams p) {
+// GROUPED: work unit l is plan item l instead of batch entry l; the tile's
+// rows are the item's rows (A rows gathered through plan.rows[begin + i].x_row,
+// rows >= count zero-filled, outputs to plan.rows[begin + i].out_row), b is the
+// item's expert; blockIdx.y is 0. Bad indices were reported, and their output
+// rows zeroed, by the plan kernel.
+template <typename T, bool KMAJOR, bool GROUPED>
+__global__ void __launch_bounds__(MmaTile::THREADS) gemm_mma_kernel(GemmKernelParams<GROUPED> p) {
   constexpr int BM = MmaTile::BM, BN = MmaTile::BN, BK = MmaTile::BK, LDA = MmaTile::LDA, LDBT = MmaTile::LDBT;
   constexpr int kBElems = KMAJOR ? BN * LDA : BK * LDBT;
   __shared__ __align__(16) T As[2][BM * LDA];  // (stage, BM, BK)
@@ -55,16 +89,46 @@ __global__ void __launch_bounds__(MmaTile::THREADS) gemm_mma_kernel(GemmParams p
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp / 2, wn = warp % 2;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
-  const int64_t M = p.M, N = p.N, K = p.K;
+  const int64_t N = p.N, K = p.K;
   const int KT = static_cast<int>(ceil_div(K, BK));
   const T* A = static_cast<const T*>(p.a);
   const T* B = static_cast<const T*>(p.b);
   T* O = static_cast<T*>(p.out);
+  // Grouped: the item's rows as (A element offset, out element offset).
+  int64_t* a_off = nullptr;
+  int64_t* o_off = nullptr;
+  int64_t M, n_work;  // ungrouped: rows per entry, entries; grouped: unused, plan items
+  if constexpr (GROUPED) {
+    __shared__ int64_t row_off[2][BM];
+    a_off = row_off[0];
+    o_off = row_off[1];
+    M = BM;
+    n_work = *p.plan.n_items;
+  } else {
+    M = p.M;
+    n_work = p.L;
+  }
 
-  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
-    const int64_t ai = p.lhs[l], bi = p.rhs[l];
-    const bool ok = index_ok(ai, l, p.a_batch, p.guard, ErrWhich::lhs) &&
-                    index_ok(bi, l, p.b_batch, p.guard, ErrWhich::rhs);
+  for (int64_t l = blockIdx.z; l < n_work; l += gridDim.z) {
+    int64_t ai = 0, bi = 0;
+    int rows = 0;  // grouped: the item's row count
+    bool ok = true;
+    if constexpr (GROUPED) {
+      const GatherItem it = p.plan.items[l];
+      bi = it.expert;
+      rows = it.count;
+      __syncthreads();  // the previous item's epilogue has read o_off
+      if (tid < rows) {
+        const GatherRow gr = p.plan.rows[it.begin + tid];
+        a_off[tid] = gr.x_row * K;
+        o_off[tid] = gr.out_row * N;
+      }
+      __syncthreads();
+    } else {
+      ai = p.lhs[l];
+      bi = p.rhs[l];
+      ok = index_ok(ai, l, p.a_batch, p.guard, ErrWhich::lhs) && index_ok(bi, l, p.b_batch, p.guard, ErrWhich::rhs);
+    }
     float acc[2][4][4];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -76,7 +140,17 @@ __global__ void __launch_bounds__(MmaTile::THREADS) gemm_mma_kernel(GemmParams p
       const T* ab = A + (ai * M + m0) * K;
       auto issue = [&](int kt, int st) {
         const int64_t k0 = static_cast<int64_t>(kt) * BK;
-        cp_async_tile_rows<T>(As[st], ab + k0, K, M - m0, K - k0, tid);
+        if constexpr (GROUPED) {
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int id = tid + q * MmaTile::THREADS;
+            const int r = id / 4, c = (id % 4) * 8;
+            const bool in = r < rows && k0 + c < K;
+            cp_async16(As[st] + r * LDA + c, in ? A + a_off[r] + k0 + c : A, in);
+          }
+        } else {
+          cp_async_tile_rows<T>(As[st], ab + k0, K, M - m0, K - k0, tid);
+        }
         if constexpr (KMAJOR) {
           cp_async_tile_rows<T>(Bs[st], B + (bi * N + n0) * K + k0, K, N - n0, K - k0, tid);
         } else {
@@ -120,7 +194,11 @@ __global__ void __launch_bounds__(MmaTile::THREADS) gemm_mma_kernel(GemmParams p
         for (int e = 0; e < 4; ++e) {
           const int64_t m = m0 + wm * 32 + mi * 16 + lane / 4 + (e >= 2 ? 8 : 0);
           const int64_t n = n0 + wn * 32 + ni * 8 + 2 * (lane % 4) + (e & 1);
-          if (m < M && n < N) O[(l * M + m) * N + n] = from_f<T>(acc[mi][ni][e]);
+          if constexpr (GROUPED) {
+            if (m < rows && n < N) O[o_off[m] + n] = from_f<T>(acc[mi][ni][e]);
+          } else {
+            if (m < M && n < N) O[(l * M + m) * N + n] = from_f<T>(acc[mi][ni][e]);
+          }
         }
   }
 }
@@ -331,20 +409,58 @@ bool gemm_mma_supports(const GemmDesc& d) {
   return device_info(current_device()).cc_major >= 8;
 }
 
-template <typename T>
-void launch_gemm_mma(const GemmDesc& d, const GemmParams& p, const OpScope& scope) {
+/// gather_mm whose entries share experts (b matrices): the rule of gather_qmm
+/// (gather_grouping_pays in qmm_kernels.h): >= 4 rows per expert on average,
+/// 2 ..= kGatherPlanMaxExperts experts, batch * M < 2^31, and at most one row
+/// tile (64 rows) per entry (beyond it every entry fills its own tiles); then
+/// whatever the tensor-core gemm takes.
+bool gemm_grouped_supports(const GemmDesc& d) {
+  if (d.batch < 2 || d.b_batch < 2 || d.b_batch > kGatherPlanMaxExperts || d.M < 1 || d.M > MmaTile::BM) return false;
+  if (d.batch * d.M < 4 * d.b_batch || d.batch * d.M >= (int64_t{1} << 31)) return false;
+  return gemm_mma_supports(d);
+}
+
+template <typename T, bool GROUPED>
+void launch_gemm_mma(const GemmDesc& d, const GemmKernelParams<GROUPED>& p, dim3 grid, const OpScope& scope) {
+  if (d.b_kmajor) gemm_mma_kernel<T, true, GROUPED><<<grid, MmaTile::THREADS, 0, scope.stream()>>>(p);
+  else gemm_mma_kernel<T, false, GROUPED><<<grid, MmaTile::THREADS, 0, scope.stream()>>>(p);
+}
+
+void run_gemm_mma(const GemmDesc& d, GemmArgs& g, const OpScope& scope) {
+  if (!aligned16(g.a.raw_data()) || !aligned16(g.b.raw_data())) return run_gemm_simt(d, g, scope);
+  const GemmParams p = gemm_params(d, g, scope);
   const dim3 grid = tile_grid(d.op, d.M, d.N, d.batch, MmaTile::BM);
-  if (d.b_kmajor) gemm_mma_kernel<T, true><<<grid, MmaTile::THREADS, 0, scope.stream()>>>(p);
-  else gemm_mma_kernel<T, false><<<grid, MmaTile::THREADS, 0, scope.stream()>>>(p);
+  if (d.dtype == Dtype::float16) launch_gemm_mma<__half, false>(d, p, grid, scope);
+  else launch_gemm_mma<__nv_bfloat16, false>(d, p, grid, scope);
+  scope.check_launch("gemm_sm80_mma");
+}
+
+/// Rows grouped by expert on the device (gather_plan.h, items of BM rows), then
+/// the tensor-core gemm per item; false (nothing launched) when a or b is not
+/// 16-byte aligned.
+bool gemm_grouped_run(const GemmDesc& d, GemmArgs& g, const OpScope& scope) {
+  if (!aligned16(g.a.raw_data()) || !aligned16(g.b.raw_data())) return false;
+  const GemmParams u = gemm_params(d, g, scope);
+  GatherPlan plan(scope, u.lhs, u.rhs, d.batch, d.M, d.a_batch, d.b_batch, MmaTile::BM, u.guard, u.out,
+                  static_cast<int>(itemsize(d.dtype)), d.N);
+  const GemmGroupedParams p{u.a, u.b, u.out, u.N, u.K, plan.view()};
+  const int64_t items = plan.max_items();
+  const dim3 grid(static_cast<unsigned>(ceil_div(d.N, MmaTile::BN)), 1,
+                  static_cast<unsigned>(items < 65535 ? items : 65535));
+  if (d.dtype == Dtype::float16) launch_gemm_mma<__half, true>(d, p, grid, scope);
+  else launch_gemm_mma<__nv_bfloat16, true>(d, p, grid, scope);
+  scope.check_launch("gemm_sm80_mma (grouped gather)");
+  return true;
 }
 
 void run_gemm_mma_entry(const GemmDesc& d, GemmArgs& g, const Stream& s) {
   OpScope scope(s, d.op);
-  if (!aligned16(g.a.raw_data()) || !aligned16(g.b.raw_data())) return run_gemm_simt(d, g, scope);
-  const GemmParams p = gemm_params(d, g, scope);
-  if (d.dtype == Dtype::float16) launch_gemm_mma<__half>(d, p, scope);
-  else launch_gemm_mma<__nv_bfloat16>(d, p, scope);
-  scope.check_launch("gemm_sm80_mma");
+  run_gemm_mma(d, g, scope);
+}
+
+void run_gemm_grouped_entry(const GemmDesc& d, GemmArgs& g, const Stream& s) {
+  OpScope scope(s, d.op);
+  if (!gemm_grouped_run(d, g, scope)) run_gemm_mma(d, g, scope);
 }
 
 void run_gemm_simt_entry(const GemmDesc& d, GemmArgs& g, const Stream& s) {
@@ -396,6 +512,7 @@ void run_block_masked(const BlockMaskedDesc& d, BlockMaskedArgs& g, const Stream
 }  // namespace
 
 void register_gemm_kernels(detail::Registries& r) {
+  r.gemm.add({"cuda_gemm_grouped", Device::Type::gpu, gemm_grouped_supports, run_gemm_grouped_entry, 20});
   r.gemm.add({"cuda_gemm_sm80_mma", Device::Type::gpu, gemm_mma_supports, run_gemm_mma_entry, 10});
   r.gemm.add({"cuda_gemm_simt", Device::Type::gpu, [](const GemmDesc&) { return true; }, run_gemm_simt_entry, 0});
   r.block_masked.add({"cuda_block_masked_simt", Device::Type::gpu, [](const BlockMaskedDesc&) { return true; },
