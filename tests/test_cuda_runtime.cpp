@@ -198,14 +198,37 @@ TEST(CudaRuntime, GroupedGatherReportsABadDeviceIndexAndZerosOnlyItsEntry) {
 }
 
 #ifdef MMKIT_WITH_CUDA
-/// Runs a registry entry with prepared device arguments under CUDA graph
-/// capture (global mode: any synchronisation or allocation inside the op
-/// would fail the capture), replays the graph and compares with a direct run.
+/// Runs a registry entry with prepared device arguments (bfloat16 output of
+/// out_shape) directly, then under CUDA graph capture (global mode: any
+/// synchronisation or allocation inside the op would fail the capture),
+/// replays the graph and expects the same bits.
+void expect_capture_matches_direct(const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>& entry,
+                                   const detail::QmmDesc& d, detail::QmmArgs a, const Stream& st, const Shape& out_shape) {
+  auto cs = static_cast<cudaStream_t>(st.handle);
+  Array direct = Array::empty(out_shape, Dtype::bfloat16, kGpu);
+  a.out = direct;
+  entry.run(d, a, st);
+  st.synchronize();
+  Array captured = Array::zeros(out_shape, Dtype::bfloat16, kGpu);
+  a.out = captured;
+  synchronize(kGpu);
+  cudaGraph_t graph = nullptr;
+  ASSERT_EQ(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal), cudaSuccess);
+  entry.run(d, a, st);
+  ASSERT_EQ(cudaStreamEndCapture(cs, &graph), cudaSuccess) << entry.name;
+  cudaGraphExec_t exec = nullptr;
+  ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  ASSERT_EQ(cudaGraphLaunch(exec, cs), cudaSuccess);
+  st.synchronize();
+  EXPECT_TRUE(bit_equal(captured, direct)) << entry.name;
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+}
+
 TEST(CudaRuntime, KernelsAreGraphCapturable) {
   MMKIT_REQUIRE_GPU();
   auto& reg = detail::registries();
   Stream st = Stream::create(kGpu);
-  auto cs = static_cast<cudaStream_t>(st.handle);
   auto q = quantize(gpu(randn({96, 256}, Dtype::bfloat16, 12)), 64, 4);
   for (int64_t M : {2, 40}) {
     for (bool transpose : {true, false}) {
@@ -225,25 +248,7 @@ TEST(CudaRuntime, KernelsAreGraphCapturable) {
       a.biases = q[2].reshape({1, 96, 4});
       a.lhs = gpu(Array::from_vector(std::vector<int64_t>{0}, {1}));
       a.rhs = a.lhs;
-      Array direct = Array::empty({1, M, d.N}, Dtype::bfloat16, kGpu);
-      a.out = direct;
-      const auto& entry = reg.qmm.select(d, Device::Type::gpu);
-      entry.run(d, a, st);
-      st.synchronize();
-      Array captured = Array::zeros({1, M, d.N}, Dtype::bfloat16, kGpu);
-      a.out = captured;
-      synchronize(kGpu);
-      cudaGraph_t graph = nullptr;
-      ASSERT_EQ(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal), cudaSuccess);
-      entry.run(d, a, st);
-      ASSERT_EQ(cudaStreamEndCapture(cs, &graph), cudaSuccess) << entry.name;
-      cudaGraphExec_t exec = nullptr;
-      ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-      ASSERT_EQ(cudaGraphLaunch(exec, cs), cudaSuccess);
-      st.synchronize();
-      EXPECT_TRUE(bit_equal(captured, direct)) << entry.name;
-      cudaGraphExecDestroy(exec);
-      cudaGraphDestroy(graph);
+      expect_capture_matches_direct(reg.qmm.select(d, Device::Type::gpu), d, a, st, {1, M, d.N});
     }
   }
   // The grouped gather allocates its plan on the captured stream (a memory node).
@@ -275,24 +280,7 @@ TEST(CudaRuntime, KernelsAreGraphCapturable) {
     a.rhs = gpu(Array::from_vector(ri, {16}));
     const auto& entry = reg.qmm.select(d, Device::Type::gpu);
     ASSERT_EQ(entry.name, "cuda_gather_grouped");
-    Array direct = Array::empty({16, 1, 96}, Dtype::bfloat16, kGpu);
-    a.out = direct;
-    entry.run(d, a, st);
-    st.synchronize();
-    Array captured = Array::zeros({16, 1, 96}, Dtype::bfloat16, kGpu);
-    a.out = captured;
-    synchronize(kGpu);
-    cudaGraph_t graph = nullptr;
-    ASSERT_EQ(cudaStreamBeginCapture(cs, cudaStreamCaptureModeGlobal), cudaSuccess);
-    entry.run(d, a, st);
-    ASSERT_EQ(cudaStreamEndCapture(cs, &graph), cudaSuccess) << entry.name;
-    cudaGraphExec_t exec = nullptr;
-    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
-    ASSERT_EQ(cudaGraphLaunch(exec, cs), cudaSuccess);
-    st.synchronize();
-    EXPECT_TRUE(bit_equal(captured, direct)) << entry.name;
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
+    expect_capture_matches_direct(entry, d, a, st, {16, 1, 96});
   }
   st.destroy();
 }

@@ -40,6 +40,22 @@ struct GatherPlanView {
   const int32_t* n_items = nullptr;
 };
 
+#ifdef __CUDACC__
+/// Plan item i for a consuming kernel: thread t < its count stores its row's
+/// element offsets x_row * K and out_row * N (the caller orders the stores
+/// with its own barrier, before and after).
+__device__ __forceinline__ GatherItem load_gather_item(const GatherPlanView& plan, int64_t i, int t, int64_t K,
+                                                       int64_t N, int64_t* x_off, int64_t* out_off) {
+  const GatherItem it = plan.items[i];
+  if (t < it.count) {
+    const GatherRow r = plan.rows[it.begin + t];
+    x_off[t] = r.x_row * K;
+    out_off[t] = r.out_row * N;
+  }
+  return it;
+}
+#endif
+
 /// Largest expert count the plan takes (its counters live in shared memory).
 inline constexpr int64_t kGatherPlanMaxExperts = 2048;
 

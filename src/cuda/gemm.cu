@@ -114,15 +114,10 @@ __global__ void __launch_bounds__(MmaTile::THREADS) gemm_mma_kernel(GemmKernelPa
     int rows = 0;  // grouped: the item's row count
     bool ok = true;
     if constexpr (GROUPED) {
-      const GatherItem it = p.plan.items[l];
+      __syncthreads();  // the previous item's epilogue has read o_off
+      const GatherItem it = load_gather_item(p.plan, l, tid, K, N, a_off, o_off);
       bi = it.expert;
       rows = it.count;
-      __syncthreads();  // the previous item's epilogue has read o_off
-      if (tid < rows) {
-        const GatherRow gr = p.plan.rows[it.begin + tid];
-        a_off[tid] = gr.x_row * K;
-        o_off[tid] = gr.out_row * N;
-      }
       __syncthreads();
     } else {
       ai = p.lhs[l];

@@ -152,15 +152,10 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 8 : 1) qmv_kernel(QmvKe
     bool ok = true;
     if constexpr (GROUPED) {
       // Bad indices were reported, and their rows zeroed, by the plan kernel.
-      const GatherItem it = p.plan.items[l];
+      __syncwarp();  // lane 0 has written the previous item's outputs
+      const GatherItem it = load_gather_item(p.plan, l, lane, K, N, x_off, out_off);
       wi = it.expert;
       rows = it.count;
-      __syncwarp();  // lane 0 has written the previous item's outputs
-      if (lane < rows) {
-        const GatherRow gr = p.plan.rows[it.begin + lane];
-        x_off[lane] = gr.x_row * K;
-        out_off[lane] = gr.out_row * N;
-      }
       __syncwarp();
     } else {
       xi = p.lhs[l];
