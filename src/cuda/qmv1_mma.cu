@@ -56,7 +56,7 @@
 namespace mmkit::cuda {
 namespace {
 
-constexpr int kWarps = 8;            // warps per block (split-K inside a block)
+constexpr int kWarps = 8;            // warps per block (split-K inside a block; 16: docs/kernels/cuda.md)
 constexpr int kRows = 16;            // weight rows per block
 constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to MR * K = this (32 KB)
 constexpr int kZeroBytes = 64;       // the zero line inactive lanes read
@@ -87,7 +87,6 @@ struct Qmv1Params {
   int N, K;
   int M;         // activation rows per entry (<= the kernel's MR)
   int ks_log2;   // log2 of ks, the warps splitting K per 16-row tile (1, 2, 4 or 8)
-  int warps;     // per block (the kernel's W): W / ks tiles of 16 rows
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
 };
@@ -492,12 +491,12 @@ void launch_kernel(dim3 grid, size_t smem, cudaStream_t stream, const Qmv1Params
       }
     }
   }
-  Kernel<<<grid, dim3(static_cast<unsigned>(p.warps * 32)), smem, stream>>>(p);
+  Kernel<<<grid, kWarps * 32, smem, stream>>>(p);
 }
 
 template <typename T, int GS, int MR, bool XS>
 void launch_one(const Qmv1Params& p, const OpScope& scope) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * (p.warps >> p.ks_log2))), 1,
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * (kWarps >> p.ks_log2))), 1,
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
   const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps);
   launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kDepth / 2>>(grid, smem, scope.stream(), p);
@@ -568,8 +567,7 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   while (p.ks_log2 > 0 && supers < (int64_t{1} << p.ks_log2)) --p.ks_log2;
   if (const char* e = std::getenv("MMKIT_QMV1_KS_LOG2"))  // tuning knob (docs/kernels/cuda.md): at most the default
     p.ks_log2 = std::min(p.ks_log2, std::max(0, std::atoi(e)));
-  p.warps = kWarps;  // (16 measured: 3% faster on 8192 x 8192, 12% slower on the MoE T = 1 shapes)
-  if (smem_bytes(d.K, d.format.group_size, mr, mr * d.K <= kMaxStagedK, kDepth, p.warps) >
+  if (smem_bytes(d.K, d.format.group_size, mr, mr * d.K <= kMaxStagedK, kDepth, kWarps) >
       device_info(scope.device()).smem_optin)
     return false;
   if (d.dtype == Dtype::float16) launch<__half>(d, p, scope);
