@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <random>
@@ -284,6 +285,40 @@ TEST(CudaCross, QmmExactOneRowGemvSplitK) {
     }
   // A long K (x is 48 KB): many super-chunks per warp.
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) check_exact_qmm({{"affine", 4, 64}, dt, true, 1, 33, 24704}, seed++);
+}
+
+TEST(CudaCross, QmmExactOneRowGemvTwoTilesPerWarp) {
+  MMKIT_REQUIRE_GPU();
+  // cuda_qmv1_mma with two 16-row tiles per warp (chosen for large grids;
+  // MMKIT_QMV1_TILES=2 forces it here on small shapes): N around the 32-row
+  // warp tiles and partial last tiles (the per-row copy path), K from one
+  // chunk to split ranges, M = 1 and 2, every group size, both half dtypes,
+  // x staged and (M = 2, K = 8832) read from global memory; a non-finite x
+  // takes the element-wise path of the second tile too.
+  struct TilesEnv {
+    TilesEnv() { setenv("MMKIT_QMV1_TILES", "2", 1); }
+    ~TilesEnv() { unsetenv("MMKIT_QMV1_TILES"); }
+  } env;
+  uint64_t seed = 8700;
+  for (int gs : {32, 64, 128})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+      for (int64_t K : {128, 1152, 8832})
+        for (int64_t N : {1, 17, 31, 32, 33, 64, 96, 130}) {
+          check_exact_qmm({{"affine", 4, gs}, dt, true, 1, N, K}, seed++);
+          if (N % 2) check_exact_qmm({{"affine", 4, gs}, dt, true, 2, N, K}, seed++);
+        }
+  const float inf = std::numeric_limits<float>::infinity();
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+    const Fmt f{"affine", 4, 64};
+    const int64_t N = 40, K = 1024;
+    QW q = exact_quantized(f, N, K, dt, seed++);
+    Array xf = small_ints({1, K}, Dtype::float32, seed++);
+    xf.data<float>()[700] = inf;
+    Array x = xf.astype(dt);
+    ref::Tensor r = ref::quantized_matmul(x, q.w, q.scales, q.biases, true, f.gs, f.bits, f.mode);
+    Array y = quantized_matmul(gpu(x), gpu(q.w), gpu(q.scales), opt_gpu(q.biases), true, f.gs, f.bits, f.mode);
+    EXPECT_TRUE(all_close(y, r, rtol_for(dt), 0.0));
+  }
 }
 
 TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {

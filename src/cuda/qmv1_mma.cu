@@ -64,11 +64,11 @@ constexpr int kDepth = 4;            // chunks of weights in flight per warp (cp
 constexpr int64_t kMaxK = int64_t{1} << 18;  // the group sums of x stay within 32 KB of shared memory
 
 /// Dynamic shared memory of one block (mr activation rows).
-inline size_t smem_bytes(int64_t K, int gs, int mr, bool xs, int depth, int warps) {
+inline size_t smem_bytes(int64_t K, int gs, int mr, bool xs, int depth, int warps, int tl) {
   const int64_t G = K / gs;
   return static_cast<size_t>(mr) * (static_cast<size_t>((G + 3) & ~int64_t{3}) * sizeof(float) +
                                     (xs ? static_cast<size_t>(K) * 2 : 0)) +
-         kZeroBytes + static_cast<size_t>(warps) * depth * 1024;
+         kZeroBytes + static_cast<size_t>(warps) * depth * 1024 * tl;
 }
 /// Activation rows per entry the kernel is built for: M rounded up to a power of two.
 inline int rows_built(int64_t M) { return M <= 1 ? 1 : M <= 2 ? 2 : M <= 4 ? 4 : 8; }
@@ -194,8 +194,11 @@ __device__ __forceinline__ void cp16(uint32_t dst, const void* src) {
 // Shared memory: the group sums of x (MR x G floats, each row padded with
 // zeros to a multiple of 4), [x permuted (MR x K values)], a zero line, the
 // ring (W x D slots of 2 rows x 32 lanes x 16 bytes).
-template <typename T, int GS, int MR, bool XS, int D, int W, int CW>
-__global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) {
+// TL: 16-row tiles per warp (1 or 2); with 2 a warp streams both tiles'
+// weights against the same x fragments (half the x loads, staging and
+// per-warp overhead per weight byte; 128 registers, 16 warps per SM).
+template <typename T, int GS, int MR, bool XS, int D, int W, int CW, int TL>
+__global__ void __launch_bounds__(W * 32, 32 / W / TL) qmv1_mma_kernel(Qmv1Params p) {
   constexpr int SG = 8 / MR;               // groups per super-chunk
   constexpr int CPS = SG * GS / 128;       // 128-code chunks per super-chunk
   constexpr int NG = 128 / GS;             // groups per chunk
@@ -203,18 +206,21 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
   static_assert(CPS >= 1, "a super-chunk holds at least one chunk (MR <= GS / 16)");
   static_assert(D == 4 || D == 8, "ring depth: a power of two, slots of 1 KB per warp");
   static_assert(D == 2 * CW && CW >= 1, "the ring holds two windows");
+  static_assert(TL == 1 || TL == 2, "one or two 16-row tiles per warp");
+  constexpr int kRowsW = kRows * TL;       // weight rows per warp
+  constexpr int kSlot = 1024 * TL;         // ring slot: one chunk of every tile of the warp
   // Codes become kPairScale * (kPairOff + q) (nib_pair); the fold takes the
   // offset out per group: dot(x, q) = dot(x, code) / kPairScale - kPairOff * sum(x).
   constexpr float kOff = kPairOff<T>, kInv = 1.0f / kPairScale<T>;
   extern __shared__ __align__(16) unsigned char smem[];
-  __shared__ float red[W][kRows][MR];
+  __shared__ float red[W][kRowsW][MR];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int N = p.N, K = p.K, M = p.M;
   // Warp w: 16-row tile w / ks of the block, K part w % ks.
   const int ks = 1 << p.ks_log2, tile = warp >> p.ks_log2, kpart = warp & (ks - 1);
   const int ntiles = W >> p.ks_log2;
-  const int n0 = (blockIdx.x * ntiles + tile) * kRows;
+  const int n0 = (blockIdx.x * ntiles + tile) * kRowsW;
   const int words_per_row = K / 8;
   const int G = K / GS;  // groups per row
   const int chunks = K / 128;
@@ -222,11 +228,10 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
   const int ub = (supers * kpart) >> p.ks_log2;  // supers < 2^17 (K <= kMaxK)
   const int ue = (supers * (kpart + 1)) >> p.ks_log2;
   const int tb = ub * CPS, te = min(ue * CPS, chunks);
-  const int ra = n0 + g, rb = n0 + g + 8;
+  // Lane (g, c) holds rows n0 + 16 * tl + g (a) and + 8 (b) of tile tl.
   // Rows past N read row N - 1 (valid memory; their results are dropped).
   // (A tile wholly past N does no work; n0c keeps its addresses valid.)
   const int n0c = min(n0, N - 1);
-  const int oa = min(ra, N - 1) - n0c, ob = min(rb, N - 1) - n0c;  // row offsets in the tile
   const T* X = static_cast<const T*>(p.x);
   T* O = static_cast<T*>(p.out);
   float* gsum = reinterpret_cast<float*>(smem);
@@ -234,7 +239,7 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
   T* xs = reinterpret_cast<T*>(smem + MR * gpad * sizeof(float));
   unsigned char* zero_line = smem + MR * gpad * sizeof(float) + (XS ? static_cast<size_t>(MR) * K * sizeof(T) : 0);
   const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line + kZeroBytes)) +
-                        static_cast<uint32_t>(warp * D * 1024 + lane * 16);
+                        static_cast<uint32_t>(warp * D * kSlot + lane * 16);
   if (threadIdx.x < kZeroBytes / 4) reinterpret_cast<uint32_t*>(zero_line)[threadIdx.x] = 0u;
   if (threadIdx.x < gpad - G)
 #pragma unroll
@@ -258,31 +263,67 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
     // and the ring holds two windows (chunk t in slot t % D).
     const uint32_t* wblk = p.w + ((w_in ? wi : 0) * N + n0c) * static_cast<int64_t>(words_per_row);
     const uint32_t ring_w = ring - static_cast<uint32_t>(lane * 16);
+    // Copy i of a window (2 * CW * TL per lane) is row r = i * (8 / CW) + rsub
+    // of the warp's tiles, 16-byte piece cc of chunk t0 + piece / 4; it lands
+    // at slot * kSlot + (r / 16) * 1024 + (r & 8 ? 512 : 0) + ((r & 7) * 4 + cc) * 16.
+    const int rsub = lane / (4 * CW), piece = lane % (4 * CW), cc = piece % 4;
+    constexpr int kRowStep = 8 / CW;
+    auto row_off = [](int r) { return (r / 16) * 1024 + (r & 8 ? 512 : 0) + (r & 7) * 64; };
+    // Whole windows of whole tiles (the common case): one base address per
+    // lane, the copies at fixed offsets from it.
+    const bool full_rows = n0 + kRowsW <= N;
+    const uint32_t* wlane = wblk + static_cast<int64_t>(rsub) * words_per_row + piece * 4;
+    const uint32_t dlane = ring_w + static_cast<uint32_t>(rsub * 64 + cc * 16);
+    const int64_t step = static_cast<int64_t>(kRowStep) * words_per_row;
     auto issue_win = [&](int w) {
       const int t0 = tb + w * CW;
       if (t0 < te) {
+        if (full_rows && t0 + CW <= te) {
+          const uint32_t d = dlane + static_cast<uint32_t>(((t0 + piece / 4) & (D - 1)) * kSlot);
+          const uint32_t* src = wlane + t0 * 16;
 #pragma unroll
-        for (int i = 0; i < 2 * CW; ++i) {
-          const int r = i * (8 / CW) + lane / (4 * CW);
-          const int piece = lane % (4 * CW);
-          const int t = t0 + piece / 4, cc = piece % 4;
-          if (t < te) {
-            const int rr = min(n0 + r, N - 1) - n0c;
-            const uint32_t dst = ring_w + ((static_cast<uint32_t>(t) & (D - 1)) << 10) + (r >= 8 ? 512u : 0u) +
-                                 static_cast<uint32_t>(((r & 7) * 4 + cc) << 4);
-            cp16(dst, wblk + rr * words_per_row + t * 16 + cc * 4);
+          for (int i = 0; i < 2 * CW * TL; ++i) cp16(d + static_cast<uint32_t>(row_off(i * kRowStep)), src + i * step);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 2 * CW * TL; ++i) {
+            const int r = i * kRowStep + rsub;
+            const int t = t0 + piece / 4;
+            if (t < te) {
+              const int rr = min(n0 + r, N - 1) - n0c;
+              const uint32_t dst = ring_w + static_cast<uint32_t>((t & (D - 1)) * kSlot + row_off(r) + cc * 16);
+              cp16(dst, wblk + static_cast<int64_t>(rr) * words_per_row + t * 16 + cc * 4);
+            }
           }
         }
       }
       cp_async_commit();
     };
+    // The first x vectors this lane stages (row 0) are loaded before the
+    // ring fills: behind the fill they would wait for the whole first wave
+    // of weight reads (measured: a fifth of all stall samples).
+    constexpr int kXPre = 4;
+    const int xbeg = tb * 16 + tile * 32, xend = te * 16, xstep = 32 * ntiles;
+    const bool x_in = xi >= 0 && xi < p.x_batch;
+    uint4 xpre[kXPre];
+    {
+      const uint4* xv0 = reinterpret_cast<const uint4*>(X + (x_in ? xi : 0) * static_cast<int64_t>(M) * K);
+#pragma unroll
+      for (int q = 0; q < kXPre; ++q) {
+        const int i = xbeg + q * xstep + lane;
+        xpre[q] = x_in && i < xend ? __ldg(xv0 + i) : make_uint4(0u, 0u, 0u, 0u);
+      }
+    }
     if (fill) {
       issue_win(0);
       issue_win(1);
     }
     const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
                     index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
-    float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // [2 * (row b) + e]: rows a / b x columns 2c + e
+    float acc[TL][4];  // [tile][2 * (row b) + e]: rows a / b x columns 2c + e
+#pragma unroll
+    for (int tl = 0; tl < TL; ++tl)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[tl][e] = 0.0f;
     const T* xrows = X + (ok ? xi : 0) * static_cast<int64_t>(M) * K;  // the entry's M rows
     const bool work = ok && fill;
     // The warps of a K part stage it (each of the MR rows; rows past M repeat
@@ -292,11 +333,19 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
 #pragma unroll
       for (int m = 0; m < MR; ++m) {
         const uint4* xv = reinterpret_cast<const uint4*>(xrows + static_cast<int64_t>(min(m, M - 1)) * K);
-        for (int base = tb * 16 + tile * 32; base < te * 16; base += 32 * ntiles) {
+        int q = 0;
+        for (int base = xbeg; base < xend; base += xstep, ++q) {
           const int i = base + lane;
           float sum = 0.0f;
-          if (i < te * 16) {
-            const uint4 v = __ldg(xv + i);
+          if (i < xend) {
+            uint4 v;
+            if (m == 0 && q < kXPre) {  // (q < kXPre: unrolled selects, xpre stays in registers)
+#pragma unroll
+              for (int r = 0; r < kXPre; ++r)
+                if (r == q) v = xpre[r];
+            } else {
+              v = __ldg(xv + i);
+            }
             if constexpr (XS) reinterpret_cast<uint4*>(xs)[m * (K / 8) + i] = permute8(v);
             const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -304,7 +353,7 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
           }
 #pragma unroll
           for (int o = 1; o < LPG; o *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-          if (i < te * 16 && i % LPG == 0) gsum[m * gpad + i / LPG] = sum;
+          if (i < xend && i % LPG == 0) gsum[m * gpad + i / LPG] = sum;
         }
       }
     __syncthreads();  // x, the sums and the zero line are written (and red of the last entry was read)
@@ -316,35 +365,40 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
       // for MR = 1, one for MR >= 2), x rows (2c + e) % MR.
       constexpr bool kTwoGroups = MR == 1;
       const int slot0 = (2 * c) / MR;
-      const int soa = oa * G + slot0, sob = ob * G + slot0;
-      float dacc[4];
-      uint32_t sc[2], bc[2];  // raw scales / biases of rows a / b (two groups as a pair for MR = 1)
+      // Scale / bias offsets of rows a / b of each tile (rows past N read row N - 1).
+      int so[TL][2];
+#pragma unroll
+      for (int tl = 0; tl < TL; ++tl) {
+        so[tl][0] = (min(n0 + 16 * tl + g, N - 1) - n0c) * G + slot0;
+        so[tl][1] = (min(n0 + 16 * tl + g + 8, N - 1) - n0c) * G + slot0;
+      }
+      float dacc[TL][4];
+      uint32_t sc[TL][2], bc[TL][2];  // raw scales / biases of rows a / b (two groups as a pair for MR = 1)
       auto load_scales = [&](int u) {
         const int grp = u * SG + slot0;
-        if (grp < G) {
-          if constexpr (kTwoGroups) {
-            if (GS < 128 || G % 2 == 0) {  // K % 128 == 0: G is even below group size 128
-              sc[0] = __ldg(reinterpret_cast<const uint32_t*>(S + soa + u * SG));
-              bc[0] = __ldg(reinterpret_cast<const uint32_t*>(Bi + soa + u * SG));
-              sc[1] = __ldg(reinterpret_cast<const uint32_t*>(S + sob + u * SG));
-              bc[1] = __ldg(reinterpret_cast<const uint32_t*>(Bi + sob + u * SG));
-            } else {  // odd G (group size 128 only): rows are not 4-byte aligned
-              const bool two = grp + 1 < G;
-              const int ia = soa + u * SG, ib = sob + u * SG;
-              sc[0] = __ldg(S + ia) | (two ? static_cast<uint32_t>(__ldg(S + ia + 1)) << 16 : 0u);
-              bc[0] = __ldg(Bi + ia) | (two ? static_cast<uint32_t>(__ldg(Bi + ia + 1)) << 16 : 0u);
-              sc[1] = __ldg(S + ib) | (two ? static_cast<uint32_t>(__ldg(S + ib + 1)) << 16 : 0u);
-              bc[1] = __ldg(Bi + ib) | (two ? static_cast<uint32_t>(__ldg(Bi + ib + 1)) << 16 : 0u);
+#pragma unroll
+        for (int tl = 0; tl < TL; ++tl)
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            const int ia = so[tl][r] + u * SG;
+            if (grp < G) {
+              if constexpr (kTwoGroups) {
+                if (GS < 128 || G % 2 == 0) {  // K % 128 == 0: G is even below group size 128
+                  sc[tl][r] = __ldg(reinterpret_cast<const uint32_t*>(S + ia));
+                  bc[tl][r] = __ldg(reinterpret_cast<const uint32_t*>(Bi + ia));
+                } else {  // odd G (group size 128 only): rows are not 4-byte aligned
+                  const bool two = grp + 1 < G;
+                  sc[tl][r] = __ldg(S + ia) | (two ? static_cast<uint32_t>(__ldg(S + ia + 1)) << 16 : 0u);
+                  bc[tl][r] = __ldg(Bi + ia) | (two ? static_cast<uint32_t>(__ldg(Bi + ia + 1)) << 16 : 0u);
+                }
+              } else {
+                sc[tl][r] = __ldg(S + ia);
+                bc[tl][r] = __ldg(Bi + ia);
+              }
+            } else {
+              sc[tl][r] = bc[tl][r] = 0u;
             }
-          } else {
-            sc[0] = __ldg(S + soa + u * SG);
-            bc[0] = __ldg(Bi + soa + u * SG);
-            sc[1] = __ldg(S + sob + u * SG);
-            bc[1] = __ldg(Bi + sob + u * SG);
           }
-        } else {
-          sc[0] = bc[0] = sc[1] = bc[1] = 0u;
-        }
       };
       // acc += (s / kPairScale) * dot(x, code) + (b - OFF * s) * sum(x) per
       // group and column. (Groups past G: zero scale, bias, dot and sum.)
@@ -361,14 +415,18 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
                         : make_float2(0.0f, 0.0f);
         }
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const float xsv = e ? xs2.y : xs2.x;
-          const int sh = kTwoGroups ? 16 * e : 0;
-          const float s_a = bits_to_f<T>(sc[0] >> sh), b_a = bits_to_f<T>(bc[0] >> sh);
-          const float s_b = bits_to_f<T>(sc[1] >> sh), b_b = bits_to_f<T>(bc[1] >> sh);
-          acc[e] = fmaf(kInv * s_a, dacc[e], fmaf(fmaf(-kOff, s_a, b_a), xsv, acc[e]));
-          acc[2 + e] = fmaf(kInv * s_b, dacc[2 + e], fmaf(fmaf(-kOff, s_b, b_b), xsv, acc[2 + e]));
-        }
+        for (int tl = 0; tl < TL; ++tl)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            const float xsv = e ? xs2.y : xs2.x;
+            const int sh = kTwoGroups ? 16 * e : 0;
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+              const float s_r = bits_to_f<T>(sc[tl][r] >> sh), b_r = bits_to_f<T>(bc[tl][r] >> sh);
+              acc[tl][2 * r + e] =
+                  fmaf(kInv * s_r, dacc[tl][2 * r + e], fmaf(fmaf(-kOff, s_r, b_r), xsv, acc[tl][2 * r + e]));
+            }
+          }
       };
       // B operand of lane (g, c) in chunk t: its 32-code slice of permuted x
       // row col_m, or the zero line when its column's group slot is not the
@@ -377,7 +435,16 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
                                static_cast<uint32_t>(col_m * K * static_cast<int>(sizeof(T))) + 64u * c;
       const uint32_t zero_addr = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line));
       const T* xcol = xrows + static_cast<int64_t>(min(col_m, M - 1)) * K;
-      auto compute = [&](int t, int sub, const uint4& cwa, const uint4& cwb) {
+      // Chunk t of every tile (its ring slot holds TL x 1 KB: rows a in the
+      // first 512 bytes of a tile's KB, rows b in the second).
+      auto compute = [&](int t, int sub) {
+        const uint32_t src = ring + (static_cast<uint32_t>(t) & (D - 1)) * kSlot;
+        uint4 cw[TL][2];
+#pragma unroll
+        for (int tl = 0; tl < TL; ++tl) {
+          cw[tl][0] = lds128(src + 1024 * tl);
+          cw[tl][1] = lds128(src + 1024 * tl + 512);
+        }
         const bool active = col_slot == sub * NG + my_slot_c;
         const uint32_t xb = active ? xs_lane + 256u * static_cast<uint32_t>(t) : zero_addr;
 #pragma unroll
@@ -389,13 +456,16 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
             xp = make_uint4(0u, 0u, 0u, 0u);
             if (active) xp = permute8(__ldg(reinterpret_cast<const uint4*>(xcol + t * 128 + 32 * c) + j));
           }
-          const uint32_t w_a = (&cwa.x)[j], w_b = (&cwb.x)[j];
 #pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int i = 2 * h;
-            const uint32_t af[4] = {nib_pair<T>(w_a, i), nib_pair<T>(w_b, i), nib_pair<T>(w_a, i + 1),
-                                    nib_pair<T>(w_b, i + 1)};
-            mma16816<T>(dacc, af, h ? xp.z : xp.x, h ? xp.w : xp.y);
+          for (int tl = 0; tl < TL; ++tl) {
+            const uint32_t w_a = (&cw[tl][0].x)[j], w_b = (&cw[tl][1].x)[j];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int i = 2 * h;
+              const uint32_t af[4] = {nib_pair<T>(w_a, i), nib_pair<T>(w_b, i), nib_pair<T>(w_a, i + 1),
+                                      nib_pair<T>(w_b, i + 1)};
+              mma16816<T>(dacc[tl], af, h ? xp.z : xp.x, h ? xp.w : xp.y);
+            }
           }
         }
       };
@@ -404,7 +474,9 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
       for (int u = ub; u < ue; ++u) {
         load_scales(u);
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dacc[e] = 0.0f;
+        for (int tl = 0; tl < TL; ++tl)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dacc[tl][e] = 0.0f;
 #pragma unroll
         for (int sub = 0; sub < CPS; ++sub) {
           const int t = u * CPS + sub;
@@ -415,9 +487,7 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
               cp_async_wait<1>();  // the window of chunk t is in (the next one may be in flight)
               __syncwarp();
             }
-            const uint32_t src = ring + ((static_cast<uint32_t>(t) & (D - 1)) << 10);
-            const uint4 cwa = lds128(src), cwb = lds128(src + 512);
-            compute(t, sub, cwa, cwb);
+            compute(t, sub);
             if (wpos == CW - 1) {
               __syncwarp();  // every lane has read the window's slots
               issue_win((CPS % CW == 0 ? t - tb : wcount) / CW + 2);
@@ -428,49 +498,57 @@ __global__ void __launch_bounds__(W * 32, 32 / W) qmv1_mma_kernel(Qmv1Params p) 
         fold(u);
       }
       cp_async_wait<0>();
-      bool finite = true;
 #pragma unroll
-      for (int e = 0; e < 4; ++e) finite = finite && ((2 * c + (e & 1)) % MR >= M || isfinite(acc[e]));
-      if (!finite) {
-        // A non-finite sum, dot, scale or bias (or an overflow) somewhere in
-        // this lane's groups: recompute them element by element.
-        const float4 r = redo_exact<T, GS, MR>(p.w, static_cast<const unsigned short*>(p.scales),
-                                               static_cast<const unsigned short*>(p.biases), xrows, M, wi, N, K, ra,
-                                               rb, ub, ue, c);
-        acc[0] = r.x;
-        acc[1] = r.y;
-        acc[2] = r.z;
-        acc[3] = r.w;
+      for (int tl = 0; tl < TL; ++tl) {
+        bool finite = true;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) finite = finite && ((2 * c + (e & 1)) % MR >= M || isfinite(acc[tl][e]));
+        if (!finite) {
+          // A non-finite sum, dot, scale or bias (or an overflow) somewhere in
+          // this lane's groups: recompute them element by element.
+          const float4 r = redo_exact<T, GS, MR>(p.w, static_cast<const unsigned short*>(p.scales),
+                                                 static_cast<const unsigned short*>(p.biases), xrows, M, wi, N, K,
+                                                 n0 + 16 * tl + g, n0 + 16 * tl + g + 8, ub, ue, c);
+          acc[tl][0] = r.x;
+          acc[tl][1] = r.y;
+          acc[tl][2] = r.z;
+          acc[tl][3] = r.w;
+        }
       }
     }
     if (fill && !work) cp_async_wait<0>();  // (a bad lhs index: the copies land before the ring is reused)
     // Sum each output (weight row, x row m) over the lanes and columns that
     // hold it, then over the warps. Column 2c + e holds x row (2c + e) % MR.
-    if constexpr (MR == 1) {
-      acc[0] += acc[1];
-      acc[2] += acc[3];
-    }
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      if constexpr (MR <= 2) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], 1);
-      if constexpr (MR <= 4) acc[e] += __shfl_xor_sync(0xffffffffu, acc[e], 2);
+    for (int tl = 0; tl < TL; ++tl) {
+      if constexpr (MR == 1) {
+        acc[tl][0] += acc[tl][1];
+        acc[tl][2] += acc[tl][3];
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        if constexpr (MR <= 2) acc[tl][e] += __shfl_xor_sync(0xffffffffu, acc[tl][e], 1);
+        if constexpr (MR <= 4) acc[tl][e] += __shfl_xor_sync(0xffffffffu, acc[tl][e], 2);
+      }
     }
     constexpr int kWriters = MR <= 2 ? 1 : MR / 2;  // lanes c < kWriters hold distinct x rows
     if (c < kWriters) {
 #pragma unroll
-      for (int e = 0; e < (MR == 1 ? 1 : 2); ++e) {
-        const int m = (2 * c + e) % MR;
-        red[warp][g][m] = acc[e];
-        red[warp][g + 8][m] = acc[2 + e];
-      }
+      for (int tl = 0; tl < TL; ++tl)
+#pragma unroll
+        for (int e = 0; e < (MR == 1 ? 1 : 2); ++e) {
+          const int m = (2 * c + e) % MR;
+          red[warp][16 * tl + g][m] = acc[tl][e];
+          red[warp][16 * tl + g + 8][m] = acc[tl][2 + e];
+        }
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < kRows * ntiles * MR; idx += W * 32) {
-      const int m = idx % MR, r = (idx / MR) % kRows, tl = idx / (MR * kRows);
+    for (int idx = threadIdx.x; idx < kRowsW * ntiles * MR; idx += W * 32) {
+      const int m = idx % MR, r = (idx / MR) % kRowsW, wt = idx / (MR * kRowsW);
       if (m >= M) continue;
       float v = 0.0f;
-      for (int w = 0; w < ks; ++w) v += red[tl * ks + w][r][m];
-      const int row = (blockIdx.x * ntiles + tl) * kRows + r;
+      for (int w = 0; w < ks; ++w) v += red[wt * ks + w][r][m];
+      const int row = (blockIdx.x * ntiles + wt) * kRowsW + r;
       if (row < N) O[(l * M + m) * static_cast<int64_t>(N) + row] = from_f<T>(v);
     }
   }
@@ -494,40 +572,58 @@ void launch_kernel(dim3 grid, size_t smem, cudaStream_t stream, const Qmv1Params
   Kernel<<<grid, kWarps * 32, smem, stream>>>(p);
 }
 
-template <typename T, int GS, int MR, bool XS>
+template <typename T, int GS, int MR, bool XS, int TL>
 void launch_one(const Qmv1Params& p, const OpScope& scope) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * (kWarps >> p.ks_log2))), 1,
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * TL * (kWarps >> p.ks_log2))), 1,
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
-  const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps);
-  launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kDepth / 2>>(grid, smem, scope.stream(), p);
+  const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps, TL);
+  launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kDepth / 2, TL>>(grid, smem, scope.stream(), p);
 }
 
 template <typename T, int GS, int MR>
-void launch_rows(const Qmv1Params& p, const OpScope& scope) {
-  if (static_cast<int64_t>(MR) * p.K <= kMaxStagedK) launch_one<T, GS, MR, true>(p, scope);
-  else launch_one<T, GS, MR, false>(p, scope);
+void launch_rows(const Qmv1Params& p, int tl, const OpScope& scope) {
+  const bool xs = static_cast<int64_t>(MR) * p.K <= kMaxStagedK;
+  if constexpr (MR <= 2) {
+    if (tl == 2) {
+      if (xs) launch_one<T, GS, MR, true, 2>(p, scope);
+      else launch_one<T, GS, MR, false, 2>(p, scope);
+      return;
+    }
+  }
+  if (xs) launch_one<T, GS, MR, true, 1>(p, scope);
+  else launch_one<T, GS, MR, false, 1>(p, scope);
 }
 
 template <typename T>
-void launch(const detail::QmmDesc& d, const Qmv1Params& p, const OpScope& scope) {
+void launch(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope) {
   const int mr = rows_built(d.M);
   switch (d.format.group_size) {
     case 32:
-      if (mr == 1) launch_rows<T, 32, 1>(p, scope);
-      else launch_rows<T, 32, 2>(p, scope);
+      if (mr == 1) launch_rows<T, 32, 1>(p, tl, scope);
+      else launch_rows<T, 32, 2>(p, tl, scope);
       break;
     case 64:
-      if (mr == 1) launch_rows<T, 64, 1>(p, scope);
-      else if (mr == 2) launch_rows<T, 64, 2>(p, scope);
-      else launch_rows<T, 64, 4>(p, scope);
+      if (mr == 1) launch_rows<T, 64, 1>(p, tl, scope);
+      else if (mr == 2) launch_rows<T, 64, 2>(p, tl, scope);
+      else launch_rows<T, 64, 4>(p, tl, scope);
       break;
     default:
-      if (mr == 1) launch_rows<T, 128, 1>(p, scope);
-      else if (mr == 2) launch_rows<T, 128, 2>(p, scope);
-      else if (mr == 4) launch_rows<T, 128, 4>(p, scope);
-      else launch_rows<T, 128, 8>(p, scope);
+      if (mr == 1) launch_rows<T, 128, 1>(p, tl, scope);
+      else if (mr == 2) launch_rows<T, 128, 2>(p, tl, scope);
+      else if (mr == 4) launch_rows<T, 128, 4>(p, tl, scope);
+      else launch_rows<T, 128, 8>(p, tl, scope);
       break;
   }
+}
+
+/// 16-row tiles per warp: 2 (M <= 2) when the grid still gives every SM at
+/// least 1.5 blocks (then 2 blocks of 16 warps fit per SM), else 1.
+/// MMKIT_QMV1_TILES=1|2 forces it (tests and tuning; docs/kernels/cuda.md).
+int tiles_per_warp(const detail::QmmDesc& d, int ks_log2, int sm_count) {
+  if (rows_built(d.M) > 2) return 1;
+  if (const char* e = std::getenv("MMKIT_QMV1_TILES")) return std::atoi(e) == 2 ? 2 : 1;
+  const int64_t blocks = ceil_div(d.N, int64_t{kRows} * 2 * (kWarps >> ks_log2)) * std::min<int64_t>(d.batch, 65535);
+  return 2 * blocks >= 3 * int64_t{sm_count} ? 2 : 1;
 }
 
 }  // namespace
@@ -567,11 +663,13 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   while (p.ks_log2 > 0 && supers < (int64_t{1} << p.ks_log2)) --p.ks_log2;
   if (const char* e = std::getenv("MMKIT_QMV1_KS_LOG2"))  // tuning knob (docs/kernels/cuda.md): at most the default
     p.ks_log2 = std::min(p.ks_log2, std::max(0, std::atoi(e)));
-  if (smem_bytes(d.K, d.format.group_size, mr, mr * d.K <= kMaxStagedK, kDepth, kWarps) >
-      device_info(scope.device()).smem_optin)
-    return false;
-  if (d.dtype == Dtype::float16) launch<__half>(d, p, scope);
-  else launch<__nv_bfloat16>(d, p, scope);
+  const DeviceInfo& dev = device_info(scope.device());
+  int tl = tiles_per_warp(d, p.ks_log2, dev.sm_count);
+  const bool xs = mr * d.K <= kMaxStagedK;
+  if (tl == 2 && smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, 2) > dev.smem_optin) tl = 1;
+  if (smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, tl) > dev.smem_optin) return false;
+  if (d.dtype == Dtype::float16) launch<__half>(d, p, tl, scope);
+  else launch<__nv_bfloat16>(d, p, tl, scope);
   scope.check_launch("qmv1_mma");
   return true;
 }
