@@ -61,6 +61,10 @@ constexpr int kRows = 16;            // weight rows per block
 constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to MR * K = this (32 KB)
 constexpr int kZeroBytes = 64;       // the zero line inactive lanes read
 constexpr int kDepth = 4;            // chunks of weights in flight per warp (cp.async ring)
+#ifndef MMKIT_QMV1_WINDOW
+#define MMKIT_QMV1_WINDOW 2
+#endif
+constexpr int kWindow = MMKIT_QMV1_WINDOW;  // chunks per copy window (the ring refills a window at a time)
 constexpr int64_t kMaxK = int64_t{1} << 18;  // the group sums of x stay within 32 KB of shared memory
 
 /// Dynamic shared memory of one block (mr activation rows).
@@ -205,7 +209,8 @@ __global__ void __launch_bounds__(W * 32, 32 / W / TL) qmv1_mma_kernel(Qmv1Param
   constexpr int LPG = GS / 8;              // 16-byte x vectors (lanes) per group
   static_assert(CPS >= 1, "a super-chunk holds at least one chunk (MR <= GS / 16)");
   static_assert(D == 4 || D == 8, "ring depth: a power of two, slots of 1 KB per warp");
-  static_assert(D == 2 * CW && CW >= 1, "the ring holds two windows");
+  static_assert(D % CW == 0 && D / CW >= 2, "the ring holds two or more windows");
+  constexpr int NW = D / CW;               // windows in the ring
   static_assert(TL == 1 || TL == 2, "one or two 16-row tiles per warp");
   constexpr int kRowsW = kRows * TL;       // weight rows per warp
   constexpr int kSlot = 1024 * TL;         // ring slot: one chunk of every tile of the warp
@@ -314,8 +319,8 @@ __global__ void __launch_bounds__(W * 32, 32 / W / TL) qmv1_mma_kernel(Qmv1Param
       }
     }
     if (fill) {
-      issue_win(0);
-      issue_win(1);
+#pragma unroll
+      for (int w = 0; w < NW; ++w) issue_win(w);
     }
     const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
                     index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
@@ -374,13 +379,32 @@ __global__ void __launch_bounds__(W * 32, 32 / W / TL) qmv1_mma_kernel(Qmv1Param
       }
       float dacc[TL][4];
       uint32_t sc[TL][2], bc[TL][2];  // raw scales / biases of rows a / b (two groups as a pair for MR = 1)
+      // Whole tiles: the lane's rows are 8 apart from its first (one base
+      // offset, the rest fixed multiples of 8 G); otherwise clamped per row.
+      const int so00 = so[0][0];
+      const int g8 = 8 * G;
+      // (Opaque to the compiler, so the loop keeps them instead of
+      // recomputing the whole address each super-chunk.)
+      const unsigned short* Sa = S + so00;
+      const unsigned short* Ba = Bi + so00;
+      asm volatile("" : "+l"(Sa), "+l"(Ba));
+      int soff[TL][2];  // rows a / b of each tile, from Sa / Ba
+#pragma unroll
+      for (int tl = 0; tl < TL; ++tl)
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          soff[tl][r] = full_rows ? (2 * tl + r) * g8 : so[tl][r] - so00;
+          asm volatile("" : "+r"(soff[tl][r]));
+        }
       auto load_scales = [&](int u) {
         const int grp = u * SG + slot0;
 #pragma unroll
         for (int tl = 0; tl < TL; ++tl)
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
-            const int ia = so[tl][r] + u * SG;
+            const int ia = soff[tl][r] + u * SG;
+            const unsigned short* S = Sa;
+            const unsigned short* Bi = Ba;
             if (grp < G) {
               if constexpr (kTwoGroups) {
                 if (GS < 128 || G % 2 == 0) {  // K % 128 == 0: G is even below group size 128
@@ -431,14 +455,16 @@ __global__ void __launch_bounds__(W * 32, 32 / W / TL) qmv1_mma_kernel(Qmv1Param
       // B operand of lane (g, c) in chunk t: its 32-code slice of permuted x
       // row col_m, or the zero line when its column's group slot is not the
       // group of that slice.
-      const uint32_t xs_lane = static_cast<uint32_t>(__cvta_generic_to_shared(xs)) +
+      uint32_t xs_lane = static_cast<uint32_t>(__cvta_generic_to_shared(xs)) +
                                static_cast<uint32_t>(col_m * K * static_cast<int>(sizeof(T))) + 64u * c;
-      const uint32_t zero_addr = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line));
+      uint32_t zero_addr = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line));
+      uint32_t ring_l = ring;
+      asm volatile("" : "+r"(xs_lane), "+r"(zero_addr), "+r"(ring_l));  // (kept, not recomputed per chunk)
       const T* xcol = xrows + static_cast<int64_t>(min(col_m, M - 1)) * K;
       // Chunk t of every tile (its ring slot holds TL x 1 KB: rows a in the
       // first 512 bytes of a tile's KB, rows b in the second).
       auto compute = [&](int t, int sub) {
-        const uint32_t src = ring + (static_cast<uint32_t>(t) & (D - 1)) * kSlot;
+        const uint32_t src = ring_l + (static_cast<uint32_t>(t) & (D - 1)) * kSlot;
         uint4 cw[TL][2];
 #pragma unroll
         for (int tl = 0; tl < TL; ++tl) {
@@ -484,13 +510,13 @@ __global__ void __launch_bounds__(W * 32, 32 / W / TL) qmv1_mma_kernel(Qmv1Param
             // (Windows tile super-chunks when CPS % CW == 0: positions known at compile time.)
             const int wpos = CPS % CW == 0 ? sub % CW : wcount % CW;
             if (wpos == 0) {
-              cp_async_wait<1>();  // the window of chunk t is in (the next one may be in flight)
+              cp_async_wait<NW - 1>();  // the window of chunk t is in (the next ones may be in flight)
               __syncwarp();
             }
             compute(t, sub);
             if (wpos == CW - 1) {
               __syncwarp();  // every lane has read the window's slots
-              issue_win((CPS % CW == 0 ? t - tb : wcount) / CW + 2);
+              issue_win((CPS % CW == 0 ? t - tb : wcount) / CW + NW);
             }
             ++wcount;
           }
@@ -577,7 +603,7 @@ void launch_one(const Qmv1Params& p, const OpScope& scope) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * TL * (kWarps >> p.ks_log2))), 1,
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
   const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps, TL);
-  launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kDepth / 2, TL>>(grid, smem, scope.stream(), p);
+  launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kWindow, TL>>(grid, smem, scope.stream(), p);
 }
 
 template <typename T, int GS, int MR>
