@@ -480,93 +480,113 @@ detail::QmmDesc gather_desc(const Fmt& f, Dtype dt, int64_t M, int64_t N, int64_
   return d;
 }
 
+/// One grouped gather_qmm (cuda_gather_grouped) against the CPU, bit-exact on
+/// exactly representable data: E experts with expert 1 unused, L entries of M
+/// rows from Bx = 5 x matrices, unsorted rhs, host and device indices.
+/// K: 3 groups (6 for nvfp4: K % 32 == 0); N = 37, not a multiple of 8.
+void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int64_t M, uint64_t& seed) {
+  auto& reg = detail::registries();
+  const int64_t N = 37, K = f.gs * (f.gs == 16 ? 6 : 3), Bx = 5;
+  SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
+               " K=" + std::to_string(K));
+  ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_gather_grouped");
+  QW q = exact_quantized(f, E * N, K, dt, seed++);
+  Array w = q.w.reshape({E, N, q.w.shape(-1)});
+  Array s = q.scales.reshape({E, N, q.scales.shape(-1)});
+  std::optional<Array> b;
+  if (q.biases) b = q.biases->reshape({E, N, q.biases->shape(-1)});
+  Array x = small_ints({Bx, M, K}, dt, seed++);
+  std::mt19937_64 g(seed++);
+  std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
+  for (int64_t l = 0; l < L; ++l) {
+    li[l] = static_cast<int64_t>(g() % Bx);
+    const int64_t e = static_cast<int64_t>(g() % (E - 1));
+    ri[l] = e == 0 ? 0 : e + 1;  // expert 1 gets no rows
+  }
+  Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
+  Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode);
+  const auto v = yc.astype(Dtype::float32).to_double_vector();
+  ASSERT_TRUE(std::any_of(v.begin(), v.end(), [](double e) { return e != 0.0; }));
+  Array yh = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), lhs, rhs, true, f.gs, f.bits, f.mode);
+  Array yd = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+  EXPECT_TRUE(bit_equal(yh, yc)) << "host indices";
+  EXPECT_TRUE(bit_equal(yd, yc)) << "device indices";
+}
+
 TEST(CudaCross, GatherQmmGroupedEveryFormat) {
   MMKIT_REQUIRE_GPU();
   // Every format and dtype through the grouped gather (cuda_gather_grouped):
-  // >= 4 rows per expert on average, unsorted rhs, expert 1 unused, host and
-  // device indices. 4-bit affine float16/bfloat16 with K % 128 == 0 run the
-  // tensor-core kernel per item, everything else the SIMT GEMV (qmv.cu) per
-  // item; items of 8 rows (E = 3) and of 4 rows (E = 4, M = 1). Bit-exact with
-  // the CPU on exactly representable data.
-  auto& reg = detail::registries();
+  // 4-bit affine float16/bfloat16 with K % 128 == 0 run the tensor-core GEMV
+  // per item, everything else the SIMT GEMV (qmv.cu) per item; items of 8 rows
+  // (E = 3) and of 4 rows (E = 4, M = 1).
   uint64_t seed = 9500;
   for (const Fmt& f : all_formats())
     for (Dtype dt : kFloats)
-      for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 16, 1}, {3, 16, 3}, {4, 16, 1}}) {
-        // K: 3 groups (6 for nvfp4: K % 32 == 0); N not a multiple of 8.
-        const int64_t N = 37, K = f.gs * (f.gs == 16 ? 6 : 3), Bx = 5;
-        SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
-                     " K=" + std::to_string(K));
-        ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_gather_grouped");
-        QW q = exact_quantized(f, E * N, K, dt, seed++);
-        Array w = q.w.reshape({E, N, q.w.shape(-1)});
-        Array s = q.scales.reshape({E, N, q.scales.shape(-1)});
-        std::optional<Array> b;
-        if (q.biases) b = q.biases->reshape({E, N, q.biases->shape(-1)});
-        Array x = small_ints({Bx, M, K}, dt, seed++);
-        std::mt19937_64 g(seed++);
-        std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
-        for (int64_t l = 0; l < L; ++l) {
-          li[l] = static_cast<int64_t>(g() % Bx);
-          const int64_t e = static_cast<int64_t>(g() % (E - 1));
-          ri[l] = e == 0 ? 0 : e + 1;  // expert 1 gets no rows
-        }
-        Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
-        Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode);
-        const auto v = yc.astype(Dtype::float32).to_double_vector();
-        ASSERT_TRUE(std::any_of(v.begin(), v.end(), [](double e) { return e != 0.0; }));
-        Array yh = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), lhs, rhs, true, f.gs, f.bits, f.mode);
-        Array yd = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
-        EXPECT_TRUE(bit_equal(yh, yc)) << "host indices";
-        EXPECT_TRUE(bit_equal(yd, yc)) << "device indices";
-      }
+      for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 16, 1}, {3, 16, 3}, {4, 16, 1}})
+        check_grouped_gather_qmm(f, dt, E, L, M, seed);
+}
+
+TEST(CudaCross, GatherQmmGroupedTiledEveryFormat) {
+  MMKIT_REQUIRE_GPU();
+  // More than 8 rows per entry, float16/bfloat16: the tiled tensor-core kernel
+  // (qmm_sm80.cu) per item of one 64-row tile (4-bit affine up to 32 rows:
+  // the tensor-core GEMV); M = 12 (items mixing entries) and M = 70 (an
+  // entry's rows over two items).
+  uint64_t seed = 9600;
+  for (const Fmt& f : all_formats())
+    for (Dtype dt : {Dtype::float16, Dtype::bfloat16})
+      for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 8, 12}, {3, 4, 70}})
+        check_grouped_gather_qmm(f, dt, E, L, M, seed);
 }
 
 TEST(CudaCross, GatherQmmGroupedSimtReportsABadDeviceIndexAndZerosOnlyItsEntry) {
   MMKIT_REQUIRE_GPU();
-  // The grouped gather on the SIMT GEMV (not 4-bit affine): an out-of-range
-  // device rhs index is reported by the plan kernel at the next synchronizing
-  // call, and only that entry's rows are zero.
+  // The grouped gather on the SIMT GEMV (not 4-bit affine, M = 3) and on the
+  // tiled tensor-core kernel (M = 12, half dtypes): an out-of-range device rhs
+  // index is reported by the plan kernel at the next synchronizing call, and
+  // only that entry's rows are zero.
   auto& reg = detail::registries();
   uint64_t seed = 9900;
   for (const Fmt& f : {Fmt{"affine", 3, 32}, Fmt{"mxfp8", 8, 32}})
-    for (Dtype dt : kFloats) {
-      SCOPED_TRACE(name(f, dt));
-      const int64_t E = 4, L = 16, M = 3, N = 24, K = 128, Bx = 2;
-      ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_gather_grouped");
-      QW q = exact_quantized(f, E * N, K, dt, seed++);
-      Array w = gpu(q.w.reshape({E, N, q.w.shape(-1)}));
-      Array s = gpu(q.scales.reshape({E, N, q.scales.shape(-1)}));
-      std::optional<Array> b;
-      if (q.biases) b = gpu(q.biases->reshape({E, N, q.biases->shape(-1)}));
-      Array x = gpu(small_ints({Bx, M, K}, dt, seed++));
-      std::vector<int64_t> ri = {1, 3, 0, 2, 1, 1, 3, 0, 9, 2, 0, 1, 2, 2, 3, 0},
-                           li = {0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 1, 0};
-      synchronize(kGpu);
-      Array y = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})), true, f.gs,
-                           f.bits, f.mode);
-      try {
+    for (Dtype dt : kFloats)
+      for (int64_t M : {3, 12}) {
+        if (M > 8 && dt == Dtype::float32) continue;  // (float32 beyond 8 rows is not grouped)
+        SCOPED_TRACE(name(f, dt) + " M=" + std::to_string(M));
+        const int64_t E = 4, L = 16, N = 24, K = 128, Bx = 2;
+        ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_gather_grouped");
+        QW q = exact_quantized(f, E * N, K, dt, seed++);
+        Array w = gpu(q.w.reshape({E, N, q.w.shape(-1)}));
+        Array s = gpu(q.scales.reshape({E, N, q.scales.shape(-1)}));
+        std::optional<Array> b;
+        if (q.biases) b = gpu(q.biases->reshape({E, N, q.biases->shape(-1)}));
+        Array x = gpu(small_ints({Bx, M, K}, dt, seed++));
+        std::vector<int64_t> ri = {1, 3, 0, 2, 1, 1, 3, 0, 9, 2, 0, 1, 2, 2, 3, 0},
+                             li = {0, 1, 1, 0, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 1, 0};
         synchronize(kGpu);
-        ADD_FAILURE() << "expected the deferred index error";
-      } catch (const Error& e) {
-        const std::string m = e.what();
-        EXPECT_EQ(m.rfind("[gather_qmm] rhs_indices value 9 at flat position 8", 0), 0u) << m;
+        Array y = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})), true, f.gs,
+                             f.bits, f.mode);
+        try {
+          synchronize(kGpu);
+          ADD_FAILURE() << "expected the deferred index error";
+        } catch (const Error& e) {
+          const std::string m = e.what();
+          EXPECT_EQ(m.rfind("[gather_qmm] rhs_indices value 9 at flat position 8", 0), 0u) << m;
+        }
+        synchronize(kGpu);
+        ri[8] = 0;
+        Array good = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})), true,
+                                f.gs, f.bits, f.mode);
+        const auto v = y.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
+        const auto gv = good.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
+        ASSERT_EQ(v.size(), static_cast<size_t>(L * M * N));
+        int64_t nonzero = 0;
+        for (int64_t i = 0; i < L * M * N; ++i) {
+          if (i / (M * N) == 8) EXPECT_EQ(v[i], 0.0) << i;
+          else EXPECT_EQ(v[i], gv[i]) << i;
+          nonzero += gv[i] != 0.0;
+        }
+        EXPECT_GT(nonzero, 0);
       }
-      synchronize(kGpu);
-      ri[8] = 0;
-      Array good = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})), true,
-                              f.gs, f.bits, f.mode);
-      const auto v = y.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
-      const auto gv = good.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
-      ASSERT_EQ(v.size(), static_cast<size_t>(L * M * N));
-      int64_t nonzero = 0;
-      for (int64_t i = 0; i < L * M * N; ++i) {
-        if (i / (M * N) == 8) EXPECT_EQ(v[i], 0.0) << i;
-        else EXPECT_EQ(v[i], gv[i]) << i;
-        nonzero += gv[i] != 0.0;
-      }
-      EXPECT_GT(nonzero, 0);
-    }
 }
 
 TEST(CudaCross, QmmBatchedBroadcastAndEmpty) {
@@ -646,45 +666,48 @@ TEST(CudaCross, GatherMmGroupedByExpertOnTheDevice) {
   // gather_mm whose entries share experts (cuda_gemm_grouped): rows grouped by
   // expert on the device, one plan item of <= 64 rows per tile row. E = 3 with
   // expert 1 unused, unsorted rhs; at M = 5 expert 2 has 65 rows (items of 64
-  // and 1). N spans two column tiles with a partial one, K is not a multiple
-  // of the 32-wide k tile. Host and device indices; bit-exact with the CPU on
-  // small integers.
+  // and 1), at M = 70 an entry's rows span two items. N spans two column
+  // tiles with a partial one, K is not a multiple of the 32-wide k tile
+  // (K = 36: not of 8 either, the SIMT tile; float32 always takes it). Host
+  // and device indices; bit-exact with the CPU on small integers.
   auto& reg = detail::registries();
   uint64_t seed = 9700;
-  const int64_t E = 3, L = 16, N = 72, K = 40, Ba = 5;
+  const int64_t E = 3, L = 16, N = 72, Ba = 5;
   const std::vector<int64_t> ri = {2, 0, 2, 2, 2, 2, 0, 2, 2, 2, 2, 2, 0, 2, 2, 2};
-  for (Dtype dt : {Dtype::float16, Dtype::bfloat16})
+  for (Dtype dt : {Dtype::float16, Dtype::bfloat16, Dtype::float32})
     for (bool kmajor : {false, true})
-      for (int64_t M : {1, 5}) {
-        SCOPED_TRACE(std::string(dtype_name(dt)) + (kmajor ? " K-major" : " N-major") + " M=" + std::to_string(M));
-        ASSERT_EQ(reg.gemm.select(gemm_gather_desc(dt, M, N, K, L, Ba, E, kmajor), Device::Type::gpu).name,
-                  "cuda_gemm_grouped");
-        Array a = small_ints({Ba, M, K}, dt, seed++);
-        Array b = kmajor ? small_ints({E, N, K}, dt, seed++).swapaxes(-1, -2) : small_ints({E, K, N}, dt, seed++);
-        std::mt19937_64 g(seed++);
-        std::vector<int64_t> li(static_cast<size_t>(L));
-        for (int64_t l = 0; l < L; ++l) li[l] = static_cast<int64_t>(g() % Ba);
-        Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
-        Array yc = gather_mm(a, b, lhs, rhs);
-        const auto v = yc.astype(Dtype::float32).to_double_vector();
-        ASSERT_TRUE(std::any_of(v.begin(), v.end(), [](double e) { return e != 0.0; }));
-        Array bg = kmajor ? gpu(b.swapaxes(-1, -2).contiguous()).swapaxes(-1, -2) : gpu(b);
-        Array yh = gather_mm(gpu(a), bg, lhs, rhs);
-        Array yd = gather_mm(gpu(a), bg, gpu(lhs), gpu(rhs));
-        EXPECT_TRUE(bit_equal(yh, yc)) << "host indices";
-        EXPECT_TRUE(bit_equal(yd, yc)) << "device indices";
-      }
+      for (int64_t M : {1, 5, 70})
+        for (int64_t K : {40, 36}) {
+          SCOPED_TRACE(std::string(dtype_name(dt)) + (kmajor ? " K-major" : " N-major") + " M=" + std::to_string(M) +
+                       " K=" + std::to_string(K));
+          ASSERT_EQ(reg.gemm.select(gemm_gather_desc(dt, M, N, K, L, Ba, E, kmajor), Device::Type::gpu).name,
+                    "cuda_gemm_grouped");
+          Array a = small_ints({Ba, M, K}, dt, seed++);
+          Array b = kmajor ? small_ints({E, N, K}, dt, seed++).swapaxes(-1, -2) : small_ints({E, K, N}, dt, seed++);
+          std::mt19937_64 g(seed++);
+          std::vector<int64_t> li(static_cast<size_t>(L));
+          for (int64_t l = 0; l < L; ++l) li[l] = static_cast<int64_t>(g() % Ba);
+          Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
+          Array yc = gather_mm(a, b, lhs, rhs);
+          const auto v = yc.astype(Dtype::float32).to_double_vector();
+          ASSERT_TRUE(std::any_of(v.begin(), v.end(), [](double e) { return e != 0.0; }));
+          Array bg = kmajor ? gpu(b.swapaxes(-1, -2).contiguous()).swapaxes(-1, -2) : gpu(b);
+          Array yh = gather_mm(gpu(a), bg, lhs, rhs);
+          Array yd = gather_mm(gpu(a), bg, gpu(lhs), gpu(rhs));
+          EXPECT_TRUE(bit_equal(yh, yc)) << "host indices";
+          EXPECT_TRUE(bit_equal(yd, yc)) << "device indices";
+        }
 }
 
 TEST(CudaCross, GatherMmGroupedReportsABadDeviceIndexAndZerosOnlyItsEntry) {
   MMKIT_REQUIRE_GPU();
-  // The grouped gather_mm: an out-of-range device rhs index is reported by the
-  // plan kernel at the next synchronizing call, and only that entry's rows are
-  // zero.
+  // The grouped gather_mm (tensor-core and, for float32, SIMT tiles): an
+  // out-of-range device rhs index is reported by the plan kernel at the next
+  // synchronizing call, and only that entry's rows are zero.
   auto& reg = detail::registries();
   uint64_t seed = 9800;
   const int64_t E = 3, L = 16, M = 5, N = 24, K = 32, Ba = 2;
-  for (Dtype dt : {Dtype::float16, Dtype::bfloat16})
+  for (Dtype dt : {Dtype::float16, Dtype::bfloat16, Dtype::float32})
     for (bool kmajor : {false, true}) {
       SCOPED_TRACE(std::string(dtype_name(dt)) + (kmajor ? " K-major" : " N-major"));
       ASSERT_EQ(reg.gemm.select(gemm_gather_desc(dt, M, N, K, L, Ba, E, kmajor), Device::Type::gpu).name,

@@ -12,17 +12,18 @@
 //                   needs K % 8 == 0 and, for N-major b, N % 8 == 0 (16-byte
 //                   chunks). Bound: this simple tile aims at >= 30% of the bf16
 //                   tensor peak at large sizes (not yet measured).
-//   gemm_sm80_mma, grouped (cuda_gemm_grouped, dispatched first): gather_mm
-//                   whose entries share experts (the rule of gather_qmm: >= 4
-//                   rows per expert on average, 2 ..= kGatherPlanMaxExperts
-//                   experts, batch * M < 2^31; here also M <= 64): a plan built
-//                   on the device (gather_plan.h) sorts the L * M rows by expert
-//                   and cuts them into items of <= 64 rows (the tile's BM); one
+//   grouped (cuda_gemm_grouped, dispatched first): gather_mm whose entries
+//                   share experts (the rule of gather_qmm: >= 4 rows per expert
+//                   on average, 2 ..= kGatherPlanMaxExperts experts, batch * M
+//                   < 2^31), any dtype, M and layout: a plan built on the
+//                   device (gather_plan.h) sorts the L * M rows by expert and
+//                   cuts them into items of <= 64 rows (the tile's BM); one
 //                   item per block row-tile, A rows gathered through the plan,
-//                   rows past the item's count zero-filled, outputs scattered to
-//                   the rows' out rows, b = the item's expert, so an expert's b
-//                   is read once per item instead of once per entry. Unaligned
-//                   a / b fall back to the ungrouped path.
+//                   rows past the item's count zero-filled, outputs scattered
+//                   to the rows' out rows, b = the item's expert, so an
+//                   expert's b is read once per item instead of once per entry.
+//                   The tensor-core tile where gemm_sm80_mma applies (and a / b
+//                   are 16-byte aligned), else the SIMT tile.
 //   gemm_simt       any dtype / shape: float32 FMA, 64 x 64 x 16 tile.
 //   block_masked    float32 FMA, one bs x bs output block per 256-thread block,
 //                   work proportional to the unmasked blocks.
@@ -68,6 +69,7 @@ struct GemmGroupedParams {
   const void* b;
   void* out;
   int64_t N, K;
+  int kmajor;  // (the SIMT kernel; the tensor-core one takes it as a template argument)
   GatherPlanView plan;
 };
 template <bool GROUPED>
@@ -200,46 +202,79 @@ __global__ void __launch_bounds__(MmaTile::THREADS) gemm_mma_kernel(GemmKernelPa
 
 // ---- SIMT gemm (any dtype / shape) ------------------------------------------------
 
-template <typename T>
-__global__ void __launch_bounds__(SimtTile::THREADS) gemm_simt_kernel(GemmParams p) {
+// GROUPED: as in gemm_mma_kernel (work unit l is plan item l, A rows
+// gathered through the plan, b the item's expert, outputs scattered).
+template <typename T, bool GROUPED>
+__global__ void __launch_bounds__(SimtTile::THREADS) gemm_simt_kernel(GemmKernelParams<GROUPED> p) {
   constexpr int BM = SimtTile::BM, BN = SimtTile::BN, BK = SimtTile::BK;
+  static_assert(SimtTile::THREADS >= BM, "one thread per item row loads its offsets");
   __shared__ float As[BK][BM + SimtTile::PAD];  // (BK, BM)
   __shared__ float Bs[BK][BN + SimtTile::PAD];  // (BK, BN)
   SimtTile t{As, Bs, {}};
   const int tid = threadIdx.x, ty = tid / 16, tx = tid % 16;
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
+  const int64_t N = p.N, K = p.K;
+  const bool kmajor = p.kmajor != 0;
   const T* A = static_cast<const T*>(p.a);
   const T* B = static_cast<const T*>(p.b);
   T* O = static_cast<T*>(p.out);
-  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
-    const int64_t ai = p.lhs[l], bi = p.rhs[l];
-    const bool ok = index_ok(ai, l, p.a_batch, p.guard, ErrWhich::lhs) &&
-                    index_ok(bi, l, p.b_batch, p.guard, ErrWhich::rhs);
+  int64_t* a_off = nullptr;
+  int64_t* o_off = nullptr;
+  int64_t M, n_work;  // ungrouped: rows per entry, entries; grouped: unused, plan items
+  if constexpr (GROUPED) {
+    __shared__ int64_t row_off[2][BM];
+    a_off = row_off[0];
+    o_off = row_off[1];
+    M = BM;
+    n_work = *p.plan.n_items;
+  } else {
+    M = p.M;
+    n_work = p.L;
+  }
+  for (int64_t l = blockIdx.z; l < n_work; l += gridDim.z) {
+    int64_t ai = 0, bi = 0;
+    int rows = 0;  // grouped: the item's row count
+    bool ok = true;
+    if constexpr (GROUPED) {
+      __syncthreads();  // the previous item's epilogue has read o_off
+      const GatherItem it = load_gather_item(p.plan, l, tid, K, N, a_off, o_off);
+      bi = it.expert;
+      rows = it.count;
+      __syncthreads();
+    } else {
+      ai = p.lhs[l];
+      bi = p.rhs[l];
+      ok = index_ok(ai, l, p.a_batch, p.guard, ErrWhich::lhs) && index_ok(bi, l, p.b_batch, p.guard, ErrWhich::rhs);
+    }
     t.zero();
     if (ok) {
-      for (int64_t k0 = 0; k0 < p.K; k0 += BK) {
+      for (int64_t k0 = 0; k0 < K; k0 += BK) {
 #pragma unroll
         for (int q = 0; q < (BM * BK) / SimtTile::THREADS; ++q) {
           const int idx = tid + q * SimtTile::THREADS;
           const int m = idx / BK, k = idx % BK;
-          const bool in = m0 + m < p.M && k0 + k < p.K;
-          As[k][m] = in ? to_f<T>(A[(ai * p.M + m0 + m) * p.K + k0 + k]) : 0.0f;
+          float v = 0.0f;
+          if constexpr (GROUPED) {
+            if (m < rows && k0 + k < K) v = to_f<T>(A[a_off[m] + k0 + k]);
+          } else {
+            if (m0 + m < M && k0 + k < K) v = to_f<T>(A[(ai * M + m0 + m) * K + k0 + k]);
+          }
+          As[k][m] = v;
         }
 #pragma unroll
         for (int q = 0; q < (BN * BK) / SimtTile::THREADS; ++q) {
           const int idx = tid + q * SimtTile::THREADS;
           int n, k;
-          if (p.kmajor) {
+          if (kmajor) {
             n = idx / BK;
             k = idx % BK;
           } else {
             k = idx / BN;
             n = idx % BN;
           }
-          const bool in = n0 + n < p.N && k0 + k < p.K;
+          const bool in = n0 + n < N && k0 + k < K;
           float v = 0.0f;
-          if (in)
-            v = to_f<T>(p.kmajor ? B[(bi * p.N + n0 + n) * p.K + k0 + k] : B[(bi * p.K + k0 + k) * p.N + n0 + n]);
+          if (in) v = to_f<T>(kmajor ? B[(bi * N + n0 + n) * K + k0 + k] : B[(bi * K + k0 + k) * N + n0 + n]);
           Bs[k][n] = v;
         }
         __syncthreads();
@@ -252,7 +287,11 @@ __global__ void __launch_bounds__(SimtTile::THREADS) gemm_simt_kernel(GemmParams
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
-        if (m < p.M && n < p.N) O[(l * p.M + m) * p.N + n] = from_f<T>(t.acc[i][j]);
+        if constexpr (GROUPED) {
+          if (m < rows && n < N) O[o_off[m] + n] = from_f<T>(t.acc[i][j]);
+        } else {
+          if (m < M && n < N) O[(l * M + m) * N + n] = from_f<T>(t.acc[i][j]);
+        }
       }
   }
 }
@@ -386,14 +425,21 @@ dim3 tile_grid(const char* op, int64_t M, int64_t N, int64_t L, int tile) {
               static_cast<unsigned>(L < 65535 ? L : 65535));
 }
 
+template <bool GROUPED>
+void launch_gemm_simt(const GemmDesc& d, const GemmKernelParams<GROUPED>& p, dim3 grid, const OpScope& scope) {
+  switch (d.dtype) {
+    case Dtype::float16: gemm_simt_kernel<__half, GROUPED><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
+    case Dtype::bfloat16:
+      gemm_simt_kernel<__nv_bfloat16, GROUPED><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p);
+      break;
+    default: gemm_simt_kernel<float, GROUPED><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
+  }
+}
+
 void run_gemm_simt(const GemmDesc& d, GemmArgs& g, const OpScope& scope) {
   const GemmParams p = gemm_params(d, g, scope);
   const dim3 grid = tile_grid(d.op, d.M, d.N, d.batch, SimtTile::BM);
-  switch (d.dtype) {
-    case Dtype::float16: gemm_simt_kernel<__half><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
-    case Dtype::bfloat16: gemm_simt_kernel<__nv_bfloat16><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
-    default: gemm_simt_kernel<float><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
-  }
+  launch_gemm_simt<false>(d, p, grid, scope);
   scope.check_launch("gemm_simt");
 }
 
@@ -406,13 +452,12 @@ bool gemm_mma_supports(const GemmDesc& d) {
 
 /// gather_mm whose entries share experts (b matrices): the rule of gather_qmm
 /// (gather_grouping_pays in qmm_kernels.h): >= 4 rows per expert on average,
-/// 2 ..= kGatherPlanMaxExperts experts, batch * M < 2^31, and at most one row
-/// tile (64 rows) per entry (beyond it every entry fills its own tiles); then
-/// whatever the tensor-core gemm takes.
+/// 2 ..= kGatherPlanMaxExperts experts, batch * M < 2^31. Any dtype and shape:
+/// the tensor-core tile where it applies, else the SIMT tile (float32, odd
+/// K / N, unaligned operands).
 bool gemm_grouped_supports(const GemmDesc& d) {
-  if (d.batch < 2 || d.b_batch < 2 || d.b_batch > kGatherPlanMaxExperts || d.M < 1 || d.M > MmaTile::BM) return false;
-  if (d.batch * d.M < 4 * d.b_batch || d.batch * d.M >= (int64_t{1} << 31)) return false;
-  return gemm_mma_supports(d);
+  if (d.batch < 2 || d.b_batch < 2 || d.b_batch > kGatherPlanMaxExperts || d.M < 1 || d.K == 0) return false;
+  return d.batch * d.M >= 4 * d.b_batch && d.batch * d.M < (int64_t{1} << 31);
 }
 
 template <typename T, bool GROUPED>
@@ -430,22 +475,27 @@ void run_gemm_mma(const GemmDesc& d, GemmArgs& g, const OpScope& scope) {
   scope.check_launch("gemm_sm80_mma");
 }
 
-/// Rows grouped by expert on the device (gather_plan.h, items of BM rows), then
-/// the tensor-core gemm per item; false (nothing launched) when a or b is not
-/// 16-byte aligned.
-bool gemm_grouped_run(const GemmDesc& d, GemmArgs& g, const OpScope& scope) {
-  if (!aligned16(g.a.raw_data()) || !aligned16(g.b.raw_data())) return false;
+/// Rows grouped by expert on the device (gather_plan.h, items of one tile's
+/// BM rows), then the tensor-core gemm per item (float16 / bfloat16, aligned,
+/// K % 8 == 0 ...: gemm_mma_supports) or else the SIMT one.
+void gemm_grouped_run(const GemmDesc& d, GemmArgs& g, const OpScope& scope) {
+  const bool mma = gemm_mma_supports(d) && aligned16(g.a.raw_data()) && aligned16(g.b.raw_data());
+  const int bm = mma ? MmaTile::BM : SimtTile::BM;
   const GemmParams u = gemm_params(d, g, scope);
-  GatherPlan plan(scope, u.lhs, u.rhs, d.batch, d.M, d.a_batch, d.b_batch, MmaTile::BM, u.guard, u.out,
+  GatherPlan plan(scope, u.lhs, u.rhs, d.batch, d.M, d.a_batch, d.b_batch, bm, u.guard, u.out,
                   static_cast<int>(itemsize(d.dtype)), d.N);
-  const GemmGroupedParams p{u.a, u.b, u.out, u.N, u.K, plan.view()};
+  const GemmGroupedParams p{u.a, u.b, u.out, u.N, u.K, u.kmajor, plan.view()};
   const int64_t items = plan.max_items();
-  const dim3 grid(static_cast<unsigned>(ceil_div(d.N, MmaTile::BN)), 1,
+  const dim3 grid(static_cast<unsigned>(ceil_div(d.N, mma ? MmaTile::BN : SimtTile::BN)), 1,
                   static_cast<unsigned>(items < 65535 ? items : 65535));
-  if (d.dtype == Dtype::float16) launch_gemm_mma<__half, true>(d, p, grid, scope);
-  else launch_gemm_mma<__nv_bfloat16, true>(d, p, grid, scope);
-  scope.check_launch("gemm_sm80_mma (grouped gather)");
-  return true;
+  if (!mma) {
+    launch_gemm_simt<true>(d, p, grid, scope);
+    scope.check_launch("gemm_simt (grouped gather)");
+  } else {
+    if (d.dtype == Dtype::float16) launch_gemm_mma<__half, true>(d, p, grid, scope);
+    else launch_gemm_mma<__nv_bfloat16, true>(d, p, grid, scope);
+    scope.check_launch("gemm_sm80_mma (grouped gather)");
+  }
 }
 
 void run_gemm_mma_entry(const GemmDesc& d, GemmArgs& g, const Stream& s) {
@@ -455,7 +505,7 @@ void run_gemm_mma_entry(const GemmDesc& d, GemmArgs& g, const Stream& s) {
 
 void run_gemm_grouped_entry(const GemmDesc& d, GemmArgs& g, const Stream& s) {
   OpScope scope(s, d.op);
-  if (!gemm_grouped_run(d, g, scope)) run_gemm_mma(d, g, scope);
+  gemm_grouped_run(d, g, scope);
 }
 
 void run_gemm_simt_entry(const GemmDesc& d, GemmArgs& g, const Stream& s) {

@@ -48,6 +48,12 @@ bool qmv_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope)
 bool qmm_mma_supports(const detail::QmmDesc& d);
 bool qmm_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
+/// The same grouping for the tiled tensor-core kernel (qmm_sm80.cu): M > kQmvMaxM
+/// rows per entry (any M), every format, float16/bfloat16, transpose, K % 32
+/// == 0; items of one 64-row tile; false when a pointer is not aligned.
+bool qmm_mma_grouped_supports(const detail::QmmDesc& d);
+bool qmm_mma_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+
 /// Accepts every valid descriptor.
 void qmm_generic_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 

@@ -44,6 +44,7 @@ struct MmaQParams {
   int M, N, K, gs;
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
+  GatherPlanView plan;  // grouped instances: work unit l is plan item l
 };
 
 /// Codes 16*HALF .. 16*HALF+15 of a pack as 8 packed T pairs.
@@ -78,7 +79,11 @@ __device__ __noinline__ float exact_dot(const T* xm, const uint32_t* wrow, const
   return e;
 }
 
-template <typename T, QKind KIND, int BITS, int GPP>
+// GROUPED: work unit l is plan item l (gather_plan.h): up to BM rows of one
+// expert, x rows gathered through the plan (rows past the item's count
+// zero-filled), outputs scattered to the rows' out rows; blockIdx.y is 0.
+// Bad indices were reported, and their output rows zeroed, by the plan kernel.
+template <typename T, QKind KIND, int BITS, int GPP, bool GROUPED>
 __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p) {
   constexpr int BM = MmaTile::BM, BN = MmaTile::BN, LDA = MmaTile::LDA;
   constexpr int S = kStages;
@@ -95,11 +100,33 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
   const int brow = tid % BN, bhalf = tid / BN;  // decode assignment: weight row, half of its pack
   const T* X = static_cast<const T*>(p.x);
   T* O = static_cast<T*>(p.out);
+  static_assert(MmaTile::THREADS >= BM, "one thread per item row loads its offsets");
+  int64_t* a_off = nullptr;  // grouped: the item's rows as (x element offset, out element offset)
+  int64_t* o_off = nullptr;
+  int64_t n_work = p.L;
+  if constexpr (GROUPED) {
+    __shared__ int64_t row_off[2][BM];
+    a_off = row_off[0];
+    o_off = row_off[1];
+    n_work = *p.plan.n_items;
+  }
 
-  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
-    const int64_t xi = p.lhs[l], wi = p.rhs[l];
-    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
-                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+  for (int64_t l = blockIdx.z; l < n_work; l += gridDim.z) {
+    int64_t xi = 0, wi = 0;
+    int rows = 0;  // the tile's valid rows
+    bool ok = true;
+    if constexpr (GROUPED) {
+      __syncthreads();  // the previous item's epilogue has read o_off
+      const GatherItem it = load_gather_item(p.plan, l, tid, K, N, a_off, o_off);
+      wi = it.expert;
+      rows = it.count;
+      __syncthreads();
+    } else {
+      xi = p.lhs[l];
+      wi = p.rhs[l];
+      rows = M - m0;
+      ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) && index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    }
     float acc[2][4][4];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
@@ -165,7 +192,17 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
       };
       // One k-step (32 codes) of x and packed weights into stage `st`.
       auto issue = [&](int kt, int st) {
-        cp_async_tile_rows<T>(As[st], xb + kt * 32, K, M - m0, K - kt * 32, tid);
+        if constexpr (GROUPED) {
+#pragma unroll
+          for (int q = 0; q < 2; ++q) {
+            const int id = tid + q * MmaTile::THREADS;
+            const int r = id / 4, c = (id % 4) * 8;
+            const bool in = r < rows && kt * 32 + c < K;
+            cp_async16(As[st] + r * LDA + c, in ? X + a_off[r] + kt * 32 + c : X, in);
+          }
+        } else {
+          cp_async_tile_rows<T>(As[st], xb + kt * 32, K, rows, K - kt * 32, tid);
+        }
         constexpr int chunks = BN * BITS / CW;
 #pragma unroll
         for (int q = 0; q < (chunks + MmaTile::THREADS - 1) / MmaTile::THREADS; ++q) {
@@ -231,8 +268,8 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
             for (int e = 0; e < 4; ++e) {
               const int m = m0 + wm * 32 + mi * 16 + lane / 4 + (e >= 2 ? 8 : 0);
               const int n = n0 + wn * 32 + ni * 8 + 2 * (lane % 4) + (e & 1);
-              if (m < M && n < N)
-                acc[mi][ni][e] = exact_dot<T, KIND, BITS>(X + (xi * M + m) * static_cast<int64_t>(K),
+              if (m - m0 < rows && n < N)
+                acc[mi][ni][e] = exact_dot<T, KIND, BITS>(GROUPED ? X + a_off[m] : X + (xi * M + m) * static_cast<int64_t>(K),
                                                           p.w + (wi * N + n) * static_cast<int64_t>(P) * BITS, p.scales,
                                                           p.biases, sbase + static_cast<int64_t>(n) * G, K, p.gs);
             }
@@ -246,50 +283,43 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
         for (int e = 0; e < 4; ++e) {
           const int m = m0 + wm * 32 + mi * 16 + lane / 4 + (e >= 2 ? 8 : 0);
           const int n = n0 + wn * 32 + ni * 8 + 2 * (lane % 4) + (e & 1);
-          if (m < M && n < N) O[(l * M + m) * static_cast<int64_t>(N) + n] = from_f<T>(acc[mi][ni][e]);
+          if constexpr (GROUPED) {
+            if (m < rows && n < N) O[o_off[m] + n] = from_f<T>(acc[mi][ni][e]);
+          } else {
+            if (m < M && n < N) O[(l * M + m) * static_cast<int64_t>(N) + n] = from_f<T>(acc[mi][ni][e]);
+          }
         }
   }
 }
 
-template <typename T, QKind KIND, int BITS, int GPP>
-void launch(const MmaQParams& p, const OpScope& scope) {
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, MmaTile::BN)), static_cast<unsigned>(ceil_div(p.M, MmaTile::BM)),
-                  static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
-  qmm_mma_kernel<T, KIND, BITS, GPP><<<grid, MmaTile::THREADS, 0, scope.stream()>>>(p);
+template <typename T, QKind KIND, int BITS, int GPP, bool GROUPED>
+void launch(const MmaQParams& p, dim3 grid, const OpScope& scope) {
+  qmm_mma_kernel<T, KIND, BITS, GPP, GROUPED><<<grid, MmaTile::THREADS, 0, scope.stream()>>>(p);
 }
 
-template <typename T>
-void launch_format(const detail::QmmDesc& d, const MmaQParams& p, const OpScope& scope) {
+template <typename T, bool GROUPED>
+void launch_format(const detail::QmmDesc& d, const MmaQParams& p, dim3 grid, const OpScope& scope) {
   switch (d.format.mode) {
     case fmt::Mode::affine:
       switch (d.format.bits) {
-        case 2: return launch<T, QKind::affine, 2, 1>(p, scope);
-        case 3: return launch<T, QKind::affine, 3, 1>(p, scope);
-        case 4: return launch<T, QKind::affine, 4, 1>(p, scope);
-        case 5: return launch<T, QKind::affine, 5, 1>(p, scope);
-        case 6: return launch<T, QKind::affine, 6, 1>(p, scope);
-        default: return launch<T, QKind::affine, 8, 1>(p, scope);
+        case 2: return launch<T, QKind::affine, 2, 1, GROUPED>(p, grid, scope);
+        case 3: return launch<T, QKind::affine, 3, 1, GROUPED>(p, grid, scope);
+        case 4: return launch<T, QKind::affine, 4, 1, GROUPED>(p, grid, scope);
+        case 5: return launch<T, QKind::affine, 5, 1, GROUPED>(p, grid, scope);
+        case 6: return launch<T, QKind::affine, 6, 1, GROUPED>(p, grid, scope);
+        default: return launch<T, QKind::affine, 8, 1, GROUPED>(p, grid, scope);
       }
-    case fmt::Mode::mxfp4: return launch<T, QKind::e2m1, 4, 1>(p, scope);
-    case fmt::Mode::nvfp4: return launch<T, QKind::e2m1, 4, 2>(p, scope);
-    case fmt::Mode::mxfp8: return launch<T, QKind::e4m3, 8, 1>(p, scope);
+    case fmt::Mode::mxfp4: return launch<T, QKind::e2m1, 4, 1, GROUPED>(p, grid, scope);
+    case fmt::Mode::nvfp4: return launch<T, QKind::e2m1, 4, 2, GROUPED>(p, grid, scope);
+    case fmt::Mode::mxfp8: return launch<T, QKind::e4m3, 8, 1, GROUPED>(p, grid, scope);
   }
 }
 
-}  // namespace
-
-bool qmm_mma_supports(const detail::QmmDesc& d) {
-  if (!d.transpose || (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16)) return false;
-  if (d.M <= kQmvMaxM || d.K % 32 != 0 || d.K == 0) return false;
-  if (qmv_mma_supports(d)) return false;  // the GEMV kernel covers these rows
-  if (d.M >= (int64_t{1} << 31) / 2 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
-  if (ceil_div(d.M, MmaTile::BM) > 65535) return false;
-  const DeviceInfo& info = device_info(current_device());
-  return info.cc_major >= 8;
+bool qmm_mma_aligned(const detail::QmmDesc& d, const detail::QmmArgs& a) {
+  return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), pack_align(d.format.bits));
 }
 
-bool qmm_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), pack_align(d.format.bits))) return false;
+MmaQParams qmm_mma_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   MmaQParams p{};
   p.x = a.x.raw_data();
   p.w = a.w.data<uint32_t>();
@@ -306,9 +336,52 @@ bool qmm_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& sc
   p.w_batch = d.w_batch;
   p.L = d.batch;
   p.guard = index_guard(scope.device(), d.op, d.indices_checked);
-  if (d.dtype == Dtype::float16) launch_format<__half>(d, p, scope);
-  else launch_format<__nv_bfloat16>(d, p, scope);
+  return p;
+}
+
+}  // namespace
+
+bool qmm_mma_supports(const detail::QmmDesc& d) {
+  if (!d.transpose || (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16)) return false;
+  if (d.M <= kQmvMaxM || d.K % 32 != 0 || d.K == 0) return false;
+  if (qmv_mma_supports(d)) return false;  // the GEMV kernel covers these rows
+  if (d.M >= (int64_t{1} << 31) / 2 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
+  if (ceil_div(d.M, MmaTile::BM) > 65535) return false;
+  const DeviceInfo& info = device_info(current_device());
+  return info.cc_major >= 8;
+}
+
+bool qmm_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!qmm_mma_aligned(d, a)) return false;
+  const MmaQParams p = qmm_mma_params(d, a, scope);
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, MmaTile::BN)), static_cast<unsigned>(ceil_div(p.M, MmaTile::BM)),
+                  static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
+  if (d.dtype == Dtype::float16) launch_format<__half, false>(d, p, grid, scope);
+  else launch_format<__nv_bfloat16, false>(d, p, grid, scope);
   scope.check_launch("qmm_sm80_mma");
+  return true;
+}
+
+bool qmm_mma_grouped_supports(const detail::QmmDesc& d) {
+  if (!d.transpose || (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16)) return false;
+  if (d.M <= kQmvMaxM || d.K % 32 != 0 || d.K == 0) return false;
+  if (d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
+  if (!gather_grouping_pays(d, int64_t{1} << 31)) return false;
+  return device_info(current_device()).cc_major >= 8;
+}
+
+bool qmm_mma_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!qmm_mma_aligned(d, a)) return false;
+  MmaQParams p = qmm_mma_params(d, a, scope);
+  GatherPlan plan(scope, p.lhs, p.rhs, d.batch, d.M, d.x_batch, d.w_batch, MmaTile::BM, p.guard, p.out,
+                  static_cast<int>(itemsize(d.dtype)), d.N);
+  p.plan = plan.view();
+  const int64_t items = plan.max_items();
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, MmaTile::BN)), 1,
+                  static_cast<unsigned>(items < 65535 ? items : 65535));
+  if (d.dtype == Dtype::float16) launch_format<__half, true>(d, p, grid, scope);
+  else launch_format<__nv_bfloat16, true>(d, p, grid, scope);
+  scope.check_launch("qmm_sm80_mma (grouped gather)");
   return true;
 }
 
