@@ -461,8 +461,10 @@ TEST(CudaCross, GatherQmmGroupedByExpertOnTheDevice) {
 }
 
 /// A gather_qmm descriptor as the front end builds it (for registry selection).
-detail::QmmDesc gather_desc(const Fmt& f, Dtype dt, int64_t M, int64_t N, int64_t K, int64_t L, int64_t Bx, int64_t E) {
+detail::QmmDesc gather_desc(const Fmt& f, Dtype dt, int64_t M, int64_t N, int64_t K, int64_t L, int64_t Bx, int64_t E,
+                            bool transpose = true) {
   detail::QmmDesc d;
+  d.transpose = transpose;
   const std::string m = f.mode;
   const fmt::Mode mode = m == "affine"  ? fmt::Mode::affine
                          : m == "mxfp4" ? fmt::Mode::mxfp4
@@ -483,18 +485,22 @@ detail::QmmDesc gather_desc(const Fmt& f, Dtype dt, int64_t M, int64_t N, int64_
 /// One grouped gather_qmm (cuda_gather_grouped) against the CPU, bit-exact on
 /// exactly representable data: E experts with expert 1 unused, L entries of M
 /// rows from Bx = 5 x matrices, unsorted rhs, host and device indices.
-/// K: 3 groups (6 for nvfp4: K % 32 == 0); N = 37, not a multiple of 8.
-void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int64_t M, uint64_t& seed) {
+/// The quantized dimension (K, or N when !transpose) is 3 groups (6 for
+/// nvfp4: a multiple of 32); the other one is 37, not a multiple of 8.
+void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int64_t M, uint64_t& seed,
+                              bool transpose = true) {
   auto& reg = detail::registries();
-  const int64_t N = 37, K = f.gs * (f.gs == 16 ? 6 : 3), Bx = 5;
+  const int64_t Q = f.gs * (f.gs == 16 ? 6 : 3), N = transpose ? 37 : Q, K = transpose ? Q : 37, Bx = 5;
+  const int64_t R = transpose ? N : K;  // rows of one expert's packed weights
   SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
-               " K=" + std::to_string(K));
-  ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_gather_grouped");
-  QW q = exact_quantized(f, E * N, K, dt, seed++);
-  Array w = q.w.reshape({E, N, q.w.shape(-1)});
-  Array s = q.scales.reshape({E, N, q.scales.shape(-1)});
+               " N=" + std::to_string(N) + " K=" + std::to_string(K) + (transpose ? "" : " transpose=false"));
+  ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E, transpose), Device::Type::gpu).name,
+            "cuda_gather_grouped");
+  QW q = exact_quantized(f, E * R, Q, dt, seed++);
+  Array w = q.w.reshape({E, R, q.w.shape(-1)});
+  Array s = q.scales.reshape({E, R, q.scales.shape(-1)});
   std::optional<Array> b;
-  if (q.biases) b = q.biases->reshape({E, N, q.biases->shape(-1)});
+  if (q.biases) b = q.biases->reshape({E, R, q.biases->shape(-1)});
   Array x = small_ints({Bx, M, K}, dt, seed++);
   std::mt19937_64 g(seed++);
   std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
@@ -504,11 +510,12 @@ void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int6
     ri[l] = e == 0 ? 0 : e + 1;  // expert 1 gets no rows
   }
   Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
-  Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode);
+  Array yc = gather_qmm(x, w, s, b, lhs, rhs, transpose, f.gs, f.bits, f.mode);
   const auto v = yc.astype(Dtype::float32).to_double_vector();
   ASSERT_TRUE(std::any_of(v.begin(), v.end(), [](double e) { return e != 0.0; }));
-  Array yh = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), lhs, rhs, true, f.gs, f.bits, f.mode);
-  Array yd = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+  Array yh = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), lhs, rhs, transpose, f.gs, f.bits, f.mode);
+  Array yd =
+      gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), gpu(lhs), gpu(rhs), transpose, f.gs, f.bits, f.mode);
   EXPECT_TRUE(bit_equal(yh, yc)) << "host indices";
   EXPECT_TRUE(bit_equal(yd, yc)) << "device indices";
 }
@@ -524,6 +531,18 @@ TEST(CudaCross, GatherQmmGroupedEveryFormat) {
     for (Dtype dt : kFloats)
       for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 16, 1}, {3, 16, 3}, {4, 16, 1}})
         check_grouped_gather_qmm(f, dt, E, L, M, seed);
+}
+
+TEST(CudaCross, GatherQmmGroupedGenericTile) {
+  MMKIT_REQUIRE_GPU();
+  // What the fast grouped kernels leave: float32 beyond 8 rows per entry and
+  // transpose=false (w (K, N)), on the generic kernel per 64-row item.
+  uint64_t seed = 9650;
+  for (const Fmt& f : all_formats()) {
+    check_grouped_gather_qmm(f, Dtype::float32, 3, 4, 70, seed);
+    check_grouped_gather_qmm(f, Dtype::bfloat16, 3, 16, 1, seed, false);
+    check_grouped_gather_qmm(f, Dtype::float16, 3, 8, 12, seed, false);
+  }
 }
 
 TEST(CudaCross, GatherQmmGroupedTiledEveryFormat) {

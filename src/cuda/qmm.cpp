@@ -3,7 +3,8 @@
 //                     expert on the device (gather_plan.cu), then 4-bit affine float16/bfloat16 with
 //                     K % 128 == 0 and M <= 32 on qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0,
 //                     every format and dtype) on qmv.cu, else (M > 8, float16/bfloat16, transpose,
-//                     K % 32 == 0, every format) on qmm_sm80.cu
+//                     K % 32 == 0, every format) on qmm_sm80.cu, else (float32 beyond 8 rows,
+//                     transpose=false, odd K; any alignment) on qmm_generic.cu
 //   cuda_qmv1_mma     M <= group size / 16 (8 at 128), 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
@@ -35,14 +36,14 @@ void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   if (!qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
 }
 bool grouped_supports(const QmmDesc& d) {
-  return gather_grouped_supports(d) || qmv_grouped_supports(d) || qmm_mma_grouped_supports(d);
+  return qmm_generic_grouped_supports(d);  // (the widest of the grouped kernels' rules)
 }
 void run_grouped(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
   if (gather_grouped_supports(d) && gather_grouped_run(d, a, scope)) return;
   if (qmv_grouped_supports(d) && qmv_grouped_run(d, a, scope)) return;
   if (qmm_mma_grouped_supports(d) && qmm_mma_grouped_run(d, a, scope)) return;
-  if (!(qmv_supports(d) && qmv_run(d, a, scope))) qmm_generic_run(d, a, scope);
+  qmm_generic_grouped_run(d, a, scope);
 }
 void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);

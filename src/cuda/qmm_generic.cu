@@ -34,6 +34,7 @@ struct GenericParams {
   int bits, gs;
   int64_t x_batch, w_batch, L;
   IndexGuard guard;
+  GatherPlanView plan;  // grouped instances: work unit l is plan item l
 };
 
 template <typename T>
@@ -53,7 +54,10 @@ __device__ __forceinline__ float dequant(const GenericParams& p, int64_t wi, int
   return __fmul_rn(s, e);
 }
 
-template <typename T>
+// GROUPED: work unit l is plan item l (gather_plan.h): up to BM rows of one
+// expert, x rows gathered through the plan, outputs scattered to the rows'
+// out rows; blockIdx.y is 0 (bad indices: reported and zeroed by the plan).
+template <typename T, bool GROUPED>
 __global__ void __launch_bounds__(SimtTile::THREADS) qmm_generic_kernel(GenericParams p) {
   constexpr int BM = SimtTile::BM, BN = SimtTile::BN, BK = SimtTile::BK;
   __shared__ float As[BK][BM + SimtTile::PAD];  // (BK, BM)
@@ -63,11 +67,33 @@ __global__ void __launch_bounds__(SimtTile::THREADS) qmm_generic_kernel(GenericP
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
   const T* X = static_cast<const T*>(p.x);
   T* O = static_cast<T*>(p.out);
-  for (int64_t l = blockIdx.z; l < p.L; l += gridDim.z) {
-    const int64_t xi = p.lhs[l], wi = p.rhs[l];
+  static_assert(SimtTile::THREADS >= BM, "one thread per item row loads its offsets");
+  int64_t* a_off = nullptr;  // grouped: the item's rows as (x element offset, out element offset)
+  int64_t* o_off = nullptr;
+  int64_t n_work = p.L;
+  if constexpr (GROUPED) {
+    __shared__ int64_t row_off[2][BM];
+    a_off = row_off[0];
+    o_off = row_off[1];
+    n_work = *p.plan.n_items;
+  }
+  for (int64_t l = blockIdx.z; l < n_work; l += gridDim.z) {
+    int64_t xi = 0, wi = 0;
+    int64_t rows = 0;  // the tile's valid rows
     // Uniform over the block, so the barriers below are safe.
-    const bool ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) &&
-                    index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    bool ok = true;
+    if constexpr (GROUPED) {
+      __syncthreads();  // the previous item's epilogue has read o_off
+      const GatherItem it = load_gather_item(p.plan, l, tid, p.K, p.N, a_off, o_off);
+      wi = it.expert;
+      rows = it.count;
+      __syncthreads();
+    } else {
+      xi = p.lhs[l];
+      wi = p.rhs[l];
+      rows = p.M - m0;
+      ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) && index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
+    }
     t.zero();
     if (ok) {
       for (int64_t k0 = 0; k0 < p.K; k0 += BK) {
@@ -75,8 +101,9 @@ __global__ void __launch_bounds__(SimtTile::THREADS) qmm_generic_kernel(GenericP
         for (int q = 0; q < (BM * BK) / SimtTile::THREADS; ++q) {
           const int idx = tid + q * SimtTile::THREADS;
           const int m = idx / BK, k = idx % BK;
-          const bool in = m0 + m < p.M && k0 + k < p.K;
-          As[k][m] = in ? to_f<T>(X[(xi * p.M + m0 + m) * p.K + k0 + k]) : 0.0f;
+          const bool in = m < rows && k0 + k < p.K;
+          As[k][m] = !in ? 0.0f
+                         : to_f<T>(GROUPED ? X[a_off[m] + k0 + k] : X[(xi * p.M + m0 + m) * p.K + k0 + k]);
         }
 #pragma unroll
         for (int q = 0; q < (BN * BK) / SimtTile::THREADS; ++q) {
@@ -104,14 +131,27 @@ __global__ void __launch_bounds__(SimtTile::THREADS) qmm_generic_kernel(GenericP
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
         const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
-        if (m < p.M && n < p.N) O[(l * p.M + m) * p.N + n] = from_f<T>(t.acc[i][j]);
+        if constexpr (GROUPED) {
+          if (m < rows && n < p.N) O[o_off[m] + n] = from_f<T>(t.acc[i][j]);
+        } else {
+          if (m < p.M && n < p.N) O[(l * p.M + m) * p.N + n] = from_f<T>(t.acc[i][j]);
+        }
       }
   }
 }
 
-}  // namespace
+template <bool GROUPED>
+void launch_generic(const detail::QmmDesc& d, const GenericParams& p, dim3 grid, const OpScope& scope) {
+  switch (d.dtype) {
+    case Dtype::float16: qmm_generic_kernel<__half, GROUPED><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
+    case Dtype::bfloat16:
+      qmm_generic_kernel<__nv_bfloat16, GROUPED><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p);
+      break;
+    default: qmm_generic_kernel<float, GROUPED><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
+  }
+}
 
-void qmm_generic_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+GenericParams generic_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   GenericParams p{};
   p.x = a.x.raw_data();
   p.w = a.w.data<uint32_t>();
@@ -134,16 +174,35 @@ void qmm_generic_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope
   p.w_batch = d.w_batch;
   p.L = d.batch;
   p.guard = index_guard(scope.device(), d.op, d.indices_checked);
+  return p;
+}
+
+}  // namespace
+
+void qmm_generic_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  const GenericParams p = generic_params(d, a, scope);
   const int64_t gy = ceil_div(d.M, SimtTile::BM);
   if (gy > 65535) throw_error(d.op, "M = ", d.M, " is too large for the GPU kernel grid (at most ", 65535 * 64, ").");
   const dim3 grid(static_cast<unsigned>(ceil_div(d.N, SimtTile::BN)), static_cast<unsigned>(gy),
                   static_cast<unsigned>(d.batch < 65535 ? d.batch : 65535));
-  switch (d.dtype) {
-    case Dtype::float16: qmm_generic_kernel<__half><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
-    case Dtype::bfloat16: qmm_generic_kernel<__nv_bfloat16><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
-    default: qmm_generic_kernel<float><<<grid, SimtTile::THREADS, 0, scope.stream()>>>(p); break;
-  }
+  launch_generic<false>(d, p, grid, scope);
   scope.check_launch("qmm_generic");
+}
+
+bool qmm_generic_grouped_supports(const detail::QmmDesc& d) {
+  return d.K > 0 && gather_grouping_pays(d, int64_t{1} << 31);
+}
+
+void qmm_generic_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  GenericParams p = generic_params(d, a, scope);
+  GatherPlan plan(scope, p.lhs, p.rhs, d.batch, d.M, d.x_batch, d.w_batch, SimtTile::BM, p.guard, p.out,
+                  static_cast<int>(itemsize(d.dtype)), d.N);
+  p.plan = plan.view();
+  const int64_t items = plan.max_items();
+  const dim3 grid(static_cast<unsigned>(ceil_div(d.N, SimtTile::BN)), 1,
+                  static_cast<unsigned>(items < 65535 ? items : 65535));
+  launch_generic<true>(d, p, grid, scope);
+  scope.check_launch("qmm_generic (grouped gather)");
 }
 
 }  // namespace mmkit::cuda

@@ -57,4 +57,10 @@ bool qmm_mma_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpS
 /// Accepts every valid descriptor.
 void qmm_generic_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
+/// The grouping for everything the fast grouped kernels leave (float32 beyond
+/// kQmvMaxM rows, transpose=false, odd K): the generic kernel per item of
+/// one 64-row tile; any alignment.
+bool qmm_generic_grouped_supports(const detail::QmmDesc& d);
+void qmm_generic_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+
 }  // namespace mmkit::cuda
