@@ -3,7 +3,8 @@
 // median), for several kernel skeletons. It answers "what is the floor of a
 // GEMV of this size, and which skeleton gets closest to it".
 //
-//   cuda_read_probe [MB (default: the 4-bit g64 8192 x 8192 bytes)]
+//   mmkit_cuda_read_probe [MB (default: the 4-bit g64 8192 x 8192 bytes)]
+//   (PROBE_ITERS=n: n timed calls per skeleton, for profilers)
 //
 // Skeletons:
 //   ld<U>/<blocks per SM>: grid-stride 16-byte __ldcs loads, U in flight per thread;
