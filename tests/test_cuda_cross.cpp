@@ -292,8 +292,9 @@ TEST(CudaCross, QmmExactOneRowGemvTwoTilesPerWarp) {
   // cuda_qmv1_mma with two 16-row tiles per warp (chosen for large grids;
   // MMKIT_QMV1_TILES=2 forces it here on small shapes): N around the 32-row
   // warp tiles and partial last tiles (the per-row copy path), K from one
-  // chunk to split ranges, M = 1 and 2, every group size, both half dtypes,
-  // x staged and (M = 2, K = 8832) read from global memory; a non-finite x
+  // chunk to split ranges, M = 1 - 4 (3 and 4 at group size >= 64), every
+  // group size, both half dtypes, x staged and (M >= 2, K = 8832) read from
+  // global memory; a non-finite x
   // takes the element-wise path of the second tile too.
   struct TilesEnv {
     TilesEnv() { setenv("MMKIT_QMV1_TILES", "2", 1); }
@@ -306,6 +307,7 @@ TEST(CudaCross, QmmExactOneRowGemvTwoTilesPerWarp) {
         for (int64_t N : {1, 17, 31, 32, 33, 64, 96, 130}) {
           check_exact_qmm({{"affine", 4, gs}, dt, true, 1, N, K}, seed++);
           if (N % 2) check_exact_qmm({{"affine", 4, gs}, dt, true, 2, N, K}, seed++);
+          if (N % 2 && gs >= 64) check_exact_qmm({{"affine", 4, gs}, dt, true, N % 4 == 1 ? 3 : 4, N, K}, seed++);
         }
   const float inf = std::numeric_limits<float>::infinity();
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {

@@ -609,7 +609,7 @@ void launch_one(const Qmv1Params& p, const OpScope& scope) {
 template <typename T, int GS, int MR>
 void launch_rows(const Qmv1Params& p, int tl, const OpScope& scope) {
   const bool xs = static_cast<int64_t>(MR) * p.K <= kMaxStagedK;
-  if constexpr (MR <= 2) {
+  if constexpr (MR <= 4) {
     if (tl == 2) {
       if (xs) launch_one<T, GS, MR, true, 2>(p, scope);
       else launch_one<T, GS, MR, false, 2>(p, scope);
@@ -642,11 +642,13 @@ void launch(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope
   }
 }
 
-/// 16-row tiles per warp: 2 (M <= 2) when the grid still gives every SM at
-/// least 1.5 blocks (then 2 blocks of 16 warps fit per SM), else 1.
+/// 16-row tiles per warp: 2 (M <= 4) when the grid still gives every SM at
+/// least 1.5 blocks (then 2 blocks of 16 warps fit per SM), else 1. (Measured
+/// on an H200: 1 block per SM or fewer, e.g. MoE decode at 128 - 192 blocks,
+/// is faster with one tile per warp; docs/kernels/cuda.md.)
 /// MMKIT_QMV1_TILES=1|2 forces it (tests and tuning; docs/kernels/cuda.md).
 int tiles_per_warp(const detail::QmmDesc& d, int ks_log2, int sm_count) {
-  if (rows_built(d.M) > 2) return 1;
+  if (rows_built(d.M) > 4) return 1;
   if (const char* e = std::getenv("MMKIT_QMV1_TILES")) return std::atoi(e) == 2 ? 2 : 1;
   const int64_t blocks = ceil_div(d.N, int64_t{kRows} * 2 * (kWarps >> ks_log2)) * std::min<int64_t>(d.batch, 65535);
   return 2 * blocks >= 3 * int64_t{sm_count} ? 2 : 1;
