@@ -333,6 +333,85 @@ TEST_P(CpuIsaLevel, BlockMaskedMmBoolAndFloatMasks) {
   }
 }
 
+// The fast kernel packs only the a k-blocks and b (k-block, column block)
+// pairs that active output blocks use, per batch entry. Whole inactive block
+// rows / columns / k-blocks hold NaN: a kernel that reads them, or that skips
+// packing a block it then uses, or reuses the previous batch entry's packing
+// (b is shared by both entries, with different masks), gives a wrong or NaN
+// result. Integer data: float32 results are compared exactly.
+TEST_P(CpuIsaLevel, BlockMaskedMmPacksOnlyTheBlocksItUses) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
+    for (int bs : {32, 64}) {
+      const int64_t M = 2 * bs + 7, N = 3 * bs + 5, K = 2 * bs + 11;  // partial last block on every axis
+      const int64_t tm = 3, tn = 4, tk = 3;
+      for (bool kmajor : {false, true}) {
+        if (kmajor && dt != Dtype::float32) continue;  // (the float64 reference is slow)
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " bs=" + std::to_string(bs) + (kmajor ? " K-major b" : ""));
+        Array a32 = randint({2, M, K}, Dtype::float32, 410 + bs, -3, 3);
+        Array b32 = randint({K, N}, Dtype::float32, 411 + bs, -3, 3);  // one b for both entries
+        // masks: entry 0 many blocks, entry 1 only the partial corner block
+        Array mo = Array::full({2, tm, tn}, 1.0, Dtype::bool_), ml = Array::full({2, tm, tk}, 1.0, Dtype::bool_);
+        Array mr = Array::full({2, tk, tn}, 1.0, Dtype::bool_);
+        bool* o = mo.data<bool>();
+        bool* l = ml.data<bool>();
+        bool* r = mr.data<bool>();
+        for (int64_t j = 0; j < tn; ++j) o[1 * tn + j] = false;  // entry 0: block row 1 off
+        for (int64_t i = 0; i < tm; ++i) o[i * tn + 2] = false;  // entry 0: block column 2 off
+        o[0] = false;
+        for (int64_t i = 0; i < tm; ++i) l[i * tk + 1] = false;  // entry 0: k-block 1 of a off everywhere
+        l[0 * tk + 2] = false;
+        r[0 * tn + 3] = false;
+        r[2 * tn + 0] = false;  // the partial k-block, column 0
+        for (int64_t e = 0; e < tm * tn; ++e) o[tm * tn + e] = e == tm * tn - 1;
+        for (int64_t e = 0; e < tk * tn; ++e) r[tk * tn + e] = e / tn != 2;  // entry 1: k-block 2 of b off
+        // NaN where entry 0 never reads: a's block row 1 and k-block 1, b's column block 2
+        float* pa = a32.data<float>();
+        float* pb = b32.data<float>();
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t k = 0; k < K; ++k)
+            if (m / bs == 1 || k / bs == 1) pa[m * K + k] = nan;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t n = 2 * bs; n < 3 * bs; ++n) pb[k * N + n] = nan;
+        Array a = a32.astype(dt), b = kmajor ? b32.astype(dt).swapaxes(-1, -2).contiguous().swapaxes(-1, -2)
+                                             : b32.astype(dt);
+        auto check = [&](const Array& y, const ref::Tensor& want) {
+          if (dt == Dtype::float32) return all_close(y, want, 0.0, 0.0);
+          return all_close(y, want, rtol_for(dt), 0.0);
+        };
+        const ref::Tensor want = ref::block_masked_mm(a, b, bs, mo, ml, mr);
+        ASSERT_GT(want.max_abs(), 0.0);
+        for (double v : want.v) ASSERT_FALSE(std::isnan(v)) << "the reference reads no poisoned block";
+        EXPECT_TRUE(check(block_masked_mm(a, b, bs, mo, ml, mr), want));
+        // float masks multiply: a zero float mask over NaN data still gives NaN
+        Array a0 = a.slice(0, 0, 1);
+        Array fl = ml.astype(Dtype::float32).slice(0, 0, 1), fr = mr.astype(Dtype::float32).slice(0, 0, 1);
+        const ref::Tensor want_f = ref::block_masked_mm(a0, b, bs, std::nullopt, fl, fr);
+        bool any_nan = false;
+        for (double v : want_f.v) any_nan = any_nan || std::isnan(v);
+        ASSERT_TRUE(any_nan) << "float masks must not skip the poisoned blocks";
+        EXPECT_TRUE(check(block_masked_mm(a0, b, bs, std::nullopt, fl, fr), want_f));
+        // only the output mask: NaN left only in a's block row 1 (and b's column block 2)
+        Array a1 = Array::empty({1, M, K}, Dtype::float32);
+        for (int64_t e = 0; e < M * K; ++e)
+          a1.data<float>()[e] = (e / K) / bs != 1 && std::isnan(pa[e]) ? 2.0f : pa[e];
+        a1 = a1.astype(dt);
+        Array mob = Array::full({tm, tn}, 1.0, Dtype::bool_);
+        for (int64_t j = 0; j < tn; ++j) mob.data<bool>()[1 * tn + j] = false;
+        for (int64_t i = 0; i < tm; ++i) mob.data<bool>()[i * tn + 2] = false;
+        const ref::Tensor want_o = ref::block_masked_mm(a1, b, bs, mob, std::nullopt, std::nullopt);
+        ASSERT_GT(want_o.max_abs(), 0.0);
+        for (double v : want_o.v) ASSERT_FALSE(std::isnan(v));
+        EXPECT_TRUE(check(block_masked_mm(a1, b, bs, mob, std::nullopt, std::nullopt), want_o));
+        // every output block off: zeros, nothing read
+        Array off = Array::full({tm, tn}, 0.0, Dtype::bool_);
+        for (double v : block_masked_mm(a1, b, bs, off, std::nullopt, std::nullopt).to_double_vector())
+          ASSERT_EQ(v, 0.0);
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // quantize / dequantize: bytes identical to the scalar level
 
@@ -483,6 +562,32 @@ TEST_P(CpuIsaLevel, KernelsWriteEveryOutputElement) {
     g.out = Array::full({1, d.M, d.N}, poison, Dtype::float32);
     reg.gemm.run(d, g, Stream(Device::cpu()));
     EXPECT_TRUE(close_to_ref(g.out, ref::matmul(ref::to_tensor(g.a), ref::to_tensor(g.b))));
+  }
+  for (int bs : {32, 64}) {  // block_masked_mm: skipped blocks are written (zeros) too
+    detail::BlockMaskedDesc d;
+    d.M = 2 * bs + 3;
+    d.N = 3 * bs + 1;
+    d.K = bs + 5;
+    d.block_size = bs;
+    d.has_out_mask = d.out_mask_bool = true;
+    d.has_op_masks = d.op_masks_bool = true;
+    const int64_t tm = d.tm(), tn = d.tn(), tk = d.tk();
+    detail::BlockMaskedArgs g;
+    g.a = randint({1, d.M, d.K}, Dtype::float32, 804, -3, 3);
+    g.b = randint({1, d.K, d.N}, Dtype::float32, 805, -3, 3);
+    g.a_idx = cpu_int64({0});
+    g.b_idx = cpu_int64({0});
+    g.mask_out = Array::full({1, tm, tn}, 1.0, Dtype::float32);
+    g.mask_lhs = Array::full({1, tm, tk}, 1.0, Dtype::float32);
+    g.mask_rhs = Array::full({1, tk, tn}, 1.0, Dtype::float32);
+    g.mask_out.data<float>()[1] = 0.0f;                // output block (0, 1) off
+    g.mask_lhs.data<float>()[1 * tk + 0] = 0.0f;       // block row 1 uses only k-block 1
+    g.mask_rhs.data<float>()[1 * tn + tn - 1] = 0.0f;  // last column block uses only k-block 0
+    g.out = Array::full({1, d.M, d.N}, poison, Dtype::float32);
+    reg.block_masked.run(d, g, Stream(Device::cpu()));
+    Array mo = g.mask_out.astype(Dtype::bool_), ml = g.mask_lhs.astype(Dtype::bool_);
+    Array mr = g.mask_rhs.astype(Dtype::bool_);
+    EXPECT_TRUE(all_close(g.out, ref::block_masked_mm(g.a, g.b, bs, mo, ml, mr), 0.0, 0.0)) << "bs=" << bs;
   }
 }
 
