@@ -10,9 +10,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -242,6 +244,90 @@ TEST_P(CpuIsaLevel, GatherQmmNotTransposedMatchesReference) {
   Array li = cpu_int64({3, 0, 1, 2, 2}), ri = cpu_int64({2, 2, 0, 1, 2});
   Array y = gather_qmm(x, q[0], q[1], q[2], li, ri, false, 32, 5, "affine");
   EXPECT_TRUE(close_to_ref(y, ref::gather_qmm(x, q[0], q[1], q[2], li, ri, false, 32, 5, "affine")));
+}
+
+// The AVX-512 VNNI kernel (affine 4-bit, K a multiple of 128, <= 4 rows per
+// expert) holds x per group in block floating point (22 bits below the group's
+// largest |x|). These cases stress that representation at every level: a
+// large dynamic range inside a group, all-zero groups, subnormals (groups
+// whose maximum is subnormal take the float32 kernel), maxima at and beyond
+// the exponent limit (2^100), Inf and NaN (the GEMM fallback), exact sums; and,
+// where the CPU has VNNI, that the kernel did run (its rounding differs from
+// the float32 kernel's somewhere) and that both agree with the reference.
+TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
+  const int64_t N = 37, K = 512;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  std::mt19937 rng(61);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> ex(-30, 30);
+  for (int gs : {32, 64, 128}) {
+    for (Dtype sdt : {Dtype::float32, Dtype::bfloat16}) {
+      auto q = quantize(randn({N, K}, sdt, 60 + gs, 0.5), gs, 4, "affine");
+      for (int64_t M : {1, 2, 4, 5}) {
+        for (int variant = 0; variant < 8; ++variant) {
+          char trace[96];
+          std::snprintf(trace, sizeof trace, "g%d %s M=%lld variant %d", gs, dtype_name(sdt), static_cast<long long>(M),
+                        variant);
+          SCOPED_TRACE(trace);
+          Array x = Array::empty({M, K}, Dtype::float32);
+          float* p = x.data<float>();
+          for (int64_t i = 0; i < M * K; ++i) {
+            switch (variant) {
+              case 0: p[i] = u(rng); break;                                  // plain
+              case 1: p[i] = std::ldexp(u(rng), ex(rng)); break;             // 2^-30 .. 2^30 in every group
+              case 2: p[i] = (i / gs) % 3 == 1 ? 0.0f : u(rng); break;       // all-zero groups
+              case 3: p[i] = (i / gs) % 2 ? u(rng) * 1e-39f : u(rng); break;  // subnormal groups
+              case 4: p[i] = std::ldexp(u(rng), (i / gs) % 2 ? 100 : -99); break;  // the exponent limits
+              case 5: p[i] = std::ldexp(u(rng), (i / gs) % 2 ? 102 : -110); break;  // beyond them
+              case 6: p[i] = std::ldexp(u(rng), -110); break;                     // all below the limit
+              default: p[i] = float(static_cast<int>(u(rng) * 8.0f)); break;  // integers
+            }
+          }
+          if (variant == 1) p[3] = 1e-39f;  // a subnormal below a normal group maximum
+          if (variant == 6) p[K / 2] = std::ldexp(1.0f, -100);  // one group just inside the limit
+          if (variant == 3) p[gs + 1] = 3e-39f;
+          const ref::Tensor want = ref::quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine");
+          Array y = quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine");
+          ASSERT_TRUE(close_to_ref(y, want));
+          if (GetParam() == "avx512" && cpu::has_avx512_vnni() && variant == 0 && M <= 4) {
+            const bool prev = detail::set_cpu_vnni_qmv_for_testing(false);
+            Array yf = quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine");
+            detail::set_cpu_vnni_qmv_for_testing(prev);
+            ASSERT_TRUE(close_to_ref(yf, want));
+            EXPECT_FALSE(bit_equal(y, yf)) << "the VNNI kernel did not run";
+          }
+        }
+      }
+    }
+  }
+  // exact: integer x, integer codes, power-of-two scales and biases (every partial sum exact)
+  Array codes = randint({N, K}, Dtype::int64, 63, 0, 15);
+  Array wq = Array::zeros({N, K / 8}, Dtype::uint32);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t j = 0; j < K; ++j)
+      fmt::pack_code(wq.data<uint32_t>() + r * (K / 8), j, 4, static_cast<uint32_t>(codes.data<int64_t>()[r * K + j]));
+  Array sc = Array::full({N, K / 64}, 0.25, Dtype::float32), bi = Array::full({N, K / 64}, -2.0, Dtype::float32);
+  for (int64_t M : {1, 3}) {
+    Array x = randint({M, K}, Dtype::float32, 64 + M, -100, 100);
+    x.data<float>()[7] = 4096.0f;  // a wide group: 2^12 next to small integers
+    EXPECT_TRUE(all_close(quantized_matmul(x, wq, sc, bi, true, 64, 4),
+                          ref::quantized_matmul(x, wq, sc, bi, true, 64, 4, "affine"), 0.0, 0.0))
+        << "M=" << M;
+    // Inf and NaN propagate like the reference: w = code / 4 - 2 is exactly 0 for
+    // code 8 (Inf * 0 = NaN) and never rounds to 0 otherwise
+    x.data<float>()[5] = inf;
+    x.data<float>()[(M - 1) * K + 130] = nan;
+    EXPECT_TRUE(all_close(quantized_matmul(x, wq, sc, bi, true, 64, 4),
+                          ref::quantized_matmul(x, wq, sc, bi, true, 64, 4, "affine"), 0.0, 0.0))
+        << "M=" << M << " with Inf and NaN";
+  }
+  // gather_qmm: several experts, some with <= 4 rows (VNNI), one with more
+  const int64_t E = 3;
+  auto qe = quantize(randn({E, N, K}, Dtype::float32, 65, 0.5), 64, 4, "affine");
+  Array xe = randn({6, 1, K}, Dtype::float32, 66);
+  Array li = cpu_int64({0, 1, 2, 3, 4, 5, 0}), ri = cpu_int64({2, 0, 2, 2, 2, 2, 1});
+  Array ye = gather_qmm(xe, qe[0], qe[1], qe[2], li, ri, true, 64, 4, "affine");
+  EXPECT_TRUE(close_to_ref(ye, ref::gather_qmm(xe, qe[0], qe[1], qe[2], li, ri, true, 64, 4, "affine")));
 }
 
 // Regression: the fused kernel factors the bias out of the sum, so an infinite

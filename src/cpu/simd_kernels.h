@@ -96,6 +96,38 @@ struct SimdKernels {
                        uint32_t* q, void* scales, void* biases);
 };
 
+/// One row of x prepared for qmv_vnni_avx512 (qmm_fast.cpp, once per call).
+/// Per group g: E_g = the exponent of its largest |x| (x = 0 groups: all zero),
+/// X = rint(x * 2^(21 - E_g)) = p2 * 2^16 + p1 * 2^8 + p0 with signed-byte pieces.
+/// Per 128-code chunk c, pieces holds six 64-byte vectors: p2 of x[128c + 2b]
+/// (b = 0..63, the low nibbles), p2 of x[128c + 2b + 1] (the high nibbles),
+/// then p1 and p0 likewise (64-byte aligned); gexp holds 2^(E_g - 21) per group.
+struct VnniX {
+  const int8_t* pieces = nullptr;
+  const float* gexp = nullptr;
+  const float* xsum = nullptr;  // the group sums of x (the affine bias term)
+};
+
+struct QmvVnniArgs {
+  const QWeights* q = nullptr;  // affine 4-bit, cols a multiple of 128, group size 32/64/128
+  int64_t n0 = 0, n1 = 0;
+  int mrows = 0;
+  const VnniX* x = nullptr;
+  void* const* out = nullptr;  // mrows output rows, dtype odt
+  int odt = 0;
+  float* scratch = nullptr;    // qmv_vnni_scratch_floats(q) floats
+};
+inline int64_t qmv_vnni_scratch_floats(const QWeights& q) { return 12 * (q.groups + 16); }
+
+/// Prepares one row of K float32 x (K a multiple of 128) as VnniX pieces and
+/// gexp. Returns false (x unusable) when a group holds Inf/NaN or its largest
+/// |x| has an exponent outside [-100, 100] (subnormal maxima included).
+bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int8_t* pieces, float* gexp);
+
+/// AVX-512 VNNI qmv, natural weight layout (qmm_avx512vnni.cpp). Call only
+/// when the CPU has AVX512_VNNI.
+void qmv_vnni_avx512(const QmvVnniArgs& a);
+
 /// AVX-512 BF16 qmv for bfloat16 activations, formats affine 2/4-bit, mxfp4,
 /// nvfp4 (qmm_avx512bf16.cpp). Pair p = w * h + j (h = 16 / bits codes per half
 /// word) of a row of x holds bf16(x[w * 2h + j]) | bf16(x[w * 2h + h + j]) << 16.
