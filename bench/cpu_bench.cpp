@@ -354,9 +354,9 @@ void bench_qmm(Ctx& c) {
       Timing t = time_calls(call, c.quick ? 5 : 15, 4.0);
       r.us = t.med_us;
       r.min_us = t.min_us;
-      // The AVX-512 VNNI kernel (affine 4-bit, <= 4 rows) against the float32 /
+      // The AVX-512 VNNI kernel (affine 2/4/8-bit, <= 4 rows) against the float32 /
       // bfloat16 kernel it replaces, calls alternating so both see the same machine.
-      if (v.f.affine() && v.f.bits == 4 && M <= 4 && cpu::vnni_qmv_enabled() &&
+      if (v.f.affine() && (v.f.bits == 2 || v.f.bits == 4 || v.f.bits == 8) && M <= 4 && cpu::vnni_qmv_enabled() &&
           std::string(cpu_isa()) == "avx512") {
         std::vector<double> on, off;
         for (int i = 0; i < (c.quick ? 6 : 20); ++i) {

@@ -246,9 +246,9 @@ TEST_P(CpuIsaLevel, GatherQmmNotTransposedMatchesReference) {
   EXPECT_TRUE(close_to_ref(y, ref::gather_qmm(x, q[0], q[1], q[2], li, ri, false, 32, 5, "affine")));
 }
 
-// The AVX-512 VNNI kernel (affine 4-bit, K a multiple of 128, <= 4 rows per
-// expert) holds x per group in block floating point (22 bits below the group's
-// largest |x|). These cases stress that representation at every level: a
+// The AVX-512 VNNI kernel (affine 2/4/8-bit, K a multiple of 64 bytes of codes,
+// <= 4 rows per expert) holds x per group in block floating point (22 bits,
+// 8-bit codes 20, below the group's largest |x|). These cases stress that representation at every level: a
 // large dynamic range inside a group, all-zero groups, subnormals (groups
 // whose maximum is subnormal take the float32 kernel), maxima at and beyond
 // the exponent limit (2^100), Inf and NaN (the GEMM fallback), exact sums; and,
@@ -260,14 +260,15 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
   std::mt19937 rng(61);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
   std::uniform_int_distribution<int> ex(-30, 30);
+  for (int bits : {2, 4, 8}) {
   for (int gs : {32, 64, 128}) {
     for (Dtype sdt : {Dtype::float32, Dtype::bfloat16}) {
-      auto q = quantize(randn({N, K}, sdt, 60 + gs, 0.5), gs, 4, "affine");
+      auto q = quantize(randn({N, K}, sdt, 60 + gs, 0.5), gs, bits, "affine");
       for (int64_t M : {1, 2, 4, 5}) {
         for (int variant = 0; variant < 8; ++variant) {
           char trace[96];
-          std::snprintf(trace, sizeof trace, "g%d %s M=%lld variant %d", gs, dtype_name(sdt), static_cast<long long>(M),
-                        variant);
+          std::snprintf(trace, sizeof trace, "b%d g%d %s M=%lld variant %d", bits, gs, dtype_name(sdt),
+                        static_cast<long long>(M), variant);
           SCOPED_TRACE(trace);
           Array x = Array::empty({M, K}, Dtype::float32);
           float* p = x.data<float>();
@@ -286,12 +287,12 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
           if (variant == 1) p[3] = 1e-39f;  // a subnormal below a normal group maximum
           if (variant == 6) p[K / 2] = std::ldexp(1.0f, -100);  // one group just inside the limit
           if (variant == 3) p[gs + 1] = 3e-39f;
-          const ref::Tensor want = ref::quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine");
-          Array y = quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine");
+          const ref::Tensor want = ref::quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine");
+          Array y = quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine");
           ASSERT_TRUE(close_to_ref(y, want));
           if (GetParam() == "avx512" && cpu::has_avx512_vnni() && variant == 0 && M <= 4) {
             const bool prev = detail::set_cpu_vnni_qmv_for_testing(false);
-            Array yf = quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine");
+            Array yf = quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine");
             detail::set_cpu_vnni_qmv_for_testing(prev);
             ASSERT_TRUE(close_to_ref(yf, want));
             EXPECT_FALSE(bit_equal(y, yf)) << "the VNNI kernel did not run";
@@ -299,6 +300,7 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
         }
       }
     }
+  }
   }
   // exact: integer x, integer codes, power-of-two scales and biases (every partial sum exact)
   Array codes = randint({N, K}, Dtype::int64, 63, 0, 15);

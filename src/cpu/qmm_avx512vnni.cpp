@@ -48,16 +48,19 @@ MMKIT_INLINE void row_to_f32(const void* src, int sdt, int64_t n, float* dst) {
   }
 }
 
-/// Rows [r0, r0 + R) of w against MB rows of x; results into res[m][r0 - n0 + r].
-template <int MB, int R>
-MMKIT_INLINE void rows_4bit(const QmvVnniArgs& a, int64_t r0, const __m512i gidx, float* scratch,
-                            float (*res)[16], int slot) {
+/// Rows [r0, r0 + R) of w against MB rows of x; results into res[m][slot + r].
+/// A chunk is 64 bytes of a row: CPB = 8 / BITS code vectors (code s of every
+/// byte), 64 * CPB codes; lane j sums the 4 * CPB codes of bytes 4j..4j+3.
+template <int BITS, int MB, int R>
+MMKIT_INLINE void rows_q(const QmvVnniArgs& a, int64_t r0, const __m512i gidx, float* scratch, float (*res)[16],
+                         int slot) {
+  constexpr int CPB = 8 / BITS, CH = 64 * CPB;
   const QWeights& q = *a.q;
-  const int64_t nch = q.cols / 128, G = q.groups, G16 = G + 16;
-  const int cpg = 128 / q.group_size;  // groups per chunk (4, 2, 1)
+  const int64_t nch = q.cols / CH, G = q.groups, G16 = G + 16;
+  const int gs = q.group_size;
   const size_t ses = q.sdt == 0 ? 4 : 2;
-  const __m512i m4 = _mm512_set1_epi8(0x0F);
-  // per row r: ps[r][m] = scale * 2^(E - 21) per group (+16 slack for the chunk loads)
+  const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1));
+  // per row r and x row m: ps = scale * 2^(E - XB) per group (+16 slack for the chunk loads)
   float* ps = scratch;
   float* sf = scratch + R * MB * G16;
   float* bf = sf + G16;
@@ -82,30 +85,27 @@ MMKIT_INLINE void rows_4bit(const QmvVnniArgs& a, int64_t r0, const __m512i gidx
     }
   }
   for (int64_t c = 0; c < nch; ++c) {
-    __m512i lo[R], hi[R];
+    __m512i cv[R][CPB];
     for (int r = 0; r < R; ++r) {
       // the same line of the next R rows: rows are contiguous, so this streams
       // the weights one row group ahead
       _mm_prefetch(reinterpret_cast<const char*>(wr[r] + R * rowbytes + c * 64), _MM_HINT_T0);
       const __m512i v = _mm512_loadu_si512(wr[r] + c * 64);
-      lo[r] = _mm512_and_si512(v, m4);
-      hi[r] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+      for (int t = 0; t < CPB; ++t) {
+        if constexpr (BITS == 8) cv[r][t] = v;
+        else cv[r][t] = _mm512_and_si512(t ? _mm512_srli_epi16(v, BITS * t) : v, mask);
+      }
     }
+    const int64_t goff = c * CH / gs;  // the chunk's first group
     for (int m = 0; m < MB; ++m) {
-      const int8_t* p = a.x[m].pieces + c * 384;
-      const __m512i x2e = _mm512_load_si512(p), x2o = _mm512_load_si512(p + 64);
-      const __m512i x1e = _mm512_load_si512(p + 128), x1o = _mm512_load_si512(p + 192);
-      const __m512i x0e = _mm512_load_si512(p + 256), x0o = _mm512_load_si512(p + 320);
+      const int8_t* p = a.x[m].pieces + c * 3 * 64 * CPB;
       for (int r = 0; r < R; ++r) {
-        __m512i t = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo[r], x2e);
-        t = _mm512_dpbusd_epi32(t, hi[r], x2o);
-        t = _mm512_slli_epi32(t, 8);
-        t = _mm512_dpbusd_epi32(t, lo[r], x1e);
-        t = _mm512_dpbusd_epi32(t, hi[r], x1o);
-        t = _mm512_slli_epi32(t, 8);
-        t = _mm512_dpbusd_epi32(t, lo[r], x0e);
-        t = _mm512_dpbusd_epi32(t, hi[r], x0o);
-        const __m512 sl = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(ps + (r * MB + m) * G16 + c * cpg));
+        __m512i t = _mm512_setzero_si512();
+        for (int pc = 0; pc < 3; ++pc) {  // pieces 2, 1, 0
+          if (pc) t = _mm512_slli_epi32(t, 8);
+          for (int u = 0; u < CPB; ++u) t = _mm512_dpbusd_epi32(t, cv[r][u], _mm512_load_si512(p + (pc * CPB + u) * 64));
+        }
+        const __m512 sl = _mm512_permutexvar_ps(gidx, _mm512_loadu_ps(ps + (r * MB + m) * G16 + goff));
         acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sl, acc[r][m]);
       }
     }
@@ -114,22 +114,38 @@ MMKIT_INLINE void rows_4bit(const QmvVnniArgs& a, int64_t r0, const __m512i gidx
     for (int m = 0; m < MB; ++m) res[m][slot + r] = _mm512_reduce_add_ps(acc[r][m]);
 }
 
-template <int MB>
+template <int BITS, int MB>
 void qmv_vnni_mb(const QmvVnniArgs& a) {
   constexpr int RB = MB == 1 ? 4 : 2;  // rows of w in flight: independent dpbusd chains
-  const QWeights& q = *a.q;
-  const int gs = q.group_size;
-  // lane j of a chunk covers codes 8j..8j+7: group j * 8 / gs of the chunk
-  const __m512i gidx = _mm512_srli_epi32(_mm512_set_epi32(120, 112, 104, 96, 88, 80, 72, 64, 56, 48, 40, 32, 24, 16, 8, 0),
-                                         gs == 32 ? 5 : gs == 64 ? 6 : 7);
+  constexpr int CPB = 8 / BITS;
+  const int gs = a.q->group_size;
+  // lane j of a chunk covers codes 4 * CPB * j ...: group (4 * CPB * j) / gs of the chunk
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const int sh = (gs == 16 ? 4 : gs == 32 ? 5 : gs == 64 ? 6 : 7) - (CPB == 1 ? 2 : CPB == 2 ? 3 : 4);
+  const __m512i gidx = sh >= 0 ? _mm512_srli_epi32(lane, sh) : _mm512_slli_epi32(lane, -sh);
   const size_t es = a.odt == 0 ? 4 : 2;
   alignas(64) float res[MB][16];
   for (int64_t n0 = a.n0; n0 < a.n1; n0 += 16) {
     const int nv = a.n1 - n0 < 16 ? static_cast<int>(a.n1 - n0) : 16;
     int r = 0;
-    for (; r + RB <= nv; r += RB) rows_4bit<MB, RB>(a, n0 + r, gidx, a.scratch, res, r);
-    for (; r < nv; ++r) rows_4bit<MB, 1>(a, n0 + r, gidx, a.scratch, res, r);
+    for (; r + RB <= nv; r += RB) rows_q<BITS, MB, RB>(a, n0 + r, gidx, a.scratch, res, r);
+    for (; r < nv; ++r) rows_q<BITS, MB, 1>(a, n0 + r, gidx, a.scratch, res, r);
     for (int m = 0; m < MB; ++m) store_as(static_cast<char*>(a.out[m]) + n0 * es, a.odt, _mm512_load_ps(res[m]), nv);
+  }
+}
+
+template <int BITS>
+void qmv_vnni_bits(const QmvVnniArgs& a) {
+  for (int m0 = 0; m0 < a.mrows; m0 += 4) {
+    QmvVnniArgs s = a;
+    s.x = a.x + m0;
+    s.out = a.out + m0;
+    switch (a.mrows - m0 < 4 ? a.mrows - m0 : 4) {
+      case 1: qmv_vnni_mb<BITS, 1>(s); break;
+      case 2: qmv_vnni_mb<BITS, 2>(s); break;
+      case 3: qmv_vnni_mb<BITS, 3>(s); break;
+      default: qmv_vnni_mb<BITS, 4>(s); break;
+    }
   }
 }
 
@@ -141,11 +157,11 @@ MMKIT_INLINE __m512i sext8(__m512i v) { return _mm512_srai_epi32(_mm512_slli_epi
 
 namespace mmkit::cpu {
 
-bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int8_t* pieces, float* gexp) {
+bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int bits, int8_t* pieces, float* gexp, float* gfac) {
   using namespace avx512vnni;
   constexpr int kMaxExp = 100;
-  const __m512i ev = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-  const __m512i od = _mm512_add_epi32(ev, _mm512_set1_epi32(1));
+  const int xb = vnni_x_bits(bits);  // |X| <= 2^(xb + 1)
+  const int cpb = 8 / bits, ch = 64 * cpb;
   for (int64_t g0 = 0; g0 < K; g0 += gs) {
     // the largest |x| bits: for finite values their order is that of |x|; NaN and Inf sort above
     __m512i mb = _mm512_setzero_si512();
@@ -154,28 +170,36 @@ bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int8_t* pieces, float
     const uint32_t mbits = static_cast<uint32_t>(_mm512_reduce_max_epu32(mb));
     if (mbits >= 0x7f800000u) return false;  // Inf or NaN
     const int64_t g = g0 / gs;
-    __m512 fac;
     if (mbits == 0) {
-      gexp[g] = 0.0f;
-      fac = _mm512_setzero_ps();
-    } else {
-      if (mbits < 0x00800000u) return false;  // subnormal maximum: exponent < -126
-      const int e = static_cast<int>(mbits >> 23) - 127;
-      if (e < -kMaxExp || e > kMaxExp) return false;
-      gexp[g] = bits_to_f(static_cast<uint32_t>(e - 21 + 127) << 23);
-      fac = _mm512_set1_ps(bits_to_f(static_cast<uint32_t>(21 - e + 127) << 23));
+      gexp[g] = gfac[g] = 0.0f;
+      continue;
     }
-    for (int64_t k0 = g0; k0 < g0 + gs; k0 += 32) {
-      const __m512 a = _mm512_loadu_ps(x + k0), b = _mm512_loadu_ps(x + k0 + 16);
-      int8_t* pc = pieces + (k0 / 128) * 384 + ((k0 % 128) / 32) * 16;
-      for (int par = 0; par < 2; ++par) {
-        const __m512 v = _mm512_permutex2var_ps(a, par ? od : ev, b);
-        const __m512i X = _mm512_cvtps_epi32(_mm512_mul_ps(v, fac));  // round to nearest even, |X| <= 2^22
+    if (mbits < 0x00800000u) return false;  // subnormal maximum: exponent < -126
+    const int e = static_cast<int>(mbits >> 23) - 127;
+    if (e < -kMaxExp || e > kMaxExp) return false;
+    gexp[g] = bits_to_f(static_cast<uint32_t>(e - xb + 127) << 23);
+    gfac[g] = bits_to_f(static_cast<uint32_t>(xb - e + 127) << 23);
+  }
+  // code s of byte b of chunk c is k = c * ch + cpb * b + s
+  const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i gsv = _mm512_set1_epi32(gs);
+  for (int64_t c = 0; c < K / ch; ++c) {
+    int8_t* pc = pieces + c * 3 * ch;
+    for (int s = 0; s < cpb; ++s) {
+      for (int b0 = 0; b0 < 64; b0 += 16) {
+        const __m512i k = _mm512_add_epi32(_mm512_set1_epi32(static_cast<int>(c * ch + cpb * b0 + s)),
+                                           _mm512_mullo_epi32(lane, _mm512_set1_epi32(cpb)));
+        // k / gs for gs a power of two
+        const __m512i gi = _mm512_srlv_epi32(k, _mm512_set1_epi32(31 - __builtin_clz(static_cast<unsigned>(gs))));
+        (void)gsv;
+        const __m512 v = _mm512_i32gather_ps(k, x, 4);
+        const __m512 f = _mm512_i32gather_ps(gi, gfac, 4);
+        const __m512i X = _mm512_cvtps_epi32(_mm512_mul_ps(v, f));  // round to nearest even
         const __m512i x1 = _mm512_srai_epi32(_mm512_sub_epi32(X, sext8(X)), 8);
         const __m512i p2 = _mm512_srai_epi32(_mm512_sub_epi32(x1, sext8(x1)), 8);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(pc + par * 64), _mm512_cvtepi32_epi8(p2));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(pc + 128 + par * 64), _mm512_cvtepi32_epi8(x1));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(pc + 256 + par * 64), _mm512_cvtepi32_epi8(X));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(pc + (0 * cpb + s) * 64 + b0), _mm512_cvtepi32_epi8(p2));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(pc + (1 * cpb + s) * 64 + b0), _mm512_cvtepi32_epi8(x1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(pc + (2 * cpb + s) * 64 + b0), _mm512_cvtepi32_epi8(X));
       }
     }
   }
@@ -183,16 +207,10 @@ bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int8_t* pieces, float
 }
 
 void qmv_vnni_avx512(const QmvVnniArgs& a) {
-  for (int m0 = 0; m0 < a.mrows; m0 += 4) {
-    QmvVnniArgs s = a;
-    s.x = a.x + m0;
-    s.out = a.out + m0;
-    switch (a.mrows - m0 < 4 ? a.mrows - m0 : 4) {
-      case 1: avx512vnni::qmv_vnni_mb<1>(s); break;
-      case 2: avx512vnni::qmv_vnni_mb<2>(s); break;
-      case 3: avx512vnni::qmv_vnni_mb<3>(s); break;
-      default: avx512vnni::qmv_vnni_mb<4>(s); break;
-    }
+  switch (a.q->bits) {
+    case 2: avx512vnni::qmv_vnni_bits<2>(a); break;
+    case 8: avx512vnni::qmv_vnni_bits<8>(a); break;
+    default: avx512vnni::qmv_vnni_bits<4>(a); break;
   }
 }
 

@@ -180,11 +180,13 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
     }
   }
 
-  // AVX-512 VNNI (affine 4-bit, K a multiple of 128): x as block-exponent byte
-  // pieces, once per call; rows whose x does not fit take the float32 kernel.
-  const bool vnni_kernel = &kern == simd_kernels_avx512() && vnni_qmv_enabled() && affine && base.bits == 4 &&
-                           d.transpose && K % 128 == 0;
-  const int64_t vchunks = K / 128;
+  // AVX-512 VNNI (affine 2/4/8-bit, K a multiple of a 64-byte chunk's codes):
+  // x as block-exponent byte pieces, once per call; rows whose x does not fit
+  // take the float32 kernel.
+  const int64_t vch = base.bits == 2 || base.bits == 4 || base.bits == 8 ? 64 * (8 / base.bits) : 1;
+  const bool vnni_kernel = &kern == simd_kernels_avx512() && vnni_qmv_enabled() && affine &&
+                           (base.bits == 2 || base.bits == 4 || base.bits == 8) && d.transpose && K % vch == 0;
+  const int64_t vrow = 3 * K;  // piece bytes per row of x
   struct AlignedFree {
     void operator()(void* p) const { std::free(p); }
   };
@@ -192,16 +194,19 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
   std::vector<float> vgexp(vnni_kernel ? static_cast<size_t>(nx * M * G) : 0);
   std::vector<char> vnni_ok(static_cast<size_t>(nx), 0);
   if (vnni_kernel && nx > 0) {
-    vpieces.reset(static_cast<int8_t*>(std::aligned_alloc(64, static_cast<size_t>(nx * M * vchunks * 384))));
+    vpieces.reset(static_cast<int8_t*>(std::aligned_alloc(64, static_cast<size_t>(nx * M * vrow))));
     if (!vpieces) throw Error("[quantized_matmul] out of memory preparing x");
+    std::vector<float> gfac(static_cast<size_t>(G));
     for (int64_t slot = 0; slot < nx; ++slot) {
       bool ok = finite[static_cast<size_t>(slot)] != 0;
       for (int64_t m = 0; m < M && ok; ++m)
-        ok = vnni_prep_x_avx512(xf.get() + (slot * M + m) * K, K, base.group_size,
-                                vpieces.get() + (slot * M + m) * vchunks * 384, vgexp.data() + (slot * M + m) * G);
+        ok = vnni_prep_x_avx512(xf.get() + (slot * M + m) * K, K, base.group_size, base.bits,
+                                vpieces.get() + (slot * M + m) * vrow, vgexp.data() + (slot * M + m) * G, gfac.data());
       vnni_ok[static_cast<size_t>(slot)] = ok;
     }
   }
+  // bfloat16 x: the vdpbf16ps kernel measured as fast as VNNI at 4 rows, so VNNI up to 2
+  const int64_t vnni_rows = d.dtype == Dtype::bfloat16 && bf16_kernel ? 2 : kVnniMaxRows;
 
   if (!small.empty()) {
     struct Job {
@@ -220,7 +225,7 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
       Job& jb = jobs[j];
       jb.q = weights_of(ex.w_index);
       jb.bf16 = bf16_kernel;
-      jb.vnni = vnni_kernel && static_cast<int64_t>(ex.pairs.size()) * M <= kVnniMaxRows;
+      jb.vnni = vnni_kernel && static_cast<int64_t>(ex.pairs.size()) * M <= vnni_rows;
       for (int64_t l : ex.pairs) {
         const int64_t slot = xrow_of[static_cast<size_t>(lhs[l])];
         jb.bf16 = jb.bf16 && pairs_ok[static_cast<size_t>(slot)];
@@ -231,7 +236,7 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
           jb.out.push_back(O + (l * M + m) * N * xes);
           if (affine) jb.xsum.insert(jb.xsum.end(), xs.begin() + (slot * M + m) * G, xs.begin() + (slot * M + m + 1) * G);
           if (vnni_kernel && vnni_ok[static_cast<size_t>(slot)])
-            jb.vx.push_back({vpieces.get() + (slot * M + m) * vchunks * 384, vgexp.data() + (slot * M + m) * G,
+            jb.vx.push_back({vpieces.get() + (slot * M + m) * vrow, vgexp.data() + (slot * M + m) * G,
                              xs.data() + (slot * M + m) * G});
         }
       }

@@ -96,20 +96,28 @@ struct SimdKernels {
                        uint32_t* q, void* scales, void* biases);
 };
 
-/// One row of x prepared for qmv_vnni_avx512 (qmm_fast.cpp, once per call).
-/// Per group g: E_g = the exponent of its largest |x| (x = 0 groups: all zero),
-/// X = rint(x * 2^(21 - E_g)) = p2 * 2^16 + p1 * 2^8 + p0 with signed-byte pieces.
-/// Per 128-code chunk c, pieces holds six 64-byte vectors: p2 of x[128c + 2b]
-/// (b = 0..63, the low nibbles), p2 of x[128c + 2b + 1] (the high nibbles),
-/// then p1 and p0 likewise (64-byte aligned); gexp holds 2^(E_g - 21) per group.
+/// One row of x prepared for qmv_vnni_avx512 (qmm_fast.cpp, once per call),
+/// affine 2/4/8-bit weights. Per group g: E_g = the exponent of its largest |x|
+/// (all-zero groups: zeros), X = rint(x * 2^(XB - E_g)) with XB =
+/// vnni_x_bits(bits) (|X| <= 2^(XB + 1)), split exactly into signed bytes
+/// X = p2 * 2^16 + p1 * 2^8 + p0. A chunk is 64 bytes of a weight row: CPB =
+/// 8 / bits codes per byte, 64 * CPB codes. Per chunk c, pieces holds 3 * CPB
+/// 64-byte vectors, piece-major (p2, p1, p0), then code position s in the byte:
+/// byte b of vector (p, s) is p of x[64 * CPB * c + CPB * b + s]. 64-byte
+/// aligned. gexp holds 2^(E_g - XB) per group.
 struct VnniX {
   const int8_t* pieces = nullptr;
   const float* gexp = nullptr;
   const float* xsum = nullptr;  // the group sums of x (the affine bias term)
 };
 
+/// Bits of x kept below its group's largest exponent: 21 (2/4-bit codes), 19
+/// for 8-bit codes, whose larger products need the headroom: per chunk lane the
+/// int32 sum(code * X) stays below 2^31.
+constexpr int vnni_x_bits(int bits) { return bits == 8 ? 19 : 21; }
+
 struct QmvVnniArgs {
-  const QWeights* q = nullptr;  // affine 4-bit, cols a multiple of 128, group size 32/64/128
+  const QWeights* q = nullptr;  // affine 2/4/8-bit, cols a multiple of 64 * 8 / bits
   int64_t n0 = 0, n1 = 0;
   int mrows = 0;
   const VnniX* x = nullptr;
@@ -119,10 +127,10 @@ struct QmvVnniArgs {
 };
 inline int64_t qmv_vnni_scratch_floats(const QWeights& q) { return 12 * (q.groups + 16); }
 
-/// Prepares one row of K float32 x (K a multiple of 128) as VnniX pieces and
-/// gexp. Returns false (x unusable) when a group holds Inf/NaN or its largest
-/// |x| has an exponent outside [-100, 100] (subnormal maxima included).
-bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int8_t* pieces, float* gexp);
+/// Prepares one row of K float32 x as VnniX pieces and gexp (gfac: G floats of
+/// scratch). Returns false (x unusable) when a group holds Inf/NaN or its
+/// largest |x| has an exponent outside [-100, 100] (subnormal maxima included).
+bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int bits, int8_t* pieces, float* gexp, float* gfac);
 
 /// AVX-512 VNNI qmv, natural weight layout (qmm_avx512vnni.cpp). Call only
 /// when the CPU has AVX512_VNNI.
