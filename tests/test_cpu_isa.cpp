@@ -255,7 +255,7 @@ TEST_P(CpuIsaLevel, GatherQmmNotTransposedMatchesReference) {
 // where the CPU has VNNI, that the kernel did run (its rounding differs from
 // the float32 kernel's somewhere) and that both agree with the reference.
 TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
-  const int64_t N = 37, K = 512;
+  const int64_t N = 37, K0 = 512;  // whole 64-byte chunks at every bit width
   const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
   std::mt19937 rng(61);
   std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -263,6 +263,8 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
   for (int bits : {2, 4, 8}) {
   for (int gs : {32, 64, 128}) {
     for (Dtype sdt : {Dtype::float32, Dtype::bfloat16}) {
+      // and a partial last chunk: 576 = 4.5 chunks of 4-bit codes, 2.25 of 2-bit; 640 = 2.5 of 2-bit
+      const int64_t K = sdt == Dtype::float32 ? K0 : gs == 128 ? 640 : 576;
       auto q = quantize(randn({N, K}, sdt, 60 + gs, 0.5), gs, bits, "affine");
       for (int64_t M : {1, 2, 4, 5}) {
         for (int variant = 0; variant < 8; ++variant) {
@@ -303,6 +305,7 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
   }
   }
   // exact: integer x, integer codes, power-of-two scales and biases (every partial sum exact)
+  const int64_t K = K0;
   Array codes = randint({N, K}, Dtype::int64, 63, 0, 15);
   Array wq = Array::zeros({N, K / 8}, Dtype::uint32);
   for (int64_t r = 0; r < N; ++r)

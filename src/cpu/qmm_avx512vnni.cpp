@@ -56,7 +56,8 @@ MMKIT_INLINE void rows_q(const QmvVnniArgs& a, int64_t r0, const __m512i gidx, f
                          int slot) {
   constexpr int CPB = 8 / BITS, CH = 64 * CPB;
   const QWeights& q = *a.q;
-  const int64_t nch = q.cols / CH, G = q.groups, G16 = G + 16;
+  // whole chunks, then a partial one (K a multiple of the group size, >= 32 codes)
+  const int64_t nfull = q.cols / CH, tail_bytes = (q.cols % CH) / CPB, G = q.groups, G16 = G + 16;
   const int gs = q.group_size;
   const size_t ses = q.sdt == 0 ? 4 : 2;
   const __m512i mask = _mm512_set1_epi8(static_cast<char>((1 << BITS) - 1));
@@ -81,16 +82,19 @@ MMKIT_INLINE void rows_q(const QmvVnniArgs& a, int64_t r0, const __m512i gidx, f
         b = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(k, bf + g), _mm512_maskz_loadu_ps(k, a.x[m].xsum + g), b);
         _mm512_mask_storeu_ps(pm + g, k, _mm512_mul_ps(sc, _mm512_maskz_loadu_ps(k, a.x[m].gexp + g)));
       }
+      _mm512_storeu_ps(pm + G, _mm512_setzero_ps());  // lanes past the last group of a partial chunk
       acc[r][m] = b;  // bias * (group sums of x), reduced with the codes' sum below
     }
   }
-  for (int64_t c = 0; c < nch; ++c) {
+  auto chunk = [&](int64_t c, bool tail) MMKIT_LAMBDA_INLINE {
     __m512i cv[R][CPB];
     for (int r = 0; r < R; ++r) {
       // the same line of the next R rows: rows are contiguous, so this streams
       // the weights one row group ahead
       _mm_prefetch(reinterpret_cast<const char*>(wr[r] + R * rowbytes + c * 64), _MM_HINT_T0);
-      const __m512i v = _mm512_loadu_si512(wr[r] + c * 64);
+      // a partial chunk reads only the row's bytes (zero codes beyond; x pieces are zero there too)
+      const __m512i v = tail ? _mm512_maskz_loadu_epi8(_cvtu64_mask64(~0ull >> (64 - tail_bytes)), wr[r] + c * 64)
+                             : _mm512_loadu_si512(wr[r] + c * 64);
       for (int t = 0; t < CPB; ++t) {
         if constexpr (BITS == 8) cv[r][t] = v;
         else cv[r][t] = _mm512_and_si512(t ? _mm512_srli_epi16(v, BITS * t) : v, mask);
@@ -109,7 +113,9 @@ MMKIT_INLINE void rows_q(const QmvVnniArgs& a, int64_t r0, const __m512i gidx, f
         acc[r][m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), sl, acc[r][m]);
       }
     }
-  }
+  };
+  for (int64_t c = 0; c < nfull; ++c) chunk(c, false);
+  if (tail_bytes) chunk(nfull, true);
   for (int r = 0; r < R; ++r)
     for (int m = 0; m < MB; ++m) res[m][slot + r] = _mm512_reduce_add_ps(acc[r][m]);
 }
@@ -182,8 +188,7 @@ bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int bits, int8_t* pie
   }
   // code s of byte b of chunk c is k = c * ch + cpb * b + s
   const __m512i lane = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
-  const __m512i gsv = _mm512_set1_epi32(gs);
-  for (int64_t c = 0; c < K / ch; ++c) {
+  for (int64_t c = 0; c < (K + ch - 1) / ch; ++c) {  // a partial last chunk is padded with zeros
     int8_t* pc = pieces + c * 3 * ch;
     for (int s = 0; s < cpb; ++s) {
       for (int b0 = 0; b0 < 64; b0 += 16) {
@@ -191,9 +196,9 @@ bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int bits, int8_t* pie
                                            _mm512_mullo_epi32(lane, _mm512_set1_epi32(cpb)));
         // k / gs for gs a power of two
         const __m512i gi = _mm512_srlv_epi32(k, _mm512_set1_epi32(31 - __builtin_clz(static_cast<unsigned>(gs))));
-        (void)gsv;
-        const __m512 v = _mm512_i32gather_ps(k, x, 4);
-        const __m512 f = _mm512_i32gather_ps(gi, gfac, 4);
+        const __mmask16 in = _mm512_cmplt_epi32_mask(k, _mm512_set1_epi32(static_cast<int>(K)));
+        const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in, k, x, 4);
+        const __m512 f = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), in, gi, gfac, 4);
         const __m512i X = _mm512_cvtps_epi32(_mm512_mul_ps(v, f));  // round to nearest even
         const __m512i x1 = _mm512_srai_epi32(_mm512_sub_epi32(X, sext8(X)), 8);
         const __m512i p2 = _mm512_srai_epi32(_mm512_sub_epi32(x1, sext8(x1)), 8);

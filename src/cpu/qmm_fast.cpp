@@ -9,6 +9,9 @@
 //     measured per core: docs/kernels/cpu.md): the fused qmv kernel
 //     (decode + FMA, weights streamed once, columns split across threads);
 //     bfloat16 x on AVX512_BF16 CPUs: its vdpbf16ps variant (exact products);
+//     affine 2/4/8-bit with <= 4 rows (bfloat16 x: 2) on AVX512_VNNI CPUs: the
+//     vpdpbusd kernel on the natural weight layout (x as block-exponent byte
+//     pieces, qmm_avx512vnni.cpp), rows of x out of its range stay on float32;
 //   * otherwise the blocked GEMM (gemm_driver.h) with panels dequantized on
 //     the fly from the packed weights (pack_qt / pack_qn): x packed once,
 //     weights decoded once per (n-block, m-block) item.
@@ -180,13 +183,12 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
     }
   }
 
-  // AVX-512 VNNI (affine 2/4/8-bit, K a multiple of a 64-byte chunk's codes):
-  // x as block-exponent byte pieces, once per call; rows whose x does not fit
-  // take the float32 kernel.
+  // AVX-512 VNNI (affine 2/4/8-bit): x as block-exponent byte pieces, once per
+  // call; rows whose x does not fit take the float32 kernel.
   const int64_t vch = base.bits == 2 || base.bits == 4 || base.bits == 8 ? 64 * (8 / base.bits) : 1;
   const bool vnni_kernel = &kern == simd_kernels_avx512() && vnni_qmv_enabled() && affine &&
-                           (base.bits == 2 || base.bits == 4 || base.bits == 8) && d.transpose && K % vch == 0;
-  const int64_t vrow = 3 * K;  // piece bytes per row of x
+                           (base.bits == 2 || base.bits == 4 || base.bits == 8) && d.transpose;
+  const int64_t vrow = 3 * ((K + vch - 1) / vch * vch);  // piece bytes per row of x (whole chunks)
   struct AlignedFree {
     void operator()(void* p) const { std::free(p); }
   };

@@ -103,8 +103,9 @@ struct SimdKernels {
 /// X = p2 * 2^16 + p1 * 2^8 + p0. A chunk is 64 bytes of a weight row: CPB =
 /// 8 / bits codes per byte, 64 * CPB codes. Per chunk c, pieces holds 3 * CPB
 /// 64-byte vectors, piece-major (p2, p1, p0), then code position s in the byte:
-/// byte b of vector (p, s) is p of x[64 * CPB * c + CPB * b + s]. 64-byte
-/// aligned. gexp holds 2^(E_g - XB) per group.
+/// byte b of vector (p, s) is p of x[64 * CPB * c + CPB * b + s] (zero past K:
+/// a partial last chunk is padded). 64-byte aligned. gexp holds 2^(E_g - XB)
+/// per group.
 struct VnniX {
   const int8_t* pieces = nullptr;
   const float* gexp = nullptr;
@@ -117,7 +118,7 @@ struct VnniX {
 constexpr int vnni_x_bits(int bits) { return bits == 8 ? 19 : 21; }
 
 struct QmvVnniArgs {
-  const QWeights* q = nullptr;  // affine 2/4/8-bit, cols a multiple of 64 * 8 / bits
+  const QWeights* q = nullptr;  // affine 2/4/8-bit
   int64_t n0 = 0, n1 = 0;
   int mrows = 0;
   const VnniX* x = nullptr;
@@ -127,8 +128,8 @@ struct QmvVnniArgs {
 };
 inline int64_t qmv_vnni_scratch_floats(const QWeights& q) { return 12 * (q.groups + 16); }
 
-/// Prepares one row of K float32 x as VnniX pieces and gexp (gfac: G floats of
-/// scratch). Returns false (x unusable) when a group holds Inf/NaN or its
+/// Prepares one row of K float32 x as VnniX pieces (3 * K rounded up to a
+/// chunk's codes bytes) and gexp (gfac: G floats of scratch). Returns false (x unusable) when a group holds Inf/NaN or its
 /// largest |x| has an exponent outside [-100, 100] (subnormal maxima included).
 bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int bits, int8_t* pieces, float* gexp, float* gfac);
 
