@@ -1,28 +1,32 @@
 // AVX-512 VNNI variant of the fused few-row quantized matmul for affine
-// 4-bit weights: out (mrows, N) = x (mrows, K) @ w_hat(N, K)^T, w (N, K) read
-// in its natural row-major layout (one sequential stream, no transposes).
+// 2/4/8-bit weights: out (mrows, N) = x (mrows, K) @ w_hat(N, K)^T, w (N, K)
+// read in its natural row-major layout (one sequential stream, no transposes).
 //
-// Per 64-byte chunk of a row (128 codes): the low and high nibbles become two
-// vectors of u8 codes (and / shift); lane j of a vpdpbusd then sums the 8
-// codes of word j of the chunk against x as signed bytes. x is held per group
-// in block floating point: X = rint(x * 2^(21 - E)), E = the group's largest
-// exponent, |X| <= 2^22, split exactly into three signed bytes
-// X = p2 * 2^16 + p1 * 2^8 + p0 (qmm_fast.cpp prepares them once per call,
-// even-k and odd-k pieces apart to match the nibble order). Three chained
-// vpdpbusd pairs with two 8-bit shifts give sum(code * X) over the 8 codes
-// exactly in int32 (|sum| < 2^30); it is converted to float once per chunk and
-// FMA'd with the per-lane scale * 2^(E - 21). The affine bias enters once per
-// row as dot(bias row, group sums of x). Accuracy: each x keeps 22 bits below
-// its group's maximum (float32 keeps 24 of its own), so the error is a few
+// Per 64-byte chunk of a row (64 * 8 / bits codes): 8 / bits vectors of u8
+// codes (and, plus a 16-bit shift per further code position in the byte);
+// lane j of a vpdpbusd then sums the codes of bytes 4j..4j+3 against x as
+// signed bytes. x is held per group in block floating point:
+// X = rint(x * 2^(XB - E)), E = the group's largest exponent, XB = 21 (8-bit
+// codes: 19), split exactly into three signed bytes X = p2 * 2^16 + p1 * 2^8
+// + p0 (vnni_prep_x_avx512, once per call, in the codes' byte order; layout:
+// VnniX in simd_kernels.h). Three chained vpdpbusd runs with two 8-bit shifts
+// give sum(code * X) per lane exactly in int32 (< 2^31 by the choice of XB);
+// it is converted to float once per chunk and FMA'd with the lane's
+// scale * 2^(E - XB). The affine bias enters once per row as dot(bias row,
+// group sums of x). A partial last chunk loads only the row's bytes (the x
+// pieces past K are zero). Accuracy: each x keeps XB + 1 bits below its
+// group's maximum (float32 keeps 24 of its own), so the error is a few
 // float32 roundings of the group's largest term.
-// Tile: one row of w x MB (<= 4) rows of x. Bound: weight bandwidth at M = 1
-// (target >= 80% of the measured read bandwidth; docs/kernels/cpu.md has the
-// measured decode rates).
+// Tile: (4 rows of w, 1 row of x) or (2 rows of w, 2-4 rows of x) per pass,
+// K streamed in 64-byte chunks; rows of w prefetched one group ahead.
+// Bound: weight bandwidth at M = 1 (target >= 80% of the measured read
+// bandwidth; measured ~41 decoded weights/ns per core for 4-bit, against the
+// ~37 the target needs on the development machine: docs/kernels/cpu.md).
 // Compiled with -mavx512vnni in addition to the AVX-512 flags; called only when
 // the CPU reports AVX512_VNNI (qmm_fast.cpp).
-// Tests: tests/test_cpu_isa.cpp (Vnni*, and every affine 4-bit case at the
-// avx512 level); bench: bench/cpu_bench.cpp (qmm affine4 ... M=1, with and
-// without this kernel).
+// Tests: tests/test_cpu_isa.cpp (VnniQmvBlockExponentStress, and every affine
+// 2/4/8-bit few-row case at the avx512 level); bench: bench/cpu_bench.cpp
+// (qmm affine2/4/8 ... M <= 4, with and without this kernel).
 #define MMKIT_ISA_NS avx512vnni
 #define MMKIT_ISA_MR 12
 #define MMKIT_ISA_NR 32
