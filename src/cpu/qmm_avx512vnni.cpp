@@ -20,7 +20,7 @@
 // Tile: (4 rows of w, 1 row of x) or (2 rows of w, 2-4 rows of x) per pass,
 // K streamed in 64-byte chunks; rows of w prefetched into L2 4 groups ahead.
 // Bound: weight bandwidth at M = 1 (target >= 80% of the measured read
-// bandwidth; measured ~41 decoded weights/ns per core for 4-bit, against the
+// bandwidth; measured ~43 decoded weights/ns per core for 4-bit, against the
 // ~37 the target needs on the development machine: docs/kernels/cpu.md).
 // Compiled with -mavx512vnni in addition to the AVX-512 flags; called only when
 // the CPU reports AVX512_VNNI (qmm_fast.cpp).
