@@ -6,16 +6,18 @@
 //   call for all rows routed to it; then the blocked GEMM of gemm_driver.h.
 //   Bound: the FMA peak for large M (docs/kernels/cpu.md compares it with
 //   OpenBLAS sgemm); the b read for few rows.
-// block_masked_mm: per batch entry, b is packed once, but only the
-//   (k-block, column block) pairs that some active output block uses; then one
-//   task per block row (split into column ranges when there are few rows)
-//   packs the k-blocks of its a rows that its active blocks use into a
-//   per-thread panel (L2-resident while those blocks are computed), zero-fills
-//   its bool-masked output blocks without work and multiplies only the k-blocks
-//   whose operand masks are non-zero (runs of consecutive active k-blocks in
-//   one micro-kernel call). So packing, zeroing and multiplying all scale with
-//   the unmasked fraction. Float masks multiply the data (NaN * 0 stays NaN),
-//   as the portable kernel does, and never skip work.
+// block_masked_mm: per batch entry, one task per block row (split into column
+//   ranges when there are few rows) packs the k-blocks of its a rows that its
+//   active blocks use into a per-thread panel (L2-resident while those blocks
+//   are computed), zero-fills its bool-masked output blocks with streaming
+//   stores and multiplies only the k-blocks whose operand masks are non-zero
+//   (runs of consecutive active k-blocks in one micro-kernel call). b is packed
+//   once per entry, only the (k-block, column block) pairs some active block
+//   uses, each column block by the first task that needs it. So packing,
+//   zeroing and multiplying all scale with the unmasked fraction (bound: the
+//   FMA peak on the active blocks; target >= 0.7 / d x the dense time). Float
+//   masks multiply the data (NaN * 0 stays NaN), as the portable kernel does,
+//   and never skip work.
 #include <algorithm>
 #include <atomic>
 #include <cstring>
