@@ -297,7 +297,7 @@ void bench_qmm(Ctx& c) {
   };
   std::vector<V> vs = {
       {{"affine", 4, 64}, {1, 2, 4, 8, 16, 32, 64, 256}, Dtype::float32},
-      {{"affine", 4, 64}, {1, 8}, Dtype::bfloat16},
+      {{"affine", 4, 64}, {1, 2, 4, 8}, Dtype::bfloat16},
       {{"affine", 4, 128}, {1}, Dtype::float32},
       {{"affine", 4, 32}, {1}, Dtype::float32},
       {{"affine", 2, 64}, {1}, Dtype::float32},
@@ -354,6 +354,30 @@ void bench_qmm(Ctx& c) {
       Timing t = time_calls(call, c.quick ? 5 : 15, 4.0);
       r.us = t.med_us;
       r.min_us = t.min_us;
+      // The AVX-512 VNNI kernel (affine 2/4/8-bit, <= 4 rows) against the float32 /
+      // bfloat16 kernel it replaces, calls alternating so both see the same machine.
+      // (bfloat16 x keeps the vdpbf16ps kernel above 2 rows: nothing to compare there)
+      const int64_t vnni_rows = v.dt == Dtype::bfloat16 && cpu::has_avx512_bf16() ? 2 : 4;
+      if (v.f.affine() && (v.f.bits == 2 || v.f.bits == 4 || v.f.bits == 8) && M <= vnni_rows &&
+          cpu::vnni_qmv_enabled() &&
+          std::string(cpu_isa()) == "avx512") {
+        std::vector<double> on, off;
+        for (int i = 0; i < (c.quick ? 6 : 20); ++i) {
+          for (bool use : {true, false}) {
+            detail::set_cpu_vnni_qmv_for_testing(use);
+            const double t0 = now_s();
+            call(i);
+            (use ? on : off).push_back((now_s() - t0) * 1e6);
+          }
+        }
+        detail::set_cpu_vnni_qmv_for_testing(true);
+        std::sort(on.begin(), on.end());
+        std::sort(off.begin(), off.end());
+        r.peer_us["no-vnni"] = off[off.size() / 2];
+        r.extra["vnni_speedup_median"] = off[off.size() / 2] / on[on.size() / 2];
+        r.extra["vnni_speedup_min"] = off.front() / on.front();
+        r.extra["no_vnni_min_us"] = off.front();
+      }
       // peers
       const double scalar_est_s = 2e-9 * double(N) * K * std::max<int64_t>(1, M) / 2;
       if (M <= 16 && scalar_est_s < 20) r.peer_us["scalar"] = time_scalar(call, 3, 6.0).med_us;
@@ -664,6 +688,11 @@ void print_table(const Ctx& c) {
                 fmt_us(r.us).c_str(), fmt_us(r.min_us).c_str(), gbs, 100.0 * gbs / c.bw_gbs, gf,
                 c.fma_gflops > 0 ? 100.0 * gf / c.fma_gflops : 0.0, 100.0 * roof / r.us, 100.0 * roof / r.min_us,
                 ratio("scalar").c_str(), blas.c_str(), ratio("mlx").c_str());
+    if (r.extra.contains("vnni_speedup_median"))
+      std::printf("%-50s   (without the VNNI kernel: %s median, %s min; VNNI %.2fx faster by median, %.2fx by min)\n",
+                  "", fmt_us(r.peer_us.at("no-vnni")).c_str(),
+                  fmt_us(r.extra["no_vnni_min_us"].get<double>()).c_str(),
+                  r.extra["vnni_speedup_median"].get<double>(), r.extra["vnni_speedup_min"].get<double>());
     if (r.extra.contains("efficiency_vs_dense"))
       std::printf("%-50s   (dense/masked x unmasked fraction = %.2f; target >= 0.7)\n", "",
                   r.extra["efficiency_vs_dense"].get<double>());

@@ -10,9 +10,11 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -244,6 +246,95 @@ TEST_P(CpuIsaLevel, GatherQmmNotTransposedMatchesReference) {
   EXPECT_TRUE(close_to_ref(y, ref::gather_qmm(x, q[0], q[1], q[2], li, ri, false, 32, 5, "affine")));
 }
 
+// The AVX-512 VNNI kernel (affine 2/4/8-bit, K a multiple of 64 bytes of codes,
+// <= 4 rows per expert) holds x per group in block floating point (22 bits,
+// 8-bit codes 20, below the group's largest |x|). These cases stress that representation at every level: a
+// large dynamic range inside a group, all-zero groups, subnormals (groups
+// whose maximum is subnormal take the float32 kernel), maxima at and beyond
+// the exponent limit (2^100), Inf and NaN (the GEMM fallback), exact sums; and,
+// where the CPU has VNNI, that the kernel did run (its rounding differs from
+// the float32 kernel's somewhere) and that both agree with the reference.
+TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
+  const int64_t N = 37, K0 = 512;  // whole 64-byte chunks at every bit width
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  std::mt19937 rng(61);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> ex(-30, 30);
+  for (int bits : {2, 4, 8}) {
+  for (int gs : {32, 64, 128}) {
+    for (Dtype sdt : {Dtype::float32, Dtype::bfloat16}) {
+      // and a partial last chunk: 576 = 4.5 chunks of 4-bit codes, 2.25 of 2-bit; 640 = 2.5 of 2-bit
+      const int64_t K = sdt == Dtype::float32 ? K0 : gs == 128 ? 640 : 576;
+      auto q = quantize(randn({N, K}, sdt, 60 + gs, 0.5), gs, bits, "affine");
+      for (int64_t M : {1, 2, 4, 5}) {
+        for (int variant = 0; variant < 8; ++variant) {
+          char trace[96];
+          std::snprintf(trace, sizeof trace, "b%d g%d %s M=%lld variant %d", bits, gs, dtype_name(sdt),
+                        static_cast<long long>(M), variant);
+          SCOPED_TRACE(trace);
+          Array x = Array::empty({M, K}, Dtype::float32);
+          float* p = x.data<float>();
+          for (int64_t i = 0; i < M * K; ++i) {
+            switch (variant) {
+              case 0: p[i] = u(rng); break;                                  // plain
+              case 1: p[i] = std::ldexp(u(rng), ex(rng)); break;             // 2^-30 .. 2^30 in every group
+              case 2: p[i] = (i / gs) % 3 == 1 ? 0.0f : u(rng); break;       // all-zero groups
+              case 3: p[i] = (i / gs) % 2 ? u(rng) * 1e-39f : u(rng); break;  // subnormal groups
+              case 4: p[i] = std::ldexp(u(rng), (i / gs) % 2 ? 100 : -99); break;  // the exponent limits
+              case 5: p[i] = std::ldexp(u(rng), (i / gs) % 2 ? 102 : -110); break;  // beyond them
+              case 6: p[i] = std::ldexp(u(rng), -110); break;                     // all below the limit
+              default: p[i] = float(static_cast<int>(u(rng) * 8.0f)); break;  // integers
+            }
+          }
+          if (variant == 1) p[3] = 1e-39f;  // a subnormal below a normal group maximum
+          if (variant == 6) p[K / 2] = std::ldexp(1.0f, -100);  // one group just inside the limit
+          if (variant == 3) p[gs + 1] = 3e-39f;
+          const ref::Tensor want = ref::quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine");
+          Array y = quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine");
+          ASSERT_TRUE(close_to_ref(y, want));
+          if (GetParam() == "avx512" && cpu::has_avx512_vnni() && variant == 0 && M <= 4) {
+            const bool prev = detail::set_cpu_vnni_qmv_for_testing(false);
+            Array yf = quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine");
+            detail::set_cpu_vnni_qmv_for_testing(prev);
+            ASSERT_TRUE(close_to_ref(yf, want));
+            EXPECT_FALSE(bit_equal(y, yf)) << "the VNNI kernel did not run";
+          }
+        }
+      }
+    }
+  }
+  }
+  // exact: integer x, integer codes, power-of-two scales and biases (every partial sum exact)
+  const int64_t K = K0;
+  Array codes = randint({N, K}, Dtype::int64, 63, 0, 15);
+  Array wq = Array::zeros({N, K / 8}, Dtype::uint32);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t j = 0; j < K; ++j)
+      fmt::pack_code(wq.data<uint32_t>() + r * (K / 8), j, 4, static_cast<uint32_t>(codes.data<int64_t>()[r * K + j]));
+  Array sc = Array::full({N, K / 64}, 0.25, Dtype::float32), bi = Array::full({N, K / 64}, -2.0, Dtype::float32);
+  for (int64_t M : {1, 3}) {
+    Array x = randint({M, K}, Dtype::float32, 64 + M, -100, 100);
+    x.data<float>()[7] = 4096.0f;  // a wide group: 2^12 next to small integers
+    EXPECT_TRUE(all_close(quantized_matmul(x, wq, sc, bi, true, 64, 4),
+                          ref::quantized_matmul(x, wq, sc, bi, true, 64, 4, "affine"), 0.0, 0.0))
+        << "M=" << M;
+    // Inf and NaN propagate like the reference: w = code / 4 - 2 is exactly 0 for
+    // code 8 (Inf * 0 = NaN) and never rounds to 0 otherwise
+    x.data<float>()[5] = inf;
+    x.data<float>()[(M - 1) * K + 130] = nan;
+    EXPECT_TRUE(all_close(quantized_matmul(x, wq, sc, bi, true, 64, 4),
+                          ref::quantized_matmul(x, wq, sc, bi, true, 64, 4, "affine"), 0.0, 0.0))
+        << "M=" << M << " with Inf and NaN";
+  }
+  // gather_qmm: several experts, some with <= 4 rows (VNNI), one with more
+  const int64_t E = 3;
+  auto qe = quantize(randn({E, N, K}, Dtype::float32, 65, 0.5), 64, 4, "affine");
+  Array xe = randn({6, 1, K}, Dtype::float32, 66);
+  Array li = cpu_int64({0, 1, 2, 3, 4, 5, 0}), ri = cpu_int64({2, 0, 2, 2, 2, 2, 1});
+  Array ye = gather_qmm(xe, qe[0], qe[1], qe[2], li, ri, true, 64, 4, "affine");
+  EXPECT_TRUE(close_to_ref(ye, ref::gather_qmm(xe, qe[0], qe[1], qe[2], li, ri, true, 64, 4, "affine")));
+}
+
 // Regression: the fused kernel factors the bias out of the sum, so an infinite
 // activation times a zero code became NaN instead of +-Inf (NanInf suite).
 TEST_P(CpuIsaLevel, InfiniteActivationsKeepIeeeResultsOnTheFewRowPath) {
@@ -328,6 +419,85 @@ TEST_P(CpuIsaLevel, BlockMaskedMmBoolAndFloatMasks) {
         ASSERT_TRUE(close_to_ref(yf, ref::block_masked_mm(a, b, bs, fo, fl, fr)));
         Array yo = block_masked_mm(a, b, bs, mo, std::nullopt, std::nullopt);
         ASSERT_TRUE(close_to_ref(yo, ref::block_masked_mm(a, b, bs, mo, std::nullopt, std::nullopt)));
+      }
+    }
+  }
+}
+
+// The fast kernel packs only the a k-blocks and b (k-block, column block)
+// pairs that active output blocks use, per batch entry. Whole inactive block
+// rows / columns / k-blocks hold NaN: a kernel that reads them, or that skips
+// packing a block it then uses, or reuses the previous batch entry's packing
+// (b is shared by both entries, with different masks), gives a wrong or NaN
+// result. Integer data: float32 results are compared exactly.
+TEST_P(CpuIsaLevel, BlockMaskedMmPacksOnlyTheBlocksItUses) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (Dtype dt : {Dtype::float32, Dtype::bfloat16}) {
+    for (int bs : {32, 64}) {
+      const int64_t M = 2 * bs + 7, N = 3 * bs + 5, K = 2 * bs + 11;  // partial last block on every axis
+      const int64_t tm = 3, tn = 4, tk = 3;
+      for (bool kmajor : {false, true}) {
+        if (kmajor && dt != Dtype::float32) continue;  // (the float64 reference is slow)
+        SCOPED_TRACE(std::string(dtype_name(dt)) + " bs=" + std::to_string(bs) + (kmajor ? " K-major b" : ""));
+        Array a32 = randint({2, M, K}, Dtype::float32, 410 + bs, -3, 3);
+        Array b32 = randint({K, N}, Dtype::float32, 411 + bs, -3, 3);  // one b for both entries
+        // masks: entry 0 many blocks, entry 1 only the partial corner block
+        Array mo = Array::full({2, tm, tn}, 1.0, Dtype::bool_), ml = Array::full({2, tm, tk}, 1.0, Dtype::bool_);
+        Array mr = Array::full({2, tk, tn}, 1.0, Dtype::bool_);
+        bool* o = mo.data<bool>();
+        bool* l = ml.data<bool>();
+        bool* r = mr.data<bool>();
+        for (int64_t j = 0; j < tn; ++j) o[1 * tn + j] = false;  // entry 0: block row 1 off
+        for (int64_t i = 0; i < tm; ++i) o[i * tn + 2] = false;  // entry 0: block column 2 off
+        o[0] = false;
+        for (int64_t i = 0; i < tm; ++i) l[i * tk + 1] = false;  // entry 0: k-block 1 of a off everywhere
+        l[0 * tk + 2] = false;
+        r[0 * tn + 3] = false;
+        r[2 * tn + 0] = false;  // the partial k-block, column 0
+        for (int64_t e = 0; e < tm * tn; ++e) o[tm * tn + e] = e == tm * tn - 1;
+        for (int64_t e = 0; e < tk * tn; ++e) r[tk * tn + e] = e / tn != 2;  // entry 1: k-block 2 of b off
+        // NaN where entry 0 never reads: a's block row 1 and k-block 1, b's column block 2
+        float* pa = a32.data<float>();
+        float* pb = b32.data<float>();
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t k = 0; k < K; ++k)
+            if (m / bs == 1 || k / bs == 1) pa[m * K + k] = nan;
+        for (int64_t k = 0; k < K; ++k)
+          for (int64_t n = 2 * bs; n < 3 * bs; ++n) pb[k * N + n] = nan;
+        Array a = a32.astype(dt), b = kmajor ? b32.astype(dt).swapaxes(-1, -2).contiguous().swapaxes(-1, -2)
+                                             : b32.astype(dt);
+        auto check = [&](const Array& y, const ref::Tensor& want) {
+          if (dt == Dtype::float32) return all_close(y, want, 0.0, 0.0);
+          return all_close(y, want, rtol_for(dt), 0.0);
+        };
+        const ref::Tensor want = ref::block_masked_mm(a, b, bs, mo, ml, mr);
+        ASSERT_GT(want.max_abs(), 0.0);
+        for (double v : want.v) ASSERT_FALSE(std::isnan(v)) << "the reference reads no poisoned block";
+        EXPECT_TRUE(check(block_masked_mm(a, b, bs, mo, ml, mr), want));
+        // float masks multiply: a zero float mask over NaN data still gives NaN
+        Array a0 = a.slice(0, 0, 1);
+        Array fl = ml.astype(Dtype::float32).slice(0, 0, 1), fr = mr.astype(Dtype::float32).slice(0, 0, 1);
+        const ref::Tensor want_f = ref::block_masked_mm(a0, b, bs, std::nullopt, fl, fr);
+        bool any_nan = false;
+        for (double v : want_f.v) any_nan = any_nan || std::isnan(v);
+        ASSERT_TRUE(any_nan) << "float masks must not skip the poisoned blocks";
+        EXPECT_TRUE(check(block_masked_mm(a0, b, bs, std::nullopt, fl, fr), want_f));
+        // only the output mask: NaN left only in a's block row 1 (and b's column block 2)
+        Array a1 = Array::empty({1, M, K}, Dtype::float32);
+        for (int64_t e = 0; e < M * K; ++e)
+          a1.data<float>()[e] = (e / K) / bs != 1 && std::isnan(pa[e]) ? 2.0f : pa[e];
+        a1 = a1.astype(dt);
+        Array mob = Array::full({tm, tn}, 1.0, Dtype::bool_);
+        for (int64_t j = 0; j < tn; ++j) mob.data<bool>()[1 * tn + j] = false;
+        for (int64_t i = 0; i < tm; ++i) mob.data<bool>()[i * tn + 2] = false;
+        const ref::Tensor want_o = ref::block_masked_mm(a1, b, bs, mob, std::nullopt, std::nullopt);
+        ASSERT_GT(want_o.max_abs(), 0.0);
+        for (double v : want_o.v) ASSERT_FALSE(std::isnan(v));
+        EXPECT_TRUE(check(block_masked_mm(a1, b, bs, mob, std::nullopt, std::nullopt), want_o));
+        // every output block off: zeros, nothing read
+        Array off = Array::full({tm, tn}, 0.0, Dtype::bool_);
+        for (double v : block_masked_mm(a1, b, bs, off, std::nullopt, std::nullopt).to_double_vector())
+          ASSERT_EQ(v, 0.0);
       }
     }
   }
@@ -483,6 +653,32 @@ TEST_P(CpuIsaLevel, KernelsWriteEveryOutputElement) {
     g.out = Array::full({1, d.M, d.N}, poison, Dtype::float32);
     reg.gemm.run(d, g, Stream(Device::cpu()));
     EXPECT_TRUE(close_to_ref(g.out, ref::matmul(ref::to_tensor(g.a), ref::to_tensor(g.b))));
+  }
+  for (int bs : {32, 64}) {  // block_masked_mm: skipped blocks are written (zeros) too
+    detail::BlockMaskedDesc d;
+    d.M = 2 * bs + 3;
+    d.N = 3 * bs + 1;
+    d.K = bs + 5;
+    d.block_size = bs;
+    d.has_out_mask = d.out_mask_bool = true;
+    d.has_op_masks = d.op_masks_bool = true;
+    const int64_t tm = d.tm(), tn = d.tn(), tk = d.tk();
+    detail::BlockMaskedArgs g;
+    g.a = randint({1, d.M, d.K}, Dtype::float32, 804, -3, 3);
+    g.b = randint({1, d.K, d.N}, Dtype::float32, 805, -3, 3);
+    g.a_idx = cpu_int64({0});
+    g.b_idx = cpu_int64({0});
+    g.mask_out = Array::full({1, tm, tn}, 1.0, Dtype::float32);
+    g.mask_lhs = Array::full({1, tm, tk}, 1.0, Dtype::float32);
+    g.mask_rhs = Array::full({1, tk, tn}, 1.0, Dtype::float32);
+    g.mask_out.data<float>()[1] = 0.0f;                // output block (0, 1) off
+    g.mask_lhs.data<float>()[1 * tk + 0] = 0.0f;       // block row 1 uses only k-block 1
+    g.mask_rhs.data<float>()[1 * tn + tn - 1] = 0.0f;  // last column block uses only k-block 0
+    g.out = Array::full({1, d.M, d.N}, poison, Dtype::float32);
+    reg.block_masked.run(d, g, Stream(Device::cpu()));
+    Array mo = g.mask_out.astype(Dtype::bool_), ml = g.mask_lhs.astype(Dtype::bool_);
+    Array mr = g.mask_rhs.astype(Dtype::bool_);
+    EXPECT_TRUE(all_close(g.out, ref::block_masked_mm(g.a, g.b, bs, mo, ml, mr), 0.0, 0.0)) << "bs=" << bs;
   }
 }
 

@@ -88,6 +88,15 @@ bool has_avx512_vnni() {
   return cpu_has_avx512() && __builtin_cpu_supports("avx512vnni");
 }
 
+namespace {
+std::atomic<bool> g_vnni_qmv{true};
+}
+
+bool vnni_qmv_enabled() {
+  static const bool has = has_avx512_vnni();
+  return has && g_vnni_qmv.load(std::memory_order_acquire);
+}
+
 bool has_avx512_bf16() {
   __builtin_cpu_init();
   return cpu_has_avx512() && __builtin_cpu_supports("avx512bf16");
@@ -107,6 +116,8 @@ Isa active_isa() {
 }  // namespace mmkit::cpu
 
 namespace mmkit::detail {
+bool set_cpu_vnni_qmv_for_testing(bool on) { return cpu::g_vnni_qmv.exchange(on, std::memory_order_acq_rel); }
+
 cpu::Isa set_cpu_isa_for_testing(cpu::Isa isa) {
   if (!cpu::isa_available(isa))
     throw Error(std::string("[cpu] set_cpu_isa_for_testing: ") + cpu::isa_name(isa) + " is not available on this CPU.");

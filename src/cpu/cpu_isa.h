@@ -17,8 +17,11 @@ const char* isa_name(Isa isa);
 /// Every level this machine can run, best first (always ends in scalar).
 std::vector<Isa> available_isas();
 bool isa_available(Isa isa);
-/// AVX-512 VNNI present (reported by the benchmarks; see docs/kernels/cpu.md).
+/// AVX-512 VNNI present: the avx512 level then runs affine 4-bit qmv with
+/// vpdpbusd (qmm_avx512vnni.cpp) unless disabled for testing.
 bool has_avx512_vnni();
+/// has_avx512_vnni() and not switched off by set_cpu_vnni_qmv_for_testing.
+bool vnni_qmv_enabled();
 /// AVX-512 BF16 present: the avx512 level then runs bfloat16-activation qmv
 /// with vdpbf16ps (exact products, float32 accumulation).
 bool has_avx512_bf16();
@@ -34,4 +37,8 @@ namespace mmkit::detail {
 /// (not thread-safe against concurrent ops). Throws when `isa` is unavailable.
 /// Returns the previous level.
 cpu::Isa set_cpu_isa_for_testing(cpu::Isa isa);
+/// Tests and benchmarks only: allows (true, the default) or forbids the VNNI
+/// qmv kernel, to compare it with the float32 one in one process. Returns the
+/// previous setting.
+bool set_cpu_vnni_qmv_for_testing(bool on);
 }  // namespace mmkit::detail

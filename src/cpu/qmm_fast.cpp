@@ -9,6 +9,9 @@
 //     measured per core: docs/kernels/cpu.md): the fused qmv kernel
 //     (decode + FMA, weights streamed once, columns split across threads);
 //     bfloat16 x on AVX512_BF16 CPUs: its vdpbf16ps variant (exact products);
+//     affine 2/4/8-bit with <= 4 rows (bfloat16 x: 2) on AVX512_VNNI CPUs: the
+//     vpdpbusd kernel on the natural weight layout (x as block-exponent byte
+//     pieces, qmm_avx512vnni.cpp), rows of x out of its range stay on float32;
 //   * otherwise the blocked GEMM (gemm_driver.h) with panels dequantized on
 //     the fly from the packed weights (pack_qt / pack_qn): x packed once,
 //     weights decoded once per (n-block, m-block) item.
@@ -18,6 +21,8 @@
 // measured read bandwidth), the FMA peak for many (docs/kernels/cpu.md).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <memory>
 #include <numeric>
 #include <vector>
 
@@ -68,6 +73,8 @@ void check_indices(const QmmDesc& d, const int64_t* lhs, const int64_t* rhs) {
   }
 }
 
+/// Rows per expert up to which the VNNI qmv runs (it loops over x in blocks of 4).
+constexpr int64_t kVnniMaxRows = 4;
 void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
   const int64_t M = d.M, N = d.N, K = d.K, L = d.batch;
   const int64_t* lhs = a.lhs.data<int64_t>();
@@ -176,6 +183,33 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
     }
   }
 
+  // AVX-512 VNNI (affine 2/4/8-bit): x as block-exponent byte pieces, once per
+  // call; rows whose x does not fit take the float32 kernel.
+  const int64_t vch = base.bits == 2 || base.bits == 4 || base.bits == 8 ? 64 * (8 / base.bits) : 1;
+  const bool vnni_kernel = &kern == simd_kernels_avx512() && vnni_qmv_enabled() && affine &&
+                           (base.bits == 2 || base.bits == 4 || base.bits == 8) && d.transpose;
+  const int64_t vrow = 3 * ((K + vch - 1) / vch * vch);  // piece bytes per row of x (whole chunks)
+  struct AlignedFree {
+    void operator()(void* p) const { std::free(p); }
+  };
+  std::unique_ptr<int8_t, AlignedFree> vpieces;
+  std::vector<float> vgexp(vnni_kernel ? static_cast<size_t>(nx * M * G) : 0);
+  std::vector<char> vnni_ok(static_cast<size_t>(nx), 0);
+  if (vnni_kernel && nx > 0) {
+    vpieces.reset(static_cast<int8_t*>(std::aligned_alloc(64, static_cast<size_t>(nx * M * vrow))));
+    if (!vpieces) throw Error("[quantized_matmul] out of memory preparing x");
+    std::vector<float> gfac(static_cast<size_t>(G));
+    for (int64_t slot = 0; slot < nx; ++slot) {
+      bool ok = finite[static_cast<size_t>(slot)] != 0;
+      for (int64_t m = 0; m < M && ok; ++m)
+        ok = vnni_prep_x_avx512(xf.get() + (slot * M + m) * K, K, base.group_size, base.bits,
+                                vpieces.get() + (slot * M + m) * vrow, vgexp.data() + (slot * M + m) * G, gfac.data());
+      vnni_ok[static_cast<size_t>(slot)] = ok;
+    }
+  }
+  // bfloat16 x: the vdpbf16ps kernel measured as fast as VNNI at 4 rows, so VNNI up to 2
+  const int64_t vnni_rows = d.dtype == Dtype::bfloat16 && bf16_kernel ? 2 : kVnniMaxRows;
+
   if (!small.empty()) {
     struct Job {
       QWeights q;
@@ -183,7 +217,8 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
       std::vector<const uint32_t*> xp;  // bf16 pairs (bf16 kernel)
       std::vector<void*> out;
       std::vector<float> xsum;
-      bool bf16 = false;
+      std::vector<VnniX> vx;  // VNNI kernel
+      bool bf16 = false, vnni = false;
     };
     std::vector<Job> jobs(small.size());
     int64_t tiles = 0;
@@ -192,14 +227,19 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
       Job& jb = jobs[j];
       jb.q = weights_of(ex.w_index);
       jb.bf16 = bf16_kernel;
+      jb.vnni = vnni_kernel && static_cast<int64_t>(ex.pairs.size()) * M <= vnni_rows;
       for (int64_t l : ex.pairs) {
         const int64_t slot = xrow_of[static_cast<size_t>(lhs[l])];
         jb.bf16 = jb.bf16 && pairs_ok[static_cast<size_t>(slot)];
+        jb.vnni = jb.vnni && vnni_ok[static_cast<size_t>(slot)];
         for (int64_t m = 0; m < M; ++m) {
           jb.x.push_back(xf.get() + (slot * M + m) * K);
           if (bf16_kernel) jb.xp.push_back(xpairs.data() + (slot * M + m) * (K / 2));
           jb.out.push_back(O + (l * M + m) * N * xes);
           if (affine) jb.xsum.insert(jb.xsum.end(), xs.begin() + (slot * M + m) * G, xs.begin() + (slot * M + m + 1) * G);
+          if (vnni_kernel && vnni_ok[static_cast<size_t>(slot)])
+            jb.vx.push_back({vpieces.get() + (slot * M + m) * vrow, vgexp.data() + (slot * M + m) * G,
+                             xs.data() + (slot * M + m) * G});
         }
       }
       tiles += (N + kern.lanes - 1) / kern.lanes;
@@ -214,7 +254,7 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
     std::vector<Item> items;
     for (int j = 0; j < static_cast<int>(jobs.size()); ++j)
       for (int64_t n0 = 0; n0 < N; n0 += per * kern.lanes) items.push_back({j, n0, std::min(N, n0 + per * kern.lanes)});
-    const int64_t scratch = kern.qmv_scratch_floats(base);
+    const int64_t scratch = std::max(kern.qmv_scratch_floats(base), qmv_vnni_scratch_floats(base));
     const int64_t nitems = static_cast<int64_t>(items.size());
 #pragma omp parallel
     {
@@ -234,7 +274,18 @@ void qmm_fast(const SimdKernels& kern, const QmmDesc& d, QmmArgs& a) {
         qa.out = jb.out.data();
         qa.odt = xdt;
         qa.scratch = sp;
-        if (jb.bf16) {
+        if (jb.vnni) {
+          QmvVnniArgs va;
+          va.q = &jb.q;
+          va.n0 = it.n0;
+          va.n1 = it.n1;
+          va.mrows = qa.mrows;
+          va.x = jb.vx.data();
+          va.out = jb.out.data();
+          va.odt = xdt;
+          va.scratch = sp;
+          qmv_vnni_avx512(va);
+        } else if (jb.bf16) {
           qa.xpairs = jb.xp.data();
           qmv_bf16_avx512(qa);
         } else {

@@ -96,6 +96,47 @@ struct SimdKernels {
                        uint32_t* q, void* scales, void* biases);
 };
 
+/// One row of x prepared for qmv_vnni_avx512 (qmm_fast.cpp, once per call),
+/// affine 2/4/8-bit weights. Per group g: E_g = the exponent of its largest |x|
+/// (all-zero groups: zeros), X = rint(x * 2^(XB - E_g)) with XB =
+/// vnni_x_bits(bits) (|X| <= 2^(XB + 1)), split exactly into signed bytes
+/// X = p2 * 2^16 + p1 * 2^8 + p0. A chunk is 64 bytes of a weight row: CPB =
+/// 8 / bits codes per byte, 64 * CPB codes. Per chunk c, pieces holds 3 * CPB
+/// 64-byte vectors, piece-major (p2, p1, p0), then code position s in the byte:
+/// byte b of vector (p, s) is p of x[64 * CPB * c + CPB * b + s] (zero past K:
+/// a partial last chunk is padded). 64-byte aligned. gexp holds 2^(E_g - XB)
+/// per group.
+struct VnniX {
+  const int8_t* pieces = nullptr;
+  const float* gexp = nullptr;
+  const float* xsum = nullptr;  // the group sums of x (the affine bias term)
+};
+
+/// Bits of x kept below its group's largest exponent: 21 (2/4-bit codes), 19
+/// for 8-bit codes, whose larger products need the headroom: per chunk lane the
+/// int32 sum(code * X) stays below 2^31.
+constexpr int vnni_x_bits(int bits) { return bits == 8 ? 19 : 21; }
+
+struct QmvVnniArgs {
+  const QWeights* q = nullptr;  // affine 2/4/8-bit
+  int64_t n0 = 0, n1 = 0;
+  int mrows = 0;
+  const VnniX* x = nullptr;
+  void* const* out = nullptr;  // mrows output rows, dtype odt
+  int odt = 0;
+  float* scratch = nullptr;    // qmv_vnni_scratch_floats(q) floats
+};
+inline int64_t qmv_vnni_scratch_floats(const QWeights& q) { return 12 * (q.groups + 16); }
+
+/// Prepares one row of K float32 x as VnniX pieces (3 * K rounded up to a
+/// chunk's codes bytes) and gexp (gfac: G floats of scratch). Returns false (x unusable) when a group holds Inf/NaN or its
+/// largest |x| has an exponent outside [-100, 100] (subnormal maxima included).
+bool vnni_prep_x_avx512(const float* x, int64_t K, int gs, int bits, int8_t* pieces, float* gexp, float* gfac);
+
+/// AVX-512 VNNI qmv, natural weight layout (qmm_avx512vnni.cpp). Call only
+/// when the CPU has AVX512_VNNI.
+void qmv_vnni_avx512(const QmvVnniArgs& a);
+
 /// AVX-512 BF16 qmv for bfloat16 activations, formats affine 2/4-bit, mxfp4,
 /// nvfp4 (qmm_avx512bf16.cpp). Pair p = w * h + j (h = 16 / bits codes per half
 /// word) of a row of x holds bf16(x[w * 2h + j]) | bf16(x[w * 2h + h + j]) << 16.
