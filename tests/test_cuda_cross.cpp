@@ -484,6 +484,21 @@ detail::QmmDesc gather_desc(const Fmt& f, Dtype dt, int64_t M, int64_t N, int64_
   return d;
 }
 
+/// y (L entries of M x N) equals good except entry `bad`, which is all zero;
+/// good has some non-zero value (so the comparison can fail).
+void expect_only_entry_zeroed(const Array& y, const Array& good, int64_t bad, int64_t L, int64_t M, int64_t N) {
+  const auto v = y.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
+  const auto gv = good.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
+  ASSERT_EQ(v.size(), static_cast<size_t>(L * M * N));
+  int64_t nonzero = 0;
+  for (int64_t i = 0; i < L * M * N; ++i) {
+    if (i / (M * N) == bad) EXPECT_EQ(v[i], 0.0) << i;
+    else EXPECT_EQ(v[i], gv[i]) << i;
+    nonzero += gv[i] != 0.0;
+  }
+  EXPECT_GT(nonzero, 0);
+}
+
 /// One grouped gather_qmm (cuda_gather_grouped) against the CPU, bit-exact on
 /// exactly representable data: E experts with expert 1 unused, L entries of M
 /// rows from Bx = 5 x matrices, unsorted rhs, host and device indices.
@@ -597,16 +612,7 @@ TEST(CudaCross, GatherQmmGroupedSimtReportsABadDeviceIndexAndZerosOnlyItsEntry) 
         ri[8] = 0;
         Array good = gather_qmm(x, w, s, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})), true,
                                 f.gs, f.bits, f.mode);
-        const auto v = y.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
-        const auto gv = good.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
-        ASSERT_EQ(v.size(), static_cast<size_t>(L * M * N));
-        int64_t nonzero = 0;
-        for (int64_t i = 0; i < L * M * N; ++i) {
-          if (i / (M * N) == 8) EXPECT_EQ(v[i], 0.0) << i;
-          else EXPECT_EQ(v[i], gv[i]) << i;
-          nonzero += gv[i] != 0.0;
-        }
-        EXPECT_GT(nonzero, 0);
+        expect_only_entry_zeroed(y, good, 8, L, M, N);
       }
 }
 
@@ -750,16 +756,7 @@ TEST(CudaCross, GatherMmGroupedReportsABadDeviceIndexAndZerosOnlyItsEntry) {
       synchronize(kGpu);
       ri[8] = 0;
       Array good = gather_mm(a, b, gpu(Array::from_vector(li, {L})), gpu(Array::from_vector(ri, {L})));
-      const auto v = y.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
-      const auto gv = good.to(Device::cpu()).astype(Dtype::float32).to_double_vector();
-      ASSERT_EQ(v.size(), static_cast<size_t>(L * M * N));
-      int64_t nonzero = 0;
-      for (int64_t i = 0; i < L * M * N; ++i) {
-        if (i / (M * N) == 8) EXPECT_EQ(v[i], 0.0) << i;
-        else EXPECT_EQ(v[i], gv[i]) << i;
-        nonzero += gv[i] != 0.0;
-      }
-      EXPECT_GT(nonzero, 0);
+      expect_only_entry_zeroed(y, good, 8, L, M, N);
     }
 }
 

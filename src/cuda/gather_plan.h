@@ -54,6 +54,18 @@ __device__ __forceinline__ GatherItem load_gather_item(const GatherPlanView& pla
   }
   return it;
 }
+
+/// load_gather_item for a whole block that stages the offsets in shared
+/// memory: waits until the previous item's epilogue has read them, loads item
+/// i's, and makes them visible to every thread (threads >= the item's rows
+/// only wait; blockDim.x must cover the largest item).
+__device__ __forceinline__ GatherItem load_gather_item_block(const GatherPlanView& plan, int64_t i, int64_t K,
+                                                             int64_t N, int64_t* x_off, int64_t* out_off) {
+  __syncthreads();
+  const GatherItem it = load_gather_item(plan, i, static_cast<int>(threadIdx.x), K, N, x_off, out_off);
+  __syncthreads();
+  return it;
+}
 #endif
 
 /// Largest expert count the plan takes (its counters live in shared memory).

@@ -116,11 +116,9 @@ __global__ void __launch_bounds__(MmaTile::THREADS) gemm_mma_kernel(GemmKernelPa
     int rows = 0;  // grouped: the item's row count
     bool ok = true;
     if constexpr (GROUPED) {
-      __syncthreads();  // the previous item's epilogue has read o_off
-      const GatherItem it = load_gather_item(p.plan, l, tid, K, N, a_off, o_off);
+      const GatherItem it = load_gather_item_block(p.plan, l, K, N, a_off, o_off);
       bi = it.expert;
       rows = it.count;
-      __syncthreads();
     } else {
       ai = p.lhs[l];
       bi = p.rhs[l];
@@ -236,11 +234,9 @@ __global__ void __launch_bounds__(SimtTile::THREADS) gemm_simt_kernel(GemmKernel
     int rows = 0;  // grouped: the item's row count
     bool ok = true;
     if constexpr (GROUPED) {
-      __syncthreads();  // the previous item's epilogue has read o_off
-      const GatherItem it = load_gather_item(p.plan, l, tid, K, N, a_off, o_off);
+      const GatherItem it = load_gather_item_block(p.plan, l, K, N, a_off, o_off);
       bi = it.expert;
       rows = it.count;
-      __syncthreads();
     } else {
       ai = p.lhs[l];
       bi = p.rhs[l];

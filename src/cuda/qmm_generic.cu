@@ -83,11 +83,9 @@ __global__ void __launch_bounds__(SimtTile::THREADS) qmm_generic_kernel(GenericP
     // Uniform over the block, so the barriers below are safe.
     bool ok = true;
     if constexpr (GROUPED) {
-      __syncthreads();  // the previous item's epilogue has read o_off
-      const GatherItem it = load_gather_item(p.plan, l, tid, p.K, p.N, a_off, o_off);
+      const GatherItem it = load_gather_item_block(p.plan, l, p.K, p.N, a_off, o_off);
       wi = it.expert;
       rows = it.count;
-      __syncthreads();
     } else {
       xi = p.lhs[l];
       wi = p.rhs[l];

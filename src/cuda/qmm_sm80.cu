@@ -116,11 +116,9 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
     int rows = 0;  // the tile's valid rows
     bool ok = true;
     if constexpr (GROUPED) {
-      __syncthreads();  // the previous item's epilogue has read o_off
-      const GatherItem it = load_gather_item(p.plan, l, tid, K, N, a_off, o_off);
+      const GatherItem it = load_gather_item_block(p.plan, l, K, N, a_off, o_off);
       wi = it.expert;
       rows = it.count;
-      __syncthreads();
     } else {
       xi = p.lhs[l];
       wi = p.rhs[l];

@@ -370,30 +370,25 @@ __global__ void __launch_bounds__(W * 32, 32 / W / TL) qmv1_mma_kernel(Qmv1Param
       // for MR = 1, one for MR >= 2), x rows (2c + e) % MR.
       constexpr bool kTwoGroups = MR == 1;
       const int slot0 = (2 * c) / MR;
-      // Scale / bias offsets of rows a / b of each tile (rows past N read row N - 1).
-      int so[TL][2];
-#pragma unroll
-      for (int tl = 0; tl < TL; ++tl) {
-        so[tl][0] = (min(n0 + 16 * tl + g, N - 1) - n0c) * G + slot0;
-        so[tl][1] = (min(n0 + 16 * tl + g + 8, N - 1) - n0c) * G + slot0;
-      }
       float dacc[TL][4];
       uint32_t sc[TL][2], bc[TL][2];  // raw scales / biases of rows a / b (two groups as a pair for MR = 1)
-      // Whole tiles: the lane's rows are 8 apart from its first (one base
-      // offset, the rest fixed multiples of 8 G); otherwise clamped per row.
-      const int so00 = so[0][0];
-      const int g8 = 8 * G;
+      // Scale / bias rows of the lane: Sa / Ba point at its first (row a of
+      // tile 0), soff[tl][r] is row 16 tl + 8 r + g from there: 8 G apart in
+      // whole tiles, else clamped (rows past N read row N - 1).
       // (Opaque to the compiler, so the loop keeps them instead of
       // recomputing the whole address each super-chunk.)
+      const int g8 = 8 * G;
+      auto srow = [&](int r) { return (min(n0 + r, N - 1) - n0c) * G + slot0; };
+      const int so00 = srow(g);
       const unsigned short* Sa = S + so00;
       const unsigned short* Ba = Bi + so00;
       asm volatile("" : "+l"(Sa), "+l"(Ba));
-      int soff[TL][2];  // rows a / b of each tile, from Sa / Ba
+      int soff[TL][2];
 #pragma unroll
       for (int tl = 0; tl < TL; ++tl)
 #pragma unroll
         for (int r = 0; r < 2; ++r) {
-          soff[tl][r] = full_rows ? (2 * tl + r) * g8 : so[tl][r] - so00;
+          soff[tl][r] = full_rows ? (2 * tl + r) * g8 : srow(16 * tl + 8 * r + g) - so00;
           asm volatile("" : "+r"(soff[tl][r]));
         }
       auto load_scales = [&](int u) {

@@ -7,7 +7,8 @@
 //   (PROBE_ITERS=n: n timed calls per skeleton, for profilers)
 //
 // Skeletons:
-//   ld<U>/<blocks per SM>: grid-stride 16-byte __ldcs loads, U in flight per thread;
+//   ld<U>/<blocks per SM>: grid-stride 16-byte __ldcs loads, U in flight per thread
+//     (tools::stream_read, the bench's floor kernel);
 //   tma<S>x<KB>/<blocks per SM>: persistent blocks, S stages of KB-sized bulk
 //     copies (cp.async.bulk, mbarrier completion) issued by one thread, the
 //     block reads each stage from shared memory;
@@ -22,55 +23,10 @@
 #include <cstdlib>
 #include <vector>
 
-#define CK(x)                                                                                        \
-  do {                                                                                               \
-    cudaError_t e_ = (x);                                                                            \
-    if (e_ != cudaSuccess) {                                                                         \
-      std::fprintf(stderr, "CUDA error %s at %s:%d\n", cudaGetErrorString(e_), __FILE__, __LINE__); \
-      std::exit(1);                                                                                  \
-    }                                                                                                \
-  } while (0)
+#include "timing.cuh"
 
-template <typename F>
-double median_us(int warmup, int iters, F&& body) {
-  for (int i = 0; i < warmup; ++i) body(i);
-  CK(cudaDeviceSynchronize());
-  std::vector<cudaEvent_t> ev(2 * static_cast<size_t>(iters));
-  for (auto& e : ev) CK(cudaEventCreate(&e));
-  for (int i = 0; i < iters; ++i) {
-    CK(cudaEventRecord(ev[2 * i], cudaStreamLegacy));
-    body(warmup + i);
-    CK(cudaEventRecord(ev[2 * i + 1], cudaStreamLegacy));
-  }
-  CK(cudaDeviceSynchronize());
-  CK(cudaGetLastError());
-  std::vector<double> t;
-  for (int i = 0; i < iters; ++i) {
-    float ms = 0;
-    CK(cudaEventElapsedTime(&ms, ev[2 * i], ev[2 * i + 1]));
-    t.push_back(ms * 1e3);
-  }
-  for (auto& e : ev) CK(cudaEventDestroy(e));
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
-
-template <int U>
-__global__ void __launch_bounds__(256) ld_read(const uint4* __restrict__ p, size_t n, uint32_t* out) {
-  uint32_t acc = 0;
-  const size_t stride = static_cast<size_t>(gridDim.x) * blockDim.x * U;
-  for (size_t i = static_cast<size_t>(blockIdx.x) * blockDim.x * U + threadIdx.x; i < n; i += stride) {
-    uint4 v[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const size_t j = i + static_cast<size_t>(u) * blockDim.x;
-      v[u] = j < n ? __ldcs(p + j) : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) acc ^= v[u].x ^ v[u].y ^ v[u].z ^ v[u].w;
-  }
-  if (acc == 0x9e3779b9u) *out = acc;
-}
+using mmkit::tools::median_us;
+using mmkit::tools::stream_read;
 
 __global__ void empty_kernel(uint32_t* out) {
   if (threadIdx.x == 1023) *out = 1;
@@ -215,15 +171,15 @@ int main(int argc, char** argv) {
   for (int bps : {2, 4, 8}) {
     std::snprintf(name, sizeof name, "ld4/%d", bps);
     report(name, median_us(warm, iters, [&](int i) {
-             ld_read<4><<<sms * bps, 256>>>(reinterpret_cast<const uint4*>(buf + (i % copies) * bytes), n16, out);
+             stream_read<4><<<sms * bps, 256>>>(reinterpret_cast<const uint4*>(buf + (i % copies) * bytes), n16, out);
            }));
     std::snprintf(name, sizeof name, "ld8/%d", bps);
     report(name, median_us(warm, iters, [&](int i) {
-             ld_read<8><<<sms * bps, 256>>>(reinterpret_cast<const uint4*>(buf + (i % copies) * bytes), n16, out);
+             stream_read<8><<<sms * bps, 256>>>(reinterpret_cast<const uint4*>(buf + (i % copies) * bytes), n16, out);
            }));
     std::snprintf(name, sizeof name, "ld16/%d", bps);
     report(name, median_us(warm, iters, [&](int i) {
-             ld_read<16><<<sms * bps, 256>>>(reinterpret_cast<const uint4*>(buf + (i % copies) * bytes), n16, out);
+             stream_read<16><<<sms * bps, 256>>>(reinterpret_cast<const uint4*>(buf + (i % copies) * bytes), n16, out);
            }));
   }
   CK(cudaFuncSetAttribute(tma_read, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
