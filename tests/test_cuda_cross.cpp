@@ -413,13 +413,14 @@ TEST(CudaCross, GatherQmmGroupedByExpertOnTheDevice) {
   // expert on the device (cuda_gather_grouped) and each item reads its
   // expert's weights once. Unsorted and sorted indices, host and device
   // indices, M = 1 and 3, item sizes 8 / 16 / 32 rows (from the average rows
-  // per expert), experts with no rows, several items per expert. Bit-exact
-  // with the CPU on exactly representable data.
+  // per expert; one-row entries are grouped from 8 rows per expert), experts
+  // with no rows, several items per expert. Bit-exact with the CPU on
+  // exactly representable data.
   auto& reg = detail::registries();
   uint64_t seed = 9100;
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
     for (int gs : {32, 64, 128})
-      for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{8, 40, 1}, {6, 200, 1}, {16, 24, 3}, {3, 70, 3}}) {
+      for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{8, 64, 1}, {6, 200, 1}, {16, 24, 3}, {3, 70, 3}}) {
         SCOPED_TRACE(std::string(dtype_name(dt)) + " g" + std::to_string(gs) + " E=" + std::to_string(E) +
                      " L=" + std::to_string(L) + " M=" + std::to_string(M));
         const int64_t N = 48, K = 512, Bx = 5;
@@ -499,11 +500,14 @@ void expect_only_entry_zeroed(const Array& y, const Array& good, int64_t bad, in
   EXPECT_GT(nonzero, 0);
 }
 
-/// One grouped gather_qmm (cuda_gather_grouped) against the CPU, bit-exact on
+/// One gather_qmm whose entries share experts against the CPU, bit-exact on
 /// exactly representable data: E experts with expert 1 unused, L entries of M
 /// rows from Bx = 5 x matrices, unsorted rhs, host and device indices.
 /// The quantized dimension (K, or N when !transpose) is 3 groups (6 for
 /// nvfp4: a multiple of 32); the other one is 37, not a multiple of 8.
+/// It runs grouped by expert (cuda_gather_grouped), except one-row entries
+/// of the tensor-core GEMV below 8 rows per expert (cuda_qmv1_mma, which is
+/// faster there).
 void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int64_t M, uint64_t& seed,
                               bool transpose = true) {
   auto& reg = detail::registries();
@@ -511,8 +515,10 @@ void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int6
   const int64_t R = transpose ? N : K;  // rows of one expert's packed weights
   SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
                " N=" + std::to_string(N) + " K=" + std::to_string(K) + (transpose ? "" : " transpose=false"));
+  const bool gemv = M == 1 && L < 8 * E && transpose && std::string(f.mode) == "affine" && f.bits == 4 &&
+                    dt != Dtype::float32 && K % 128 == 0;
   ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E, transpose), Device::Type::gpu).name,
-            "cuda_gather_grouped");
+            gemv ? "cuda_qmv1_mma" : "cuda_gather_grouped");
   QW q = exact_quantized(f, E * R, Q, dt, seed++);
   Array w = q.w.reshape({E, R, q.w.shape(-1)});
   Array s = q.scales.reshape({E, R, q.scales.shape(-1)});

@@ -60,7 +60,10 @@ constexpr int kWarps = 8;            // warps per block (split-K inside a block;
 constexpr int kRows = 16;            // weight rows per block
 constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to MR * K = this (32 KB)
 constexpr int kZeroBytes = 64;       // the zero line inactive lanes read
-constexpr int kDepth = 4;            // chunks of weights in flight per warp (cp.async ring)
+#ifndef MMKIT_QMV1_DEPTH
+#define MMKIT_QMV1_DEPTH 4
+#endif
+constexpr int kDepth = MMKIT_QMV1_DEPTH;  // chunks of weights in flight per warp (cp.async ring)
 #ifndef MMKIT_QMV1_WINDOW
 #define MMKIT_QMV1_WINDOW 2
 #endif
@@ -642,11 +645,39 @@ void launch(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope
 /// on an H200: 1 block per SM or fewer, e.g. MoE decode at 128 - 192 blocks,
 /// is faster with one tile per warp; docs/kernels/cuda.md.)
 /// MMKIT_QMV1_TILES=1|2 forces it (tests and tuning; docs/kernels/cuda.md).
+/// Blocks of a launch with 2^ks_log2 warps per K split and tl tiles per warp.
+int64_t grid_blocks(const detail::QmmDesc& d, int ks_log2, int tl) {
+  return ceil_div(d.N, int64_t{kRows} * tl * (kWarps >> ks_log2)) * std::min<int64_t>(d.batch, 65535);
+}
+
 int tiles_per_warp(const detail::QmmDesc& d, int ks_log2, int sm_count) {
   if (rows_built(d.M) > 4) return 1;
   if (const char* e = std::getenv("MMKIT_QMV1_TILES")) return std::atoi(e) == 2 ? 2 : 1;
-  const int64_t blocks = ceil_div(d.N, int64_t{kRows} * 2 * (kWarps >> ks_log2)) * std::min<int64_t>(d.batch, 65535);
-  return 2 * blocks >= 3 * int64_t{sm_count} ? 2 : 1;
+  return 2 * grid_blocks(d, ks_log2, 2) >= 3 * int64_t{sm_count} ? 2 : 1;
+}
+
+/// Fewer warps per K split on large two-tile grids. Every warp pays a fixed
+/// setup (indices, addresses, staging its part of x, the ring's first fill,
+/// the reduction), about what streaming 2.3 KB of weights costs its SM
+/// (fitted to same-session H200 runs, docs/kernels/cuda.md); halving the
+/// split doubles each warp's weights and halves the warps. The busiest SM's
+/// load, ceil(blocks / SMs) x (bytes + 2.3 KB x warps) of a block, decides,
+/// among grids that still give at least 0.9 blocks per SM (so nearly every
+/// SM streams 8 warps x 8 KB in flight). Measured on 8192 x 8192 (M = 1,
+/// 4-bit g64, H200): a split of 4 instead of 8, 15.4 against 16.4 us.
+int narrow_split(const detail::QmmDesc& d, int ks_log2, int sm_count) {
+  const double row_bytes = static_cast<double>(d.K) * (d.format.bits / 8.0 + 4.0 / d.format.group_size);
+  auto load = [&](int k) {
+    const int64_t blocks = grid_blocks(d, k, 2);
+    const double block_rows = std::min<double>(static_cast<double>(d.N), kRows * 2.0 * (kWarps >> k));
+    return static_cast<double>(ceil_div(blocks, int64_t{sm_count})) * (block_rows * row_bytes + 2300.0 * kWarps);
+  };
+  int best = ks_log2;
+  for (int k = ks_log2 - 1; k >= 0; --k) {
+    if (10 * grid_blocks(d, k, 2) < 9 * int64_t{sm_count}) break;
+    if (load(k) < load(best)) best = k;
+  }
+  return best;
 }
 
 }  // namespace
@@ -684,12 +715,14 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   const int64_t supers = ceil_div(d.K / 128, (8 / mr) * d.format.group_size / 128);
   p.ks_log2 = 3;
   while (p.ks_log2 > 0 && supers < (int64_t{1} << p.ks_log2)) --p.ks_log2;
-  if (const char* e = std::getenv("MMKIT_QMV1_KS_LOG2"))  // tuning knob (docs/kernels/cuda.md): at most the default
-    p.ks_log2 = std::min(p.ks_log2, std::max(0, std::atoi(e)));
+  const char* ks_env = std::getenv("MMKIT_QMV1_KS_LOG2");
+  if (ks_env)  // tuning knob (docs/kernels/cuda.md): at most the longest split, and no narrowing
+    p.ks_log2 = std::min(p.ks_log2, std::max(0, std::atoi(ks_env)));
   const DeviceInfo& dev = device_info(scope.device());
   int tl = tiles_per_warp(d, p.ks_log2, dev.sm_count);
   const bool xs = mr * d.K <= kMaxStagedK;
   if (tl == 2 && smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, 2) > dev.smem_optin) tl = 1;
+  if (tl == 2 && mr == 1 && !ks_env) p.ks_log2 = narrow_split(d, p.ks_log2, dev.sm_count);
   if (smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, tl) > dev.smem_optin) return false;
   if (d.dtype == Dtype::float16) launch<__half>(d, p, tl, scope);
   else launch<__nv_bfloat16>(d, p, tl, scope);

@@ -331,13 +331,18 @@ int main(int argc, char** argv) {
         const auto& sel = reg.qmm.select(d, Device::Type::gpu);
         const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* generic = nullptr;
         const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* per_entry = nullptr;
+        const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* grouped = nullptr;
         for (const auto& e : reg.qmm.entries()) {
           if (e.device != Device::Type::gpu) continue;
           if (e.name == "cuda_qmm_generic") generic = &e;
           if (e.name == mf.per_entry) per_entry = &e;
+          if (e.name == "cuda_gather_grouped") grouped = &e;
         }
         std::vector<const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>*> runs = {&sel};
         if (per_entry && sel.name != per_entry->name) runs.push_back(per_entry);  // ungrouped, same run
+        // Grouped by expert, same run, where the registry keeps the entries
+        // apart although experts are shared (>= 4 rows per expert).
+        if (grouped && sel.name != grouped->name && L >= 4 * sh.E) runs.push_back(grouped);
         const Stream st(Device::gpu());
         for (const auto* entry : runs) {
           detail::QmmArgs chk = sets[0];
