@@ -500,6 +500,41 @@ void expect_only_entry_zeroed(const Array& y, const Array& good, int64_t bad, in
   EXPECT_GT(nonzero, 0);
 }
 
+TEST(CudaCross, QmmExactOneRowGemvNarrowSplit) {
+  MMKIT_REQUIRE_GPU();
+  // Large one-row grids split K over fewer warps (narrow_split in
+  // qmv1_mma.cu; the splits below are the ones a GPU of about 132 SMs gets):
+  // a dense 8192 x 4096 GEMV (a split of 8 narrowed to 4, at most one block
+  // per SM: the kernel with registers for one block), N not a multiple of the
+  // block's 64 rows, and a gather of 128 one-row entries over 17 experts of
+  // 256 x 2048 (narrowed to one warp per K range, 8 tiles per block).
+  // Bit-exact with the CPU on exactly representable data.
+  auto& reg = detail::registries();
+  uint64_t seed = 8800;
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+    for (int64_t N : {8192, 8232}) check_exact_qmm({{"affine", 4, 64}, dt, true, 1, N, 4096}, seed++);
+  const Fmt f{"affine", 4, 64};
+  const int64_t E = 17, L = 128, N = 256, K = 2048, Bx = 16;
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+    ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, 1, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_qmv1_mma");
+    QW q = exact_quantized(f, E * N, K, dt, seed++);
+    Array w = q.w.reshape({E, N, q.w.shape(-1)});
+    Array s = q.scales.reshape({E, N, q.scales.shape(-1)});
+    Array b = q.biases->reshape({E, N, q.biases->shape(-1)});
+    Array x = small_ints({Bx, 1, K}, dt, seed++);
+    std::mt19937_64 g(seed++);
+    std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
+    for (int64_t l = 0; l < L; ++l) {
+      li[l] = static_cast<int64_t>(g() % Bx);
+      ri[l] = static_cast<int64_t>(g() % E);
+    }
+    Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
+    Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode);
+    Array yg = gather_qmm(gpu(x), gpu(w), gpu(s), gpu(b), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+    EXPECT_TRUE(bit_equal(yg, yc)) << dtype_name(dt);
+  }
+}
+
 /// One gather_qmm whose entries share experts against the CPU, bit-exact on
 /// exactly representable data: E experts with expert 1 unused, L entries of M
 /// rows from Bx = 5 x matrices, unsorted rhs, host and device indices.

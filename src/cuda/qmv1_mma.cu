@@ -204,8 +204,10 @@ __device__ __forceinline__ void cp16(uint32_t dst, const void* src) {
 // TL: 16-row tiles per warp (1 or 2); with 2 a warp streams both tiles'
 // weights against the same x fragments (half the x loads, staging and
 // per-warp overhead per weight byte; 128 registers, 16 warps per SM).
-template <typename T, int GS, int MR, bool XS, int D, int W, int CW, int TL>
-__global__ void __launch_bounds__(W * 32, 32 / W / TL) qmv1_mma_kernel(Qmv1Params p) {
+// MINB: blocks per SM the registers are budgeted for (32 / W / TL, or 1 for
+// grids of at most one block per SM: no spills, addresses kept).
+template <typename T, int GS, int MR, bool XS, int D, int W, int CW, int TL, int MINB>
+__global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   constexpr int SG = 8 / MR;               // groups per super-chunk
   constexpr int CPS = SG * GS / 128;       // 128-code chunks per super-chunk
   constexpr int NG = 128 / GS;             // groups per chunk
@@ -601,7 +603,14 @@ void launch_one(const Qmv1Params& p, const OpScope& scope) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * TL * (kWarps >> p.ks_log2))), 1,
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
   const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps, TL);
-  launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kWindow, TL>>(grid, smem, scope.stream(), p);
+  if constexpr (MR == 1 && TL == 2) {
+    if (static_cast<int64_t>(grid.x) * grid.z <= device_info(scope.device()).sm_count) {
+      launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kWindow, TL, 1>>(grid, smem, scope.stream(), p);
+      return;
+    }
+  }
+  launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kWindow, TL, 32 / kWarps / TL>>(grid, smem,
+                                                                                                scope.stream(), p);
 }
 
 template <typename T, int GS, int MR>
