@@ -335,6 +335,56 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
   EXPECT_TRUE(close_to_ref(ye, ref::gather_qmm(xe, qe[0], qe[1], qe[2], li, ri, true, 64, 4, "affine")));
 }
 
+// bfloat16 x on the few-row path (VNNI kernel up to 2 rows, the vdpbf16ps kernel
+// above): realistic and wide-range x (2^-30 .. 2^30 inside every group) meet the
+// bfloat16 tolerance for affine 2/4/8-bit, whole and partial last chunks, and
+// exact sums give the float32 kernel's bits. A two-piece variant of the VNNI x
+// (15 bits below the group maximum) failed the wide-range case here (3% of
+// max|out| on a cancelling output), which is why bfloat16 x keeps three pieces.
+TEST_P(CpuIsaLevel, VnniQmvBf16Activations) {
+  const int64_t N = 29;
+  std::mt19937 rng(71);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::uniform_int_distribution<int> ex(-30, 30);
+  for (int bits : {2, 4, 8}) {
+    for (int gs : {32, 64, 128}) {
+      for (int64_t K : {int64_t{512}, int64_t{gs == 128 ? 640 : 576}}) {  // whole chunks, then a partial last one
+        auto q = quantize(randn({N, K}, Dtype::bfloat16, 70 + gs, 0.5), gs, bits, "affine");
+        for (int64_t M : {1, 2, 3, 4}) {
+          for (int variant = 0; variant < 2; ++variant) {
+            char trace[96];
+            std::snprintf(trace, sizeof trace, "b%d g%d K=%lld M=%lld variant %d", bits, gs, static_cast<long long>(K),
+                          static_cast<long long>(M), variant);
+            SCOPED_TRACE(trace);
+            Array xf = Array::empty({M, K}, Dtype::float32);
+            for (int64_t i = 0; i < M * K; ++i)
+              xf.data<float>()[i] = variant == 0 ? u(rng) : std::ldexp(u(rng), ex(rng));  // plain; 2^-30 .. 2^30
+            Array x = xf.astype(Dtype::bfloat16);
+            Array y = quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine");
+            ASSERT_TRUE(close_to_ref(y, ref::quantized_matmul(x, q[0], q[1], q[2], true, gs, bits, "affine")));
+          }
+        }
+      }
+    }
+  }
+  // exact sums: integer x (exact in bfloat16), integer codes, power-of-two scales and biases
+  const int64_t K = 512;
+  Array codes = randint({N, K}, Dtype::int64, 73, 0, 15);
+  Array wq = Array::zeros({N, K / 8}, Dtype::uint32);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t j = 0; j < K; ++j)
+      fmt::pack_code(wq.data<uint32_t>() + r * (K / 8), j, 4, static_cast<uint32_t>(codes.data<int64_t>()[r * K + j]));
+  Array sc = Array::full({N, K / 64}, 0.25, Dtype::bfloat16), bi = Array::full({N, K / 64}, -2.0, Dtype::bfloat16);
+  for (int64_t M : {1, 2, 3}) {
+    Array x = randint({M, K}, Dtype::float32, 74 + M, -100, 100).astype(Dtype::bfloat16);
+    Array y = quantized_matmul(x, wq, sc, bi, true, 64, 4);
+    const bool prev = detail::set_cpu_vnni_qmv_for_testing(false);
+    Array yf = quantized_matmul(x, wq, sc, bi, true, 64, 4);
+    detail::set_cpu_vnni_qmv_for_testing(prev);
+    EXPECT_TRUE(bit_equal(y, yf)) << "M=" << M;
+  }
+}
+
 // Regression: the fused kernel factors the bias out of the sum, so an infinite
 // activation times a zero code became NaN instead of +-Inf (NanInf suite).
 TEST_P(CpuIsaLevel, InfiniteActivationsKeepIeeeResultsOnTheFewRowPath) {
