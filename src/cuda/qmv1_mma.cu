@@ -649,23 +649,23 @@ void launch(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope
   }
 }
 
-/// 16-row tiles per warp: 2 (M <= 4) when the grid still gives every SM at
-/// least 1.5 blocks (then 2 blocks of 16 warps fit per SM), else 1. (Measured
-/// on an H200: 1 block per SM or fewer, e.g. MoE decode at 128 - 192 blocks,
-/// is faster with one tile per warp; docs/kernels/cuda.md.)
-/// MMKIT_QMV1_TILES=1|2 forces it (tests and tuning; docs/kernels/cuda.md).
 /// Blocks of a launch with 2^ks_log2 warps per K split and tl tiles per warp.
 int64_t grid_blocks(const detail::QmmDesc& d, int ks_log2, int tl) {
   return ceil_div(d.N, int64_t{kRows} * tl * (kWarps >> ks_log2)) * std::min<int64_t>(d.batch, 65535);
 }
 
+/// 16-row tiles per warp: 2 (M <= 4) when the grid still gives every SM at
+/// least 1.5 blocks (then 2 blocks of 16 warps fit per SM), else 1. (Measured
+/// on an H200: 1 block per SM or fewer, e.g. MoE decode at 128 - 192 blocks,
+/// is faster with one tile per warp; docs/kernels/cuda.md.)
+/// MMKIT_QMV1_TILES=1|2 forces it (tests and tuning; docs/kernels/cuda.md).
 int tiles_per_warp(const detail::QmmDesc& d, int ks_log2, int sm_count) {
   if (rows_built(d.M) > 4) return 1;
   if (const char* e = std::getenv("MMKIT_QMV1_TILES")) return std::atoi(e) == 2 ? 2 : 1;
   return 2 * grid_blocks(d, ks_log2, 2) >= 3 * int64_t{sm_count} ? 2 : 1;
 }
 
-/// Fewer warps per K split on large two-tile grids. Every warp pays a fixed
+/// Fewer warps per K split on large one-row two-tile grids. Every warp pays a fixed
 /// setup (indices, addresses, staging its part of x, the ring's first fill,
 /// the reduction), about what streaming 2.3 KB of weights costs its SM
 /// (fitted to same-session H200 runs, docs/kernels/cuda.md); halving the
@@ -673,7 +673,9 @@ int tiles_per_warp(const detail::QmmDesc& d, int ks_log2, int sm_count) {
 /// load, ceil(blocks / SMs) x (bytes + 2.3 KB x warps) of a block, decides,
 /// among grids that still give at least 0.9 blocks per SM (so nearly every
 /// SM streams 8 warps x 8 KB in flight). Measured on 8192 x 8192 (M = 1,
-/// 4-bit g64, H200): a split of 4 instead of 8, 15.4 against 16.4 us.
+/// 4-bit g64, H200): a split of 4 instead of 8, 15.4 against 16.4 us; MoE
+/// decode with 16 - 64 tokens 15 - 25% faster. (With 2 or 4 rows it was
+/// slower, 21.3 / 28.5 against 20.5 / 25.5 us, so it applies to one row.)
 int narrow_split(const detail::QmmDesc& d, int ks_log2, int sm_count) {
   const double row_bytes = static_cast<double>(d.K) * (d.format.bits / 8.0 + 4.0 / d.format.group_size);
   auto load = [&](int k) {
