@@ -74,6 +74,16 @@ std::string fmt_name(const Fmt& f) {
 
 Array cpu_int64(const std::vector<int64_t>& v) { return Array::from_vector(v); }
 
+/// N x K random 4-bit codes (0 .. 15), packed as w (N, K / 8) uint32.
+Array packed_random_codes(int64_t N, int64_t K, uint64_t seed) {
+  Array codes = randint({N, K}, Dtype::int64, seed, 0, 15);
+  Array wq = Array::zeros({N, K / 8}, Dtype::uint32);
+  for (int64_t r = 0; r < N; ++r)
+    for (int64_t j = 0; j < K; ++j)
+      fmt::pack_code(wq.data<uint32_t>() + r * (K / 8), j, 4, static_cast<uint32_t>(codes.data<int64_t>()[r * K + j]));
+  return wq;
+}
+
 class CpuIsaLevel : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override { scope_ = std::make_unique<IsaScope>(level_of(GetParam())); }
@@ -306,11 +316,7 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
   }
   // exact: integer x, integer codes, power-of-two scales and biases (every partial sum exact)
   const int64_t K = K0;
-  Array codes = randint({N, K}, Dtype::int64, 63, 0, 15);
-  Array wq = Array::zeros({N, K / 8}, Dtype::uint32);
-  for (int64_t r = 0; r < N; ++r)
-    for (int64_t j = 0; j < K; ++j)
-      fmt::pack_code(wq.data<uint32_t>() + r * (K / 8), j, 4, static_cast<uint32_t>(codes.data<int64_t>()[r * K + j]));
+  Array wq = packed_random_codes(N, K, 63);
   Array sc = Array::full({N, K / 64}, 0.25, Dtype::float32), bi = Array::full({N, K / 64}, -2.0, Dtype::float32);
   for (int64_t M : {1, 3}) {
     Array x = randint({M, K}, Dtype::float32, 64 + M, -100, 100);
@@ -369,11 +375,7 @@ TEST_P(CpuIsaLevel, VnniQmvBf16Activations) {
   }
   // exact sums: integer x (exact in bfloat16), integer codes, power-of-two scales and biases
   const int64_t K = 512;
-  Array codes = randint({N, K}, Dtype::int64, 73, 0, 15);
-  Array wq = Array::zeros({N, K / 8}, Dtype::uint32);
-  for (int64_t r = 0; r < N; ++r)
-    for (int64_t j = 0; j < K; ++j)
-      fmt::pack_code(wq.data<uint32_t>() + r * (K / 8), j, 4, static_cast<uint32_t>(codes.data<int64_t>()[r * K + j]));
+  Array wq = packed_random_codes(N, K, 73);
   Array sc = Array::full({N, K / 64}, 0.25, Dtype::bfloat16), bi = Array::full({N, K / 64}, -2.0, Dtype::bfloat16);
   for (int64_t M : {1, 2, 3}) {
     Array x = randint({M, K}, Dtype::float32, 74 + M, -100, 100).astype(Dtype::bfloat16);

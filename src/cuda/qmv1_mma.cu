@@ -31,8 +31,10 @@
 // everything else is per chunk or super-chunk.
 // Tile: a block is 8 warps: 8 / ks tiles of 16 weight rows, each split over ks
 // warps along K (ks = 8 for long K, fewer when K has fewer than 8 super-chunks
-// of 8 groups), reduced through shared memory; <= 64 registers so 32 warps
-// fit per SM. (Measured slower: L2 prefetches, a deeper ring, fewer warps per
+// of 8 groups, or when a large one-row grid pays less setup with fewer,
+// longer warps: narrow_split), reduced through shared memory; <= 64 registers
+// so 32 warps fit per SM (TL = 2: 128, or all a block needs when the grid has
+// at most one block per SM). (Measured slower: L2 prefetches, a deeper ring, fewer warps per
 // tile, shifts as multiplies on the FMA pipe; docs/kernels/cuda.md.)
 // K > kMaxStagedK: x is read from global memory instead (permuted in registers).
 // A lane whose sum is not finite (a non-finite x, scale or bias, or an
