@@ -34,8 +34,9 @@
 // of 8 groups, or when a large one-row grid pays less setup with fewer,
 // longer warps: narrow_split), reduced through shared memory; <= 64 registers
 // so 32 warps fit per SM (TL = 2: 128, or all a block needs when the grid has
-// at most one block per SM). (Measured slower: L2 prefetches, a deeper ring, fewer warps per
-// tile, shifts as multiplies on the FMA pipe; docs/kernels/cuda.md.)
+// at most one block per SM). (Measured slower: L2 prefetches, a deeper ring,
+// fewer warps per tile, four tiles per warp, shifts as multiplies on the FMA
+// pipe; docs/kernels/cuda.md.)
 // K > kMaxStagedK: x is read from global memory instead (permuted in registers).
 // A lane whose sum is not finite (a non-finite x, scale or bias, or an
 // overflow) recomputes its groups element by element (x * (s * q + b)), so Inf
