@@ -21,6 +21,9 @@
 #include <cstdint>
 
 #include "cuda/runtime.h"
+#ifdef __CUDACC__
+#include "cuda/device/common.cuh"
+#endif
 
 namespace mmkit::cuda {
 
@@ -65,6 +68,33 @@ __device__ __forceinline__ GatherItem load_gather_item_block(const GatherPlanVie
   const GatherItem it = load_gather_item(plan, i, static_cast<int>(threadIdx.x), K, N, x_off, out_off);
   __syncthreads();
   return it;
+}
+
+/// One work unit of a block-wide consumer that runs grouped or per entry.
+/// GROUPED: plan item l (its rows' offsets staged in x_off / out_off for the
+/// whole block, rows = its row count; the plan checked the indices). Else
+/// batch entry l: x = lhs[l], w = rhs[l], checked here, rows = rows_entry.
+struct GatherUnit {
+  int64_t x = 0, w = 0, rows = 0;
+  bool ok = true;
+};
+template <bool GROUPED>
+__device__ __forceinline__ GatherUnit gather_unit_block(const GatherPlanView& plan, const int64_t* lhs,
+                                                        const int64_t* rhs, int64_t l, int64_t K, int64_t N,
+                                                        int64_t x_batch, int64_t w_batch, const IndexGuard& guard,
+                                                        int64_t rows_entry, int64_t* x_off, int64_t* out_off) {
+  GatherUnit u;
+  if constexpr (GROUPED) {
+    const GatherItem it = load_gather_item_block(plan, l, K, N, x_off, out_off);
+    u.w = it.expert;
+    u.rows = it.count;
+  } else {
+    u.x = lhs[l];
+    u.w = rhs[l];
+    u.rows = rows_entry;
+    u.ok = index_ok(u.x, l, x_batch, guard, ErrWhich::lhs) && index_ok(u.w, l, w_batch, guard, ErrWhich::rhs);
+  }
+  return u;
 }
 #endif
 

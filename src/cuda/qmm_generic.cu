@@ -78,20 +78,11 @@ __global__ void __launch_bounds__(SimtTile::THREADS) qmm_generic_kernel(GenericP
     n_work = *p.plan.n_items;
   }
   for (int64_t l = blockIdx.z; l < n_work; l += gridDim.z) {
-    int64_t xi = 0, wi = 0;
-    int64_t rows = 0;  // the tile's valid rows
-    // Uniform over the block, so the barriers below are safe.
-    bool ok = true;
-    if constexpr (GROUPED) {
-      const GatherItem it = load_gather_item_block(p.plan, l, p.K, p.N, a_off, o_off);
-      wi = it.expert;
-      rows = it.count;
-    } else {
-      xi = p.lhs[l];
-      wi = p.rhs[l];
-      rows = p.M - m0;
-      ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) && index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
-    }
+    const GatherUnit u = gather_unit_block<GROUPED>(p.plan, p.lhs, p.rhs, l, p.K, p.N, p.x_batch, p.w_batch, p.guard,
+                                                    p.M - m0, a_off, o_off);
+    const int64_t xi = u.x, wi = u.w;
+    const int64_t rows = u.rows;  // the tile's valid rows
+    const bool ok = u.ok;         // uniform over the block, so the barriers below are safe
     t.zero();
     if (ok) {
       for (int64_t k0 = 0; k0 < p.K; k0 += BK) {

@@ -112,19 +112,11 @@ __global__ void __launch_bounds__(MmaTile::THREADS) qmm_mma_kernel(MmaQParams p)
   }
 
   for (int64_t l = blockIdx.z; l < n_work; l += gridDim.z) {
-    int64_t xi = 0, wi = 0;
-    int rows = 0;  // the tile's valid rows
-    bool ok = true;
-    if constexpr (GROUPED) {
-      const GatherItem it = load_gather_item_block(p.plan, l, K, N, a_off, o_off);
-      wi = it.expert;
-      rows = it.count;
-    } else {
-      xi = p.lhs[l];
-      wi = p.rhs[l];
-      rows = M - m0;
-      ok = index_ok(xi, l, p.x_batch, p.guard, ErrWhich::lhs) && index_ok(wi, l, p.w_batch, p.guard, ErrWhich::rhs);
-    }
+    const GatherUnit u =
+        gather_unit_block<GROUPED>(p.plan, p.lhs, p.rhs, l, K, N, p.x_batch, p.w_batch, p.guard, M - m0, a_off, o_off);
+    const int64_t xi = u.x, wi = u.w;
+    const int rows = static_cast<int>(u.rows);  // the tile's valid rows
+    const bool ok = u.ok;
     float acc[2][4][4];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
