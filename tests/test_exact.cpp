@@ -392,6 +392,7 @@ TEST(ExactPacking, FiveAndSixBitCodesStraddleWords) {
 /// dequantize (scale 1, bias 0) and quantized_matmul against one-hot rows
 /// read back hand-packed codes for every bits value, every dtype.
 TEST(ExactPacking, DequantizeAndMatmulReadHandPackedCodes) {
+  MMKIT_REQUIRE_DEVICE();
   for (int bits : {2, 3, 4, 5, 6, 8})
     for (Dtype dt : kFloatDtypes) {
       SCOPED_TRACE(std::string("bits ") + std::to_string(bits) + " " + dtype_name(dt));

@@ -139,6 +139,7 @@ def test_positional_only_and_keyword_only_are_enforced(rng):
     assert mk.dequantize(w_q, scales=s, biases=b).dtype == mk.float32
 
 
+@pytest.mark.native_streams
 @pytest.mark.parametrize("stream", ["cpu", mk.cpu, mk.Device("cpu"), "default_stream", "new_stream", None])
 def test_stream_forms(stream, rng):
     if stream == "default_stream":
@@ -161,6 +162,7 @@ def test_stream_forms(stream, rng):
         fn(*args, stream=stream)
 
 
+@pytest.mark.native_streams
 def test_bad_streams(rng):
     w = rng.standard_normal((8, 64)).astype(np.float32)
     with pytest.raises(TypeError):
