@@ -73,6 +73,16 @@ constexpr int kDepth = MMKIT_QMV1_DEPTH;  // chunks of weights in flight per war
 constexpr int kWindow = MMKIT_QMV1_WINDOW;  // chunks per copy window (the ring refills a window at a time)
 constexpr int64_t kMaxK = int64_t{1} << 18;  // the group sums of x stay within 32 KB of shared memory
 
+/// x is staged in shared memory when MR * K <= this: kMaxStagedK, or
+/// MMKIT_QMV1_STAGE_K (a tuning knob, docs/kernels/cuda.md; read once).
+inline int64_t max_staged_k() {
+  static const int64_t v = [] {
+    const char* e = std::getenv("MMKIT_QMV1_STAGE_K");
+    return e ? std::max<int64_t>(0, std::atoll(e)) : int64_t{kMaxStagedK};
+  }();
+  return v;
+}
+
 /// Dynamic shared memory of one block (mr activation rows).
 inline size_t smem_bytes(int64_t K, int gs, int mr, bool xs, int depth, int warps, int tl) {
   const int64_t G = K / gs;
@@ -618,7 +628,7 @@ void launch_one(const Qmv1Params& p, const OpScope& scope) {
 
 template <typename T, int GS, int MR>
 void launch_rows(const Qmv1Params& p, int tl, const OpScope& scope) {
-  const bool xs = static_cast<int64_t>(MR) * p.K <= kMaxStagedK;
+  const bool xs = static_cast<int64_t>(MR) * p.K <= max_staged_k();
   if constexpr (MR <= 4) {
     if (tl == 2) {
       if (xs) launch_one<T, GS, MR, true, 2>(p, scope);
@@ -734,7 +744,7 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
     p.ks_log2 = std::min(p.ks_log2, std::max(0, std::atoi(ks_env)));
   const DeviceInfo& dev = device_info(scope.device());
   int tl = tiles_per_warp(d, p.ks_log2, dev.sm_count);
-  const bool xs = mr * d.K <= kMaxStagedK;
+  const bool xs = mr * d.K <= max_staged_k();
   if (tl == 2 && smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, 2) > dev.smem_optin) tl = 1;
   if (tl == 2 && mr == 1 && !ks_env) p.ks_log2 = narrow_split(d, p.ks_log2, dev.sm_count);
   if (smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, tl) > dev.smem_optin) return false;

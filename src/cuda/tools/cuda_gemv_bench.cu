@@ -13,13 +13,16 @@
 // runs directly on prepared device arrays (the op front end is not timed).
 // Before timing, each quantized case is checked against the generic kernel.
 //
-//   cuda_gemv_bench [--json out.json] [--quick]
+//   cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4]
+// (--m / --t: only these M of the headline format / T of the MoE shapes;
+// with --m and no --t the MoE part is skipped.)
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -108,9 +111,31 @@ double max_abs_diff(const Array& a, const Array& b) {
 int main(int argc, char** argv) {
   std::string json_path;
   bool quick = false;
+  std::vector<int64_t> only_m, only_t;
+  bool have_m = false, have_t = false;
+  auto parse_list = [](const char* a) {
+    std::vector<int64_t> v;
+    for (const char* p = a; *p;) {
+      char* end = nullptr;
+      const long long n = std::strtoll(p, &end, 10);
+      if (end == p || n < 1) {
+        std::fprintf(stderr, "cuda_gemv_bench: bad list '%s' (expected positive integers like 1,2,4)\n", a);
+        std::exit(2);
+      }
+      v.push_back(n);
+      p = *end == ',' ? end + 1 : end;
+    }
+    return v;
+  };
   for (int i = 1; i < argc; ++i) {
     if (!std::strcmp(argv[i], "--json") && i + 1 < argc) json_path = argv[++i];
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
+    else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) have_m = true, only_m = parse_list(argv[++i]);
+    else if (!std::strcmp(argv[i], "--t") && i + 1 < argc) have_t = true, only_t = parse_list(argv[++i]);
+    else {
+      std::fprintf(stderr, "usage: cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4]\n");
+      return 2;
+    }
   }
   if (gpu_count() == 0) {
     std::printf("cuda_gemv_bench: no CUDA GPU (built_with_cuda=%d); nothing measured\n", built_with_cuda());
@@ -174,6 +199,10 @@ int main(int argc, char** argv) {
     const bool headline = f.mode == fmt::Mode::affine && f.bits == 4 && f.gs == 64;
     std::vector<int64_t> Ms = {1};
     if (headline) Ms = quick ? std::vector<int64_t>{1, 8, 256} : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 256, 2048};
+    if (have_m) {
+      if (!headline) continue;
+      Ms = only_m;
+    }
     const int64_t words = K * f.bits / 32, groups = K / f.gs;
     const double wbytes = double(N) * words * 4 + double(N) * groups * (f.mode == fmt::Mode::affine ? 4 : 1);
     const int copies = static_cast<int>(std::max<int64_t>(2, kRotateBytes / static_cast<int64_t>(wbytes) + 1));
@@ -273,6 +302,7 @@ int main(int argc, char** argv) {
          quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 4, 16, 64, 256}},
         {{"mxfp4", fmt::Mode::mxfp4, 4, 32}, " mxfp4", "cuda_qmv", quick ? std::vector<int64_t>{} : std::vector<int64_t>{16, 64, 256}}};
     for (const MoeFmt& mf : moe_fmts)
+    if (!have_m || have_t)
     for (const MoeShape& sh : shapes) {
       const QFmt& f = mf.f;
       const bool affine = f.mode == fmt::Mode::affine;
@@ -282,7 +312,7 @@ int main(int argc, char** argv) {
       base.scales = random_scales(f, sh.E * sh.N, groups, 78, false).reshape({sh.E, sh.N, groups});
       if (affine) base.biases = random_scales(f, sh.E * sh.N, groups, 79, true).reshape({sh.E, sh.N, groups});
       const double expert_bytes = double(sh.N) * words * 4 + double(sh.N) * groups * (affine ? 4 : 1);
-      for (int64_t T : mf.Ts) {
+      for (int64_t T : have_t ? only_t : mf.Ts) {
         const int64_t L = T * sh.topk;
         std::mt19937 g(1234 + static_cast<uint32_t>(T));
         const int kSets = 16;
