@@ -68,4 +68,11 @@ if [ "$rc" -eq 5 ]; then  # pytest: no tests collected; never intended here
   failed=$((failed + 1))
 fi
 record python "$passed" "$failed" "$skipped"
+# MMKIT_TEST_DEVICE=gpu: without a GPU every test skips, saying why; with one,
+# the suite runs on the GPU backend (python/README.md, "Tests").
+grc=0
+(cd "$ROOT/build" && MMKIT_TEST_DEVICE=gpu "$VENV/bin/pytest" "$ROOT/python/tests" -q -p no:cacheprovider) \
+  >"$ROOT/build/pytest-python-gpu.log" 2>&1 || grc=$?
+echo "[python] MMKIT_TEST_DEVICE=gpu: $(tail -n 1 "$ROOT/build/pytest-python-gpu.log") (exit $grc)"
+[ "$grc" -eq 0 ] || { tail -n 40 "$ROOT/build/pytest-python-gpu.log"; rc=1; }
 exit "$rc"
