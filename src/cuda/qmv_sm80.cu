@@ -44,6 +44,9 @@ namespace {
 
 constexpr int kWarps = 4;   // K split inside a block
 constexpr int kRowsPerBlock = 16;
+#ifndef MMKIT_QMV_XPREFETCH
+#define MMKIT_QMV_XPREFETCH 0
+#endif
 
 struct QmvMmaParams {
   const void* x;
@@ -92,6 +95,18 @@ __device__ __noinline__ float exact_group(const T* xm, const uint32_t* wr, float
     const float q = static_cast<float>((wr[k / 8] >> (4 * (k % 8))) & 15u);
     e = fmaf(to_f<T>(xm[k]), fmaf(s, q, b), e);
   }
+  return e;
+}
+
+/// The exact sum over groups [g0, g1) of one (row, x row) output: taken at the
+/// end for an output whose fast sum is not finite (non-finite x, scale or
+/// bias somewhere in the warp's K range, or an overflow).
+template <typename T, int GS>
+__device__ __noinline__ float exact_groups(const T* xm, const uint32_t* wr, const T* srow, const T* brow, int g0,
+                                           int g1) {
+  float e = 0.0f;
+  for (int grp = g0; grp < g1; ++grp)
+    e += exact_group<T, GS>(xm + grp * GS, wr + grp * (GS / 8), to_f<T>(srow[grp]), to_f<T>(brow[grp]));
   return e;
 }
 
@@ -203,7 +218,21 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
           cp_async16(&ring[warp][slot][row * kPitch + part * 4], src, v);
         }
       };
-      auto compute_tile = [&](int t, int slot, const Tile& tl) {
+      // The tile's x (16 bytes per word, m-tile and lane): all loads issued
+      // before the tile's decode, so they overlap it (one load at a time in
+      // front of each word's mma left the kernel latency-bound).
+      auto load_x = [&](int t, uint4 (&xw)[CH * W][MT]) {
+#pragma unroll
+        for (int q = 0; q < CH; ++q)
+#pragma unroll
+          for (int j = 0; j < W; ++j) {
+            const int koff = (t * 16 + q * 4 * W + c * W + j) * 8;
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+              xw[q * W + j][mt] = xv[mt] ? __ldg(reinterpret_cast<const uint4*>(xr[mt] + koff)) : make_uint4(0u, 0u, 0u, 0u);
+          }
+      };
+      auto compute_tile = [&](int slot, const Tile& tl, const uint4 (&xw)[CH * W][MT]) {
         // Thread (g, c): words q * 4W + c * W + j of rows g and g + 8.
         uint32_t a[4], b[4];
 #pragma unroll
@@ -223,7 +252,6 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
 #pragma unroll
           for (int j = 0; j < W; ++j) {
             const uint32_t A = a[q * W + j], Bw = b[q * W + j];
-            const int koff = (t * 16 + q * 4 * W + c * W + j) * 8;  // first code of the word
             // Weight fragments for the word's two k16 steps: pairs (i, i+4), (i+1, i+5).
             uint32_t af[2][4];
 #pragma unroll
@@ -237,10 +265,9 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
             const uint32_t of[4] = {ones, ones, ones, ones};
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
-              uint4 xw = make_uint4(0u, 0u, 0u, 0u);
-              if (xv[mt]) xw = __ldg(reinterpret_cast<const uint4*>(xr[mt] + koff));
-              const uint32_t xp[4] = {__byte_perm(xw.x, xw.z, 0x5410), __byte_perm(xw.x, xw.z, 0x7632),
-                                      __byte_perm(xw.y, xw.w, 0x5410), __byte_perm(xw.y, xw.w, 0x7632)};
+              const uint4 xq = xw[q * W + j][mt];
+              const uint32_t xp[4] = {__byte_perm(xq.x, xq.z, 0x5410), __byte_perm(xq.x, xq.z, 0x7632),
+                                      __byte_perm(xq.y, xq.w, 0x5410), __byte_perm(xq.y, xq.w, 0x7632)};
 #pragma unroll
               for (int s = 0; s < 2; ++s) {
                 mma16816<T>(gacc[mt], af[s], xp[2 * s], xp[2 * s + 1]);
@@ -248,25 +275,17 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
               }
             }
           }
-          const int grp = t * CH + q;
           const float s_a = half_bits_to_f<T>(tl.sa[q / 2] >> (16 * (q % 2)));
           const float b_a = half_bits_to_f<T>(tl.ba[q / 2] >> (16 * (q % 2)));
           const float s_b = half_bits_to_f<T>(tl.sb[q / 2] >> (16 * (q % 2)));
           const float b_b = half_bits_to_f<T>(tl.bb[q / 2] >> (16 * (q % 2)));
           const float sv[4] = {s_a, s_a, s_b, s_b}, bv[4] = {b_a, b_a, b_b, b_b};
+          // (Not tested for finiteness here: a non-finite x, scale or bias, or
+          // an overflow, reaches acc, which is tested once at the end.)
 #pragma unroll
           for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const int row = e < 2 ? ra : rb, m = mt * 8 + 2 * c + (e & 1);
-              if (isfinite(xacc[mt][e]) && isfinite(sv[e]) && isfinite(bv[e])) {
-                acc[mt][e] = fmaf(sv[e], gacc[mt][e], fmaf(bv[e], xacc[mt][e], acc[mt][e]));
-              } else if (m < R && row < N) {
-                acc[mt][e] += exact_group<T, GS>(X + x_row(m) * static_cast<int64_t>(K) + grp * GS,
-                                                 p.w + (wi * N + row) * static_cast<int64_t>(words_per_row) + grp * GS / 8,
-                                                 sv[e], bv[e]);
-              }
-            }
+            for (int e = 0; e < 4; ++e) acc[mt][e] = fmaf(sv[e], gacc[mt][e], fmaf(bv[e], xacc[mt][e], acc[mt][e]));
         }
       };
 
@@ -277,15 +296,27 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
       }
 #pragma unroll
       for (int d = 0; d < kScaleDepth - 1; ++d) load_scales(tb + d, buf[d]);
+      // With kXAhead, tile t + 1's x is loaded while tile t computes (twice the
+      // registers: one m-tile or two only).
+      constexpr bool kXAhead = MMKIT_QMV_XPREFETCH && MT <= 2;
+      uint4 xbuf[kXAhead ? 2 : 1][CH * W][MT];
+      if constexpr (kXAhead) {
+        if (tb < te) load_x(tb, xbuf[0]);
+      }
       for (int t0 = tb; t0 < te; t0 += kDepth) {
 #pragma unroll
         for (int d = 0; d < kDepth; ++d) {
           const int t = t0 + d;  // t0 - tb is a multiple of kDepth (and of kScaleDepth)
           if (t < te) {  // warp-uniform
+            if constexpr (kXAhead) {
+              if (t + 1 < te) load_x(t + 1, xbuf[(d + 1) % 2]);
+            } else {
+              load_x(t, xbuf[0]);  // (first: independent of the ring, in flight while it is waited for)
+            }
             cp_async_wait<kDepth - 2>();
             __syncwarp();  // the other lanes' copies of this tile are visible
             load_scales(t + kScaleDepth - 1, buf[(d + kScaleDepth - 1) % kScaleDepth]);
-            compute_tile(t, d, buf[d % kScaleDepth]);
+            compute_tile(d, buf[d % kScaleDepth], xbuf[kXAhead ? d % 2 : 0]);
             __syncwarp();  // every lane has read the slot that is refilled next
             load_tile(t + kDepth - 1, (d + kDepth - 1) % kDepth);
             cp_async_commit();
@@ -293,6 +324,20 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
         }
       }
       cp_async_wait<0>();
+      // Outputs whose fast sum is not finite: the warp's groups again, element
+      // by element (x * (s * q + b)), so Inf and NaN propagate like the reference.
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int row = e < 2 ? ra : rb, m = mt * 8 + 2 * c + (e & 1);
+          if (!isfinite(acc[mt][e]) && m < R && row < N) {
+            const int64_t so = (wi * N + row) * static_cast<int64_t>(G);
+            acc[mt][e] = exact_groups<T, GS>(X + x_row(m) * static_cast<int64_t>(K),
+                                             p.w + (wi * N + row) * static_cast<int64_t>(words_per_row), S + so, B + so,
+                                             tb * CH, te * CH);
+          }
+        }
     }
     // Cross-warp reduction of the (16 rows, 8 * MT) tile; zeros for a bad index.
 #pragma unroll
