@@ -413,14 +413,14 @@ TEST(CudaCross, GatherQmmGroupedByExpertOnTheDevice) {
   // expert on the device (cuda_gather_grouped) and each item reads its
   // expert's weights once. Unsorted and sorted indices, host and device
   // indices, M = 1 and 3, item sizes 8 / 16 / 32 rows (from the average rows
-  // per expert; one-row entries are grouped from 8 rows per expert), experts
+  // per expert; grouped from 4 rows per expert), experts
   // with no rows, several items per expert. Bit-exact with the CPU on
   // exactly representable data.
   auto& reg = detail::registries();
   uint64_t seed = 9100;
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
     for (int gs : {32, 64, 128})
-      for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{8, 64, 1}, {6, 200, 1}, {16, 24, 3}, {3, 70, 3}}) {
+      for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{8, 40, 1}, {6, 200, 1}, {16, 24, 3}, {3, 70, 3}}) {
         SCOPED_TRACE(std::string(dtype_name(dt)) + " g" + std::to_string(gs) + " E=" + std::to_string(E) +
                      " L=" + std::to_string(L) + " M=" + std::to_string(M));
         const int64_t N = 48, K = 512, Bx = 5;
@@ -506,15 +506,16 @@ TEST(CudaCross, QmmExactOneRowGemvNarrowSplit) {
   // qmv1_mma.cu; the splits below are the ones a GPU of about 132 SMs gets):
   // a dense 8192 x 4096 GEMV (a split of 8 narrowed to 4, at most one block
   // per SM: the kernel with registers for one block), N not a multiple of the
-  // block's 64 rows, and a gather of 128 one-row entries over 17 experts of
-  // 256 x 2048 (narrowed to one warp per K range, 8 tiles per block).
+  // block's 64 rows, and a gather of 128 one-row entries over 33 experts of
+  // 256 x 2048 (fewer than 4 rows per expert, so not grouped; narrowed to one
+  // warp per K range, 8 tiles per block).
   // Bit-exact with the CPU on exactly representable data.
   auto& reg = detail::registries();
   uint64_t seed = 8800;
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
     for (int64_t N : {8192, 8232}) check_exact_qmm({{"affine", 4, 64}, dt, true, 1, N, 4096}, seed++);
   const Fmt f{"affine", 4, 64};
-  const int64_t E = 17, L = 128, N = 256, K = 2048, Bx = 16;
+  const int64_t E = 33, L = 128, N = 256, K = 2048, Bx = 16;
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
     ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, 1, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_qmv1_mma");
     QW q = exact_quantized(f, E * N, K, dt, seed++);
@@ -540,9 +541,9 @@ TEST(CudaCross, QmmExactOneRowGemvNarrowSplit) {
 /// rows from Bx = 5 x matrices, unsorted rhs, host and device indices.
 /// The quantized dimension (K, or N when !transpose) is 3 groups (6 for
 /// nvfp4: a multiple of 32); the other one is 37, not a multiple of 8.
-/// It runs grouped by expert (cuda_gather_grouped), except one-row entries
-/// of the tensor-core GEMV below 8 rows per expert (cuda_qmv1_mma, which is
-/// faster there).
+/// It runs grouped by expert (cuda_gather_grouped) from 4 rows per expert;
+/// one-row entries below that run per entry on the tensor-core GEMV
+/// (cuda_qmv1_mma).
 void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int64_t M, uint64_t& seed,
                               bool transpose = true) {
   auto& reg = detail::registries();
@@ -550,7 +551,7 @@ void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int6
   const int64_t R = transpose ? N : K;  // rows of one expert's packed weights
   SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
                " N=" + std::to_string(N) + " K=" + std::to_string(K) + (transpose ? "" : " transpose=false"));
-  const bool gemv = M == 1 && L < 8 * E && transpose && std::string(f.mode) == "affine" && f.bits == 4 &&
+  const bool gemv = M == 1 && L < 4 * E && transpose && std::string(f.mode) == "affine" && f.bits == 4 &&
                     dt != Dtype::float32 && K % 128 == 0;
   ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E, transpose), Device::Type::gpu).name,
             gemv ? "cuda_qmv1_mma" : "cuda_gather_grouped");

@@ -1,6 +1,5 @@
 // Registration of the GPU quantized-matmul family, in dispatch order:
-//   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average, >= 8 for one-row
-//                     entries that cuda_qmv1_mma takes): rows grouped by
+//   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average): rows grouped by
 //                     expert on the device (gather_plan.cu), then 4-bit affine float16/bfloat16 with
 //                     K % 128 == 0 and M <= 32 on qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0,
 //                     every format and dtype) on qmv.cu, else (M > 8, float16/bfloat16, transpose,
@@ -37,12 +36,11 @@ void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   if (!qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
 }
 bool grouped_supports(const QmmDesc& d) {
-  // (The widest of the grouped kernels' rules.) One-row entries that the
-  // tensor-core GEMV takes stay on it below 8 rows per expert: measured on an
-  // H200 (Qwen3-30B-A3B, 4 rows per expert, unsorted) it is 1.18x / 1.29x
-  // faster than the plan for gate+up / down, at 16 rows the plan is 1.09x /
-  // 1.0x faster (docs/kernels/cuda.md).
-  if (d.M == 1 && d.batch < 8 * d.w_batch && qmv1_mma_supports(d)) return false;
+  // (The widest of the grouped kernels' rules: from 4 rows per expert.) One-row
+  // entries are grouped from there too: with the grouped kernel's x loads ahead
+  // of its decode, Qwen3-30B-A3B at 4 rows per expert (T = 64, unsorted) runs
+  // grouped at 170 / 147 us against 300 / 158 us per entry on the tensor-core
+  // GEMV for gate+up / down (H100, docs/kernels/cuda.md).
   return qmm_generic_grouped_supports(d);
 }
 void run_grouped(const QmmDesc& d, QmmArgs& a, const Stream& s) {

@@ -13,20 +13,22 @@
 //   acc += s * dot(x, q) + b * sum(x).
 // Thread (g, c) of a warp (g = lane / 4, c = lane % 4) takes W = gs / 32
 // consecutive words of rows g and g + 8 per group, so every mma step lies in
-// one group. Groups whose sum(x), scale or bias is not finite are recomputed
-// element by element (x * (s * q + b)), so Inf and NaN propagate exactly as in
-// the reference.
+// one group. Every group is folded without a test; an output whose sum ends
+// not finite (a non-finite x, scale or bias in the warp's K range, or an
+// overflow) is recomputed over the warp's groups element by element
+// (x * (s * q + b)), so Inf and NaN propagate exactly as in the reference.
 // Tile: a block is 4 warps on 16 weight rows, each warp a quarter of K; the
 // codes stream through an 8-slot ring in shared memory filled by coalesced
 // 16-byte cp.async (7 k-tiles of 16 rows x 64 B in flight per warp), the
-// groups' scales and biases go into registers 3 tiles ahead; warps are
-// reduced through shared memory.
+// groups' scales and biases go into registers 3 tiles ahead, and a tile's x
+// (16 bytes per word and m-tile, from global memory / L1) is loaded before
+// the tile's ring wait and decode; warps are reduced through shared memory.
 // Bound: weight bandwidth; the aim is a time flat in M up to 32 at the copy
-// bandwidth. Measured on an H100 at 8192 x 8192 (docs/kernels/cuda.md):
-// 37.2 us at M = 2 and 40.6 us at M = 8 (31-34% of copy bandwidth), so it is
-// used for M >= 2; about 7.4 warp instructions per code slot (address, scale
-// and fold bookkeeping around ~2 of decode) and only 16 warps per SM keep it
-// latency-bound. src/cuda/tools/cuda_gemv_bench.cu measures it.
+// bandwidth. Measured on an H100 at 8192 x 8192 (docs/kernels/cuda.md, run
+// 48): 32.0 / 43.5 / 65.0 us at M = 8 / 16 / 32 (before the x loads moved
+// ahead and the per-group finiteness tests went: 42.3 / 84.5 / 178.6 us);
+// loading the next tile's x one tile ahead as well was slower at M = 8
+// (MMKIT_QMV_XPREFETCH=1, 34.9 us). src/cuda/tools/cuda_gemv_bench.cu measures it.
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*), conformance, NaN/Inf tests.
 #include <cuda_runtime.h>
 
