@@ -258,7 +258,7 @@ TEST_P(CpuIsaLevel, GatherQmmNotTransposedMatchesReference) {
 
 // The AVX-512 VNNI kernel (affine 2/4/8-bit, K a multiple of 64 bytes of codes,
 // <= 4 rows per expert) holds x per group in block floating point (22 bits,
-// 8-bit codes 20, below the group's largest |x|). These cases stress that representation at every level: a
+// 8-bit codes 21, below the group's largest |x|). These cases stress that representation at every level: a
 // large dynamic range inside a group, all-zero groups, subnormals (groups
 // whose maximum is subnormal take the float32 kernel), maxima at and beyond
 // the exponent limit (2^100), Inf and NaN (the GEMM fallback), exact sums; and,
@@ -343,7 +343,7 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
 
 // The accuracy the VNNI kernel documents (docs/kernels/cpu.md, "Accuracy"),
 // pinned on an adversarial input. x is rounded per group to X = rint(x *
-// 2^(XB - E_g)) (XB = 21; 8-bit codes 19): at most half a step, 2^(E_g - XB -
+// 2^(XB - E_g)) (XB = 21; 8-bit codes 20): at most half a step, 2^(E_g - XB -
 // 1), per element. The codes multiply the rounded x while the bias multiplies
 // the group sum of the float32 x, so
 //   |y - ref| <= rep + float32 rounding,
@@ -362,15 +362,30 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
 // also at least rep / 2 for every output and (4/8-bit) beyond f32: the test
 // fails if the kernel keeps a bit more of x than documented, or (4/8-bit) a
 // bit less, and shows that the difference from the float32 kernel is the
-// representation's.
+// representation's. First, 8-bit codes at the int32 limit of the lane sums.
 TEST_P(CpuIsaLevel, VnniQmvBlockExponentErrorBound) {
   const int64_t N = 37, K = 256;
   const bool vnni = GetParam() == "avx512" && cpu::has_avx512_vnni();
   std::mt19937 rng(81);
   std::uniform_int_distribution<int> coin(0, 1), scale_exp(-2, 2), group_exp(-12, 12);
   std::uniform_real_distribution<double> below(-23.0, -10.0);
+  {
+    // 8-bit headroom: every code 255 and every x rounding to the largest |X|,
+    // 2^(XB + 1), one sign per row: a chunk lane's int32 sum(code * X) is
+    // 4 * 255 * 2^21 = 2^31 - 2^23 (one bit more of x would wrap it)
+    const int64_t K8 = 256;
+    Array wq = Array::zeros({N, K8 / 4}, Dtype::uint32);
+    for (int64_t i = 0; i < N * K8 / 4; ++i) wq.data<uint32_t>()[i] = 0xffffffffu;
+    Array sc = Array::full({N, K8 / 64}, 1.0, Dtype::float32), bi = Array::zeros({N, K8 / 64}, Dtype::float32);
+    Array x = Array::empty({2, K8}, Dtype::float32);
+    const float top = std::nextafter(2.0f, 0.0f);  // (2 - 2^-23) * 2^e: X = 2^21 - 1/8 rounds to 2^21
+    for (int64_t i = 0; i < 2 * K8; ++i) x.data<float>()[i] = std::ldexp(i < K8 ? top : -top, int(i / 64 % 4) - 2);
+    ASSERT_TRUE(close_to_ref(quantized_matmul(x, wq, sc, bi, true, 64, 8),
+                             ref::quantized_matmul(x, wq, sc, bi, true, 64, 8, "affine")))
+        << "8-bit codes at the int32 limit";
+  }
   for (int bits : {2, 4, 8}) {
-    const int xb = bits == 8 ? 19 : 21;  // docs/kernels/cpu.md: X keeps XB + 1 bits below the group maximum
+    const int xb = bits == 8 ? 20 : 21;  // docs/kernels/cpu.md: X keeps XB + 1 bits below the group maximum
     std::uniform_int_distribution<int> upper(1 << (bits - 1), (1 << bits) - 1);
     std::uniform_int_distribution<int> lead(0, (1 << xb) - 2);
     for (int gs : {32, 64, 128}) {

@@ -7,7 +7,7 @@
 // lane j of a vpdpbusd then sums the codes of bytes 4j..4j+3 against x as
 // signed bytes. x is held per group in block floating point:
 // X = rint(x * 2^(XB - E)), E = the group's largest exponent, XB = 21 (8-bit
-// codes: 19), split exactly into three signed bytes X = p2 * 2^16 + p1 * 2^8
+// codes: 20), split exactly into three signed bytes X = p2 * 2^16 + p1 * 2^8
 // + p0 (vnni_prep_x_avx512, once per call, in the codes' byte order; layout:
 // VnniX in simd_kernels.h). Three chained vpdpbusd runs with two 8-bit shifts
 // give sum(code * X) per lane exactly in int32 (< 2^31 by the choice of XB);
