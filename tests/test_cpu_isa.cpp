@@ -258,7 +258,7 @@ TEST_P(CpuIsaLevel, GatherQmmNotTransposedMatchesReference) {
 
 // The AVX-512 VNNI kernel (affine 2/4/8-bit, K a multiple of 64 bytes of codes,
 // <= 4 rows per expert) holds x per group in block floating point (22 bits,
-// 8-bit codes 20, below the group's largest |x|). These cases stress that representation at every level: a
+// 8-bit codes 21, below the group's largest |x|). These cases stress that representation at every level: a
 // large dynamic range inside a group, all-zero groups, subnormals (groups
 // whose maximum is subnormal take the float32 kernel), maxima at and beyond
 // the exponent limit (2^100), Inf and NaN (the GEMM fallback), exact sums; and,
@@ -339,6 +339,147 @@ TEST_P(CpuIsaLevel, VnniQmvBlockExponentStress) {
   Array li = cpu_int64({0, 1, 2, 3, 4, 5, 0}), ri = cpu_int64({2, 0, 2, 2, 2, 2, 1});
   Array ye = gather_qmm(xe, qe[0], qe[1], qe[2], li, ri, true, 64, 4, "affine");
   EXPECT_TRUE(close_to_ref(ye, ref::gather_qmm(xe, qe[0], qe[1], qe[2], li, ri, true, 64, 4, "affine")));
+}
+
+// The accuracy the VNNI kernel documents (docs/kernels/cpu.md, "Accuracy"),
+// pinned on an adversarial input. x is rounded per group to X = rint(x *
+// 2^(XB - E_g)) (XB = 21; 8-bit codes 20): at most half a step, 2^(E_g - XB -
+// 1), per element. The codes multiply the rounded x while the bias multiplies
+// the group sum of the float32 x, so
+//   |y - ref| <= rep + float32 rounding,
+//   rep = sum over groups g of 2^(E_g - XB - 1) * |scale_g| * sum_{k in g} code_k
+// (scale * code, not the dequantized weight: a weight of exactly 0 still
+// carries its x's rounding). Every output of the input below is adversarial:
+// per group the largest |x| (E_g in -12 .. 12) meets code 1 with bias -scale
+// (a dequantized weight of exactly 0) and every other x is 2^-23 .. 2^-10 of
+// it, on codes from the upper half of the range, placed so that every x
+// rounds down by nearly half a step (the errors add up to 69% of rep or more).
+// The float32 bound, f32 = 2 * 2^-24 * (K * sum |x w| (the scalar level's
+// sequential sum of dequantized products) + (gs + 2 G + K / 64 + 8) *
+// sum (|scale * code| + |bias|) |x| (the fused kernels: group sums, the
+// factored bias, lane reductions)). Every level meets rep + f32 with the
+// kernel it picks, and f32 with the VNNI kernel off. With VNNI the error is
+// also at least rep / 2 for every output and (4/8-bit) beyond f32: the test
+// fails if the kernel keeps a bit more of x than documented, or (4/8-bit) a
+// bit less, and shows that the difference from the float32 kernel is the
+// representation's. First, 8-bit codes at the int32 limit of the lane sums.
+TEST_P(CpuIsaLevel, VnniQmvBlockExponentErrorBound) {
+  const int64_t N = 37, K = 256;
+  const bool vnni = GetParam() == "avx512" && cpu::has_avx512_vnni();
+  std::mt19937 rng(81);
+  std::uniform_int_distribution<int> coin(0, 1), scale_exp(-2, 2), group_exp(-12, 12);
+  std::uniform_real_distribution<double> below(-23.0, -10.0);
+  {
+    // 8-bit headroom: every code 255 and every x rounding to the largest |X|,
+    // 2^(XB + 1), one sign per row: a chunk lane's int32 sum(code * X) is
+    // 4 * 255 * 2^21 = 2^31 - 2^23 (one bit more of x would wrap it)
+    const int64_t K8 = 256;
+    Array wq = Array::zeros({N, K8 / 4}, Dtype::uint32);
+    for (int64_t i = 0; i < N * K8 / 4; ++i) wq.data<uint32_t>()[i] = 0xffffffffu;
+    Array sc = Array::full({N, K8 / 64}, 1.0, Dtype::float32), bi = Array::zeros({N, K8 / 64}, Dtype::float32);
+    Array x = Array::empty({2, K8}, Dtype::float32);
+    const float top = std::nextafter(2.0f, 0.0f);  // (2 - 2^-23) * 2^e: X = 2^21 - 1/8 rounds to 2^21
+    for (int64_t i = 0; i < 2 * K8; ++i) x.data<float>()[i] = std::ldexp(i < K8 ? top : -top, int(i / 64 % 4) - 2);
+    ASSERT_TRUE(close_to_ref(quantized_matmul(x, wq, sc, bi, true, 64, 8),
+                             ref::quantized_matmul(x, wq, sc, bi, true, 64, 8, "affine")))
+        << "8-bit codes at the int32 limit";
+  }
+  for (int bits : {2, 4, 8}) {
+    const int xb = bits == 8 ? 20 : 21;  // docs/kernels/cpu.md: X keeps XB + 1 bits below the group maximum
+    std::uniform_int_distribution<int> upper(1 << (bits - 1), (1 << bits) - 1);
+    std::uniform_int_distribution<int> lead(0, (1 << xb) - 2);
+    for (int gs : {32, 64, 128}) {
+      const int64_t G = K / gs;
+      std::vector<int> pos(static_cast<size_t>(G));  // the position of each group's largest |x|
+      for (int& p : pos) p = static_cast<int>(rng() % static_cast<unsigned>(gs));
+      std::vector<int> code(static_cast<size_t>(N * K));
+      Array wq = Array::zeros({N, K * bits / 32}, Dtype::uint32);
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          const int c = k % gs == pos[static_cast<size_t>(k / gs)] ? 1 : upper(rng);
+          code[static_cast<size_t>(n * K + k)] = c;
+          fmt::pack_code(wq.data<uint32_t>() + n * (K * bits / 32), k, bits, static_cast<uint32_t>(c));
+        }
+      std::vector<float> sv(static_cast<size_t>(N * G)), bv(sv.size());
+      for (size_t i = 0; i < sv.size(); ++i) {
+        sv[i] = std::ldexp(1.0f, scale_exp(rng));  // exact in bfloat16 too
+        bv[i] = -sv[i];
+      }
+      for (Dtype sdt : {Dtype::float32, Dtype::bfloat16}) {
+        Array sc = Array::from_vector(sv, {N, G}).astype(sdt), bi = Array::from_vector(bv, {N, G}).astype(sdt);
+        for (int64_t M = 1; M <= 4; ++M) {
+          char trace[96];
+          std::snprintf(trace, sizeof trace, "b%d g%d %s M=%lld", bits, gs, dtype_name(sdt), static_cast<long long>(M));
+          SCOPED_TRACE(trace);
+          Array x = Array::empty({M, K}, Dtype::float32);
+          float* p = x.data<float>();
+          std::vector<int> ge(static_cast<size_t>(M * G));
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t g = 0; g < G; ++g) {
+              const int e = group_exp(rng);
+              ge[static_cast<size_t>(m * G + g)] = e;
+              const double unit = std::ldexp(1.0, e - xb);  // one step of X
+              for (int i = 0; i < gs; ++i) {
+                bool neg = coin(rng) != 0;
+                double mag;
+                if (i == pos[static_cast<size_t>(g)]) {  // in [2^e, 2^(e+1)): rounds down by a quarter step
+                  mag = (std::ldexp(1.0, xb) + lead(rng) + (neg ? 0.75 : 0.25)) * unit;
+                } else {
+                  const double t = std::ldexp(std::exp2(below(rng)), e);
+                  // below half a step: positive, rounds to 0; otherwise 7/16 of a step above
+                  // one (9/16 below one when negative): rounds down by 7/16
+                  if (t < unit / 2) neg = false;
+                  mag = t < unit / 2 ? t : (std::floor(t / unit) + (neg ? 0.5625 : 0.4375)) * unit;
+                }
+                p[m * K + g * gs + i] = static_cast<float>(neg ? -mag : mag);
+              }
+            }
+          // the bounds per output, from the inputs
+          std::vector<double> rep(static_cast<size_t>(M * N)), f32(rep.size());
+          for (int64_t m = 0; m < M; ++m)
+            for (int64_t n = 0; n < N; ++n) {
+              double r = 0.0, a = 0.0, xw = 0.0;
+              for (int64_t g = 0; g < G; ++g) {
+                const double s = sv[static_cast<size_t>(n * G + g)], b = bv[static_cast<size_t>(n * G + g)];
+                double codes = 0.0;
+                for (int64_t k = g * gs; k < (g + 1) * gs; ++k) {
+                  const double c = code[static_cast<size_t>(n * K + k)], xv = p[m * K + k];
+                  codes += c;
+                  a += (std::fabs(s * c) + std::fabs(b)) * std::fabs(xv);
+                  xw += std::fabs((s * c + b) * xv);
+                }
+                r += std::ldexp(1.0, ge[static_cast<size_t>(m * G + g)] - xb - 1) * std::fabs(s) * codes;
+              }
+              rep[static_cast<size_t>(m * N + n)] = r;
+              f32[static_cast<size_t>(m * N + n)] =
+                  2.0 * std::ldexp(double(K) * xw + double(gs + 2 * G + K / 64 + 8) * a, -24);
+            }
+          const ref::Tensor want = ref::quantized_matmul(x, wq, sc, bi, true, gs, bits, "affine");
+          Array y = quantized_matmul(x, wq, sc, bi, true, gs, bits);
+          const bool prev = detail::set_cpu_vnni_qmv_for_testing(false);
+          Array yf = quantized_matmul(x, wq, sc, bi, true, gs, bits);
+          detail::set_cpu_vnni_qmv_for_testing(prev);
+          for (int64_t i = 0; i < M * N; ++i) {
+            const size_t u = static_cast<size_t>(i);
+            const double err = std::fabs(y.data<float>()[i] - want.v[u]);
+            const double errf = std::fabs(yf.data<float>()[i] - want.v[u]);
+            ASSERT_LE(err, rep[u] + f32[u]) << "output " << i << ": more error than the block representation allows";
+            ASSERT_LE(errf, f32[u]) << "output " << i << ": the float32 kernel";
+            if (vnni) {
+              ASSERT_GE(err, rep[u] / 2) << "output " << i << ": less error than the documented representation makes";
+              // (2-bit codes are too small for the worst-case float32 bound to sit clearly below rep)
+              if (bits >= 4) {
+                ASSERT_GT(err, f32[u]) << "output " << i << ": within float32 rounding";
+              }
+            }
+          }
+          if (vnni) {
+            EXPECT_FALSE(bit_equal(y, yf)) << "the VNNI kernel did not run";
+          }
+        }
+      }
+    }
+  }
 }
 
 // bfloat16 x on the few-row path (VNNI kernel up to 2 rows, the vdpbf16ps kernel

@@ -7,16 +7,18 @@
 // lane j of a vpdpbusd then sums the codes of bytes 4j..4j+3 against x as
 // signed bytes. x is held per group in block floating point:
 // X = rint(x * 2^(XB - E)), E = the group's largest exponent, XB = 21 (8-bit
-// codes: 19), split exactly into three signed bytes X = p2 * 2^16 + p1 * 2^8
+// codes: 20), split exactly into three signed bytes X = p2 * 2^16 + p1 * 2^8
 // + p0 (vnni_prep_x_avx512, once per call, in the codes' byte order; layout:
 // VnniX in simd_kernels.h). Three chained vpdpbusd runs with two 8-bit shifts
 // give sum(code * X) per lane exactly in int32 (< 2^31 by the choice of XB);
 // it is converted to float once per chunk and FMA'd with the lane's
 // scale * 2^(E - XB). The affine bias enters once per row as dot(bias row,
 // group sums of x). A partial last chunk loads only the row's bytes (the x
-// pieces past K are zero). Accuracy: each x keeps XB + 1 bits below its
-// group's maximum (float32 keeps 24 of its own), so the error is a few
-// float32 roundings of the group's largest term.
+// pieces past K are zero). Accuracy: X is off by at most half a step, so an
+// output's error is at most sum over groups of 2^(E - XB - 1) * |scale| *
+// sum(codes), plus float32 roundings (scale * code, not the dequantized
+// weight: the bias takes the float32 group sums); docs/kernels/cpu.md, pinned
+// by VnniQmvBlockExponentErrorBound.
 // Tile: (4 rows of w, 1 row of x) or (2 rows of w, 2-4 rows of x) per pass,
 // K streamed in 64-byte chunks; rows of w (and their scales and biases)
 // prefetched into L2 4 row groups ahead.
@@ -25,7 +27,8 @@
 // ~37 the target needs on the development machine: docs/kernels/cpu.md).
 // Compiled with -mavx512vnni in addition to the AVX-512 flags; called only when
 // the CPU reports AVX512_VNNI (qmm_fast.cpp).
-// Tests: tests/test_cpu_isa.cpp (VnniQmvBlockExponentStress, and every affine
+// Tests: tests/test_cpu_isa.cpp (VnniQmvBlockExponentStress,
+// VnniQmvBlockExponentErrorBound, and every affine
 // 2/4/8-bit few-row case at the avx512 level); bench: bench/cpu_bench.cpp
 // (qmm affine2/4/8 ... M <= 4, with and without this kernel).
 #define MMKIT_ISA_NS avx512vnni

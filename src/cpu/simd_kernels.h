@@ -112,10 +112,12 @@ struct VnniX {
   const float* xsum = nullptr;  // the group sums of x (the affine bias term)
 };
 
-/// Bits of x kept below its group's largest exponent: 21 (2/4-bit codes), 19
-/// for 8-bit codes, whose larger products need the headroom: per chunk lane the
-/// int32 sum(code * X) stays below 2^31.
-constexpr int vnni_x_bits(int bits) { return bits == 8 ? 19 : 21; }
+/// Bits of x kept below its group's largest exponent: 21 for 2/4-bit codes
+/// (|X| <= 2^22 keeps the top piece p2 within a signed byte; X up to 2^23
+/// would not), 20 for 8-bit codes, whose larger products need the headroom: a
+/// chunk lane sums 4 codes, 4 * 255 * 2^21 = 2^31 - 2^23 fits int32 (21 would
+/// not).
+constexpr int vnni_x_bits(int bits) { return bits == 8 ? 20 : 21; }
 
 struct QmvVnniArgs {
   const QWeights* q = nullptr;  // affine 2/4/8-bit
