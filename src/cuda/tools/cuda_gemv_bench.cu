@@ -13,9 +13,10 @@
 // runs directly on prepared device arrays (the op front end is not timed).
 // Before timing, each quantized case is checked against the generic kernel.
 //
-//   cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4]
+//   cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4] [--sorted]
 // (--m / --t: only these M of the headline format / T of the MoE shapes;
-// with --m and no --t the MoE part is skipped.)
+// with --m and no --t the MoE part is skipped. --sorted: the MoE routings
+// sorted by expert, passed as sorted indices, for the unsorted / sorted ratio.)
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
@@ -112,7 +113,7 @@ int main(int argc, char** argv) {
   std::string json_path;
   bool quick = false;
   std::vector<int64_t> only_m, only_t;
-  bool have_m = false, have_t = false;
+  bool have_m = false, have_t = false, sorted_routing = false;
   auto parse_list = [](const char* a) {
     std::vector<int64_t> v;
     for (const char* p = a; *p;) {
@@ -132,8 +133,9 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--quick")) quick = true;
     else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) have_m = true, only_m = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--t") && i + 1 < argc) have_t = true, only_t = parse_list(argv[++i]);
+    else if (!std::strcmp(argv[i], "--sorted")) sorted_routing = true;
     else {
-      std::fprintf(stderr, "usage: cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4]\n");
+      std::fprintf(stderr, "usage: cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4] [--sorted]\n");
       return 2;
     }
   }
@@ -333,7 +335,16 @@ int main(int argc, char** argv) {
             }
           }
           distinct_sum += std::count(used.begin(), used.end(), 1);
-          sets[i].lhs = Array::from_vector(lhs, {L}).to(Device::gpu());
+          std::vector<int64_t> lhs_i = lhs;
+          if (sorted_routing) {  // entries in expert order (stable: tokens ascending per expert)
+            std::vector<int64_t> order(static_cast<size_t>(L));
+            for (int64_t l = 0; l < L; ++l) order[l] = l;
+            std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rhs[a] < rhs[b]; });
+            std::vector<int64_t> r2(static_cast<size_t>(L));
+            for (int64_t l = 0; l < L; ++l) lhs_i[l] = lhs[order[l]], r2[l] = rhs[order[l]];
+            rhs = r2;
+          }
+          sets[i].lhs = Array::from_vector(lhs_i, {L}).to(Device::gpu());
           sets[i].rhs = Array::from_vector(rhs, {L}).to(Device::gpu());
         }
         const double distinct = distinct_sum / kSets;
@@ -358,6 +369,7 @@ int main(int argc, char** argv) {
         d.w_batch = sh.E;
         d.dtype = Dtype::bfloat16;
         d.op = "gather_qmm";
+        d.rhs_sorted = sorted_routing;
         const auto& sel = reg.qmm.select(d, Device::Type::gpu);
         const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* generic = nullptr;
         const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* per_entry = nullptr;
@@ -386,7 +398,9 @@ int main(int argc, char** argv) {
           const double us = median_us(warm, iters, [&](int i) { entry->run(d, sets[i % kSets], st); });
           const double sync_us = median_sync_us(20, [&](int i) { entry->run(d, sets[i % kSets], st); });
           const double bytes = distinct * expert_bytes + double(T) * sh.K * 2 + double(L) * sh.N * 2;
-          Result r{std::string(sh.label) + mf.suffix + " T=" + std::to_string(T) + " [" + entry->name + "]", L, sh.N, sh.K, us,
+          Result r{std::string(sh.label) + mf.suffix + (sorted_routing ? " sorted" : "") + " T=" + std::to_string(T) +
+                       " [" + entry->name + "]",
+                   L, sh.N, sh.K, us,
                    bytes / (us * 1e-6) / 1e9, 0, 2.0 * L * sh.N * sh.K / (us * 1e-6) / 1e12, err, sync_us};
           r.pct_copy = 100.0 * r.gbs / copy_gbs;
           results.push_back(r);
