@@ -1,3 +1,4 @@
+import functools
 import os
 import random
 
@@ -50,9 +51,7 @@ def _gpu_unavailable():
     return None
 
 
-def _on_gpu(name, fn):
-    import functools
-
+def _on_gpu(fn):
     import mmkit
 
     @functools.wraps(fn)
@@ -74,7 +73,7 @@ def pytest_configure(config):
 
         for name in _OPS:
             _NATIVE[name] = getattr(mmkit, name)
-            setattr(mmkit, name, _on_gpu(name, _NATIVE[name]))
+            setattr(mmkit, name, _on_gpu(_NATIVE[name]))
 
 
 def pytest_collection_modifyitems(config, items):
