@@ -28,7 +28,7 @@
 // 48): 32.0 / 43.5 / 65.0 us at M = 8 / 16 / 32 (before the x loads moved
 // ahead and the per-group finiteness tests went: 42.3 / 84.5 / 178.6 us);
 // loading the next tile's x one tile ahead as well was slower at M = 8
-// (MMKIT_QMV_XPREFETCH=1, 34.9 us). src/cuda/tools/cuda_gemv_bench.cu measures it.
+// (34.9 us; it spilled at one m-tile). src/cuda/tools/cuda_gemv_bench.cu measures it.
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*), conformance, NaN/Inf tests.
 #include <cuda_runtime.h>
 
@@ -46,9 +46,6 @@ namespace {
 
 constexpr int kWarps = 4;   // K split inside a block
 constexpr int kRowsPerBlock = 16;
-#ifndef MMKIT_QMV_XPREFETCH
-#define MMKIT_QMV_XPREFETCH 0
-#endif
 
 struct QmvMmaParams {
   const void* x;
@@ -298,27 +295,17 @@ __global__ void __launch_bounds__(kWarps * 32, MT == 1 ? 4 : 2) qmv_mma_kernel(Q
       }
 #pragma unroll
       for (int d = 0; d < kScaleDepth - 1; ++d) load_scales(tb + d, buf[d]);
-      // With kXAhead, tile t + 1's x is loaded while tile t computes (twice the
-      // registers: one m-tile or two only).
-      constexpr bool kXAhead = MMKIT_QMV_XPREFETCH && MT <= 2;
-      uint4 xbuf[kXAhead ? 2 : 1][CH * W][MT];
-      if constexpr (kXAhead) {
-        if (tb < te) load_x(tb, xbuf[0]);
-      }
       for (int t0 = tb; t0 < te; t0 += kDepth) {
 #pragma unroll
         for (int d = 0; d < kDepth; ++d) {
           const int t = t0 + d;  // t0 - tb is a multiple of kDepth (and of kScaleDepth)
           if (t < te) {  // warp-uniform
-            if constexpr (kXAhead) {
-              if (t + 1 < te) load_x(t + 1, xbuf[(d + 1) % 2]);
-            } else {
-              load_x(t, xbuf[0]);  // (first: independent of the ring, in flight while it is waited for)
-            }
+            uint4 xw[CH * W][MT];
+            load_x(t, xw);  // (first: independent of the ring, in flight while it is waited for)
             cp_async_wait<kDepth - 2>();
             __syncwarp();  // the other lanes' copies of this tile are visible
             load_scales(t + kScaleDepth - 1, buf[(d + kScaleDepth - 1) % kScaleDepth]);
-            compute_tile(d, buf[d % kScaleDepth], xbuf[kXAhead ? d % 2 : 0]);
+            compute_tile(d, buf[d % kScaleDepth], xw);
             __syncwarp();  // every lane has read the slot that is refilled next
             load_tile(t + kDepth - 1, (d + kDepth - 1) % kDepth);
             cp_async_commit();
