@@ -506,14 +506,14 @@ TEST(CudaCross, QmmExactOneRowGemvNarrowSplit) {
   // qmv1_mma.cu; the splits below are the ones a GPU of about 132 SMs gets):
   // a dense 8192 x 4096 GEMV (a split of 8 narrowed to 4, at most one block
   // per SM: the kernel with registers for one block), N not a multiple of the
-  // block's 64 rows, and a gather of 128 one-row entries over 33 experts of
+  // block's 64 rows, 14336 x 4096 (narrowed to 2: 112 blocks), and a gather of 128 one-row entries over 33 experts of
   // 256 x 2048 (fewer than 4 rows per expert, so not grouped; narrowed to one
   // warp per K range, 8 tiles per block).
   // Bit-exact with the CPU on exactly representable data.
   auto& reg = detail::registries();
   uint64_t seed = 8800;
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
-    for (int64_t N : {8192, 8232}) check_exact_qmm({{"affine", 4, 64}, dt, true, 1, N, 4096}, seed++);
+    for (int64_t N : {8192, 8232, 14336}) check_exact_qmm({{"affine", 4, 64}, dt, true, 1, N, 4096}, seed++);
   const Fmt f{"affine", 4, 64};
   const int64_t E = 33, L = 128, N = 256, K = 2048, Bx = 16;
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
@@ -590,6 +590,30 @@ TEST(CudaCross, GatherQmmGroupedEveryFormat) {
     for (Dtype dt : kFloats)
       for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 16, 1}, {3, 16, 3}, {4, 16, 1}})
         check_grouped_gather_qmm(f, dt, E, L, M, seed);
+}
+
+TEST(CudaCross, FewRowGemvEveryTiling) {
+  MMKIT_REQUIRE_GPU();
+  // The few-row tensor-core GEMV (cuda_qmv_sm80_mma, and the grouped gather's
+  // items) under each of its block tilings, forced with MMKIT_QMV_SM80_TILING
+  // (defaults: 1x4 for quantized_matmul, 8x1 or 1x4 for grouped items by the
+  // size of their x): M = 5 - 32 with N around the 16- and 128-row blocks,
+  // grouped items of 8 / 16 / 32 rows with fewer than 128 rows per expert;
+  // bit-exact with the CPU on exactly representable data.
+  struct TilingEnv {
+    explicit TilingEnv(const char* t) { setenv("MMKIT_QMV_SM80_TILING", t, 1); }
+    ~TilingEnv() { unsetenv("MMKIT_QMV_SM80_TILING"); }
+  };
+  uint64_t seed = 9950;
+  for (const char* t : {"1x4", "8x1", "2x4", "4x2"}) {
+    SCOPED_TRACE(std::string("tiling ") + t);
+    TilingEnv env(t);
+    for (int64_t M : {5, 16, 32}) check_exact_qmm({{"affine", 4, 64}, Dtype::bfloat16, true, M, 200, 1152}, seed++);
+    check_exact_qmm({{"affine", 4, 128}, Dtype::float16, true, 12, 130, 2048}, seed++);
+    check_exact_qmm({{"affine", 4, 32}, Dtype::bfloat16, true, 9, 16, 128}, seed++);
+    for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{4, 16, 1}, {3, 16, 3}, {3, 40, 3}})
+      check_grouped_gather_qmm({"affine", 4, 128}, Dtype::bfloat16, E, L, M, seed);
+  }
 }
 
 TEST(CudaCross, GatherQmmGroupedGenericTile) {

@@ -111,35 +111,6 @@ struct Qmv1Params {
   IndexGuard guard;
 };
 
-/// (v & MASK) | magic in one LOP3 (the compiler splits it in two when both
-/// are immediates).
-template <uint32_t MASK>
-__device__ __forceinline__ uint32_t and_or(uint32_t v, uint32_t magic) {
-  uint32_t r;
-  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(v), "n"(MASK), "r"(magic));
-  return r;
-}
-
-/// Nibbles (i, i + 4) of a word as a T pair with one LOP3 (and a shift for
-/// i > 0 in bfloat16, i != 1 in float16), exact, as kPairScale * (kPairOff + q):
-///   bfloat16: the nibbles at mantissa bits 0-3 of 128.0:  128 + q;
-///   float16:  at mantissa bits 4-7 of 1.0: 1 + q / 64 = (64 + q) / 64.
-/// (The offset is taken out per group in the fold. Float16 does not use
-/// 1024 + q at bits 0-3: its offset is 16 times larger relative to q, and
-/// the cancellation in the fold then costs float16 results about 7 bits.)
-template <typename T>
-__device__ __forceinline__ uint32_t nib_pair(uint32_t w, int i) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return and_or<0x000F000Fu>(w >> (4 * i), 0x43004300u);
-  } else {
-    return and_or<0x00F000F0u>(i == 0 ? w << 4 : w >> (4 * i - 4), 0x3C003C00u);
-  }
-}
-template <typename T>
-inline constexpr float kPairOff = std::is_same_v<T, __nv_bfloat16> ? 128.0f : 64.0f;
-template <typename T>
-inline constexpr float kPairScale = std::is_same_v<T, __nv_bfloat16> ? 1.0f : 1.0f / 64.0f;
-
 /// 8 activations [x0 .. x7] (4 pairs) as the B order [x0 x4 x1 x5 x2 x6 x3 x7].
 __device__ __forceinline__ uint4 permute8(uint4 v) {
   return make_uint4(__byte_perm(v.x, v.z, 0x5410), __byte_perm(v.x, v.z, 0x7632), __byte_perm(v.y, v.w, 0x5410),
@@ -684,11 +655,13 @@ int tiles_per_warp(const detail::QmmDesc& d, int ks_log2, int sm_count) {
 /// (fitted to same-session H200 runs, docs/kernels/cuda.md); halving the
 /// split doubles each warp's weights and halves the warps. The busiest SM's
 /// load, ceil(blocks / SMs) x (bytes + 2.3 KB x warps) of a block, decides,
-/// among grids that still give at least 0.9 blocks per SM (so nearly every
-/// SM streams 8 warps x 8 KB in flight). Measured on 8192 x 8192 (M = 1,
+/// among grids that still give at least 0.8 blocks per SM (so most SMs
+/// stream 8 warps x 8 KB in flight). Measured on 8192 x 8192 (M = 1,
 /// 4-bit g64, H200): a split of 4 instead of 8, 15.4 against 16.4 us; MoE
 /// decode with 16 - 64 tokens 15 - 25% faster. (With 2 or 4 rows it was
 /// slower, 21.3 / 28.5 against 20.5 / 25.5 us, so it applies to one row.)
+/// On 14336 x 4096 (H100) a split of 2 (112 blocks, 0.85 per SM) took
+/// 18.3 - 18.4 us against 19.4 - 19.7 us at 4 (224 blocks): hence 0.8, not 0.9.
 int narrow_split(const detail::QmmDesc& d, int ks_log2, int sm_count) {
   const double row_bytes = static_cast<double>(d.K) * (d.format.bits / 8.0 + 4.0 / d.format.group_size);
   auto load = [&](int k) {
@@ -698,7 +671,7 @@ int narrow_split(const detail::QmmDesc& d, int ks_log2, int sm_count) {
   };
   int best = ks_log2;
   for (int k = ks_log2 - 1; k >= 0; --k) {
-    if (10 * grid_blocks(d, k, 2) < 9 * int64_t{sm_count}) break;
+    if (5 * grid_blocks(d, k, 2) < 4 * int64_t{sm_count}) break;
     if (load(k) < load(best)) best = k;
   }
   return best;

@@ -9,7 +9,11 @@
 // so each code costs a shift, a LOP3 and one float op.
 #pragma once
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
 #include <cstdint>
+#include <type_traits>
 
 #include "formats/format.h"
 
@@ -121,6 +125,37 @@ __device__ __forceinline__ void load_pack_cached(uint32_t (&pk)[BITS], const uin
     for (int v = 0; v < BITS; ++v) pk[v] = __ldg(p + v);
   }
 }
+
+// 4-bit codes as tensor-core A operands (qmv1_mma.cu, qmv_sm80.cu): a nibble
+// pair becomes a T pair with one LOP3, the offset is taken out per group.
+/// (v & MASK) | magic in one LOP3 (the compiler splits it in two when both
+/// are immediates).
+template <uint32_t MASK>
+__device__ __forceinline__ uint32_t and_or(uint32_t v, uint32_t magic) {
+  uint32_t r;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(v), "n"(MASK), "r"(magic));
+  return r;
+}
+
+/// Nibbles (i, i + 4) of a word as a T pair with one LOP3 (and a shift for
+/// i > 0 in bfloat16, i != 1 in float16), exact, as kPairScale * (kPairOff + q):
+///   bfloat16: the nibbles at mantissa bits 0-3 of 128.0:  128 + q;
+///   float16:  at mantissa bits 4-7 of 1.0: 1 + q / 64 = (64 + q) / 64.
+/// (The offset is taken out per group in the fold. Float16 does not use
+/// 1024 + q at bits 0-3: its offset is 16 times larger relative to q, and
+/// the cancellation in the fold then costs float16 results about 7 bits.)
+template <typename T>
+__device__ __forceinline__ uint32_t nib_pair(uint32_t w, int i) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return and_or<0x000F000Fu>(w >> (4 * i), 0x43004300u);
+  } else {
+    return and_or<0x00F000F0u>(i == 0 ? w << 4 : w >> (4 * i - 4), 0x3C003C00u);
+  }
+}
+template <typename T>
+inline constexpr float kPairOff = std::is_same_v<T, __nv_bfloat16> ? 128.0f : 64.0f;
+template <typename T>
+inline constexpr float kPairScale = std::is_same_v<T, __nv_bfloat16> ? 1.0f : 1.0f / 64.0f;
 
 /// Byte alignment load_pack needs.
 __host__ __device__ constexpr int pack_align(int bits) { return bits % 4 == 0 ? 16 : (bits % 2 == 0 ? 8 : 4); }

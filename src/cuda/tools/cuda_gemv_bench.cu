@@ -13,8 +13,9 @@
 // runs directly on prepared device arrays (the op front end is not timed).
 // Before timing, each quantized case is checked against the generic kernel.
 //
-//   cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4] [--sorted]
-// (--m / --t: only these M of the headline format / T of the MoE shapes;
+//   cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4] [--sorted] [--nk N,K]
+// (--nk: the quantized matmuls' weight shape, default 8192,8192 (a multiple
+// of 128 each); --m / --t: only these M of the headline format / T of the MoE shapes;
 // with --m and no --t the MoE part is skipped. --sorted: the MoE routings
 // sorted by expert, passed as sorted indices, for the unsorted / sorted ratio.)
 #include <cublas_v2.h>
@@ -114,6 +115,7 @@ int main(int argc, char** argv) {
   bool quick = false;
   std::vector<int64_t> only_m, only_t;
   bool have_m = false, have_t = false, sorted_routing = false;
+  std::vector<int64_t> nk = {8192, 8192};
   auto parse_list = [](const char* a) {
     std::vector<int64_t> v;
     for (const char* p = a; *p;) {
@@ -134,11 +136,17 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--m") && i + 1 < argc) have_m = true, only_m = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--t") && i + 1 < argc) have_t = true, only_t = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--sorted")) sorted_routing = true;
+    else if (!std::strcmp(argv[i], "--nk") && i + 1 < argc) nk = parse_list(argv[++i]);
     else {
-      std::fprintf(stderr, "usage: cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4] [--sorted]\n");
+      std::fprintf(stderr, "usage: cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4] [--sorted] [--nk N,K]\n");
       return 2;
     }
   }
+  if (nk.size() != 2 || nk[0] % 128 || nk[1] % 128) {
+    std::fprintf(stderr, "cuda_gemv_bench: --nk takes N,K, each a multiple of 128\n");
+    return 2;
+  }
+  const int64_t N = nk[0], K = nk[1];
   if (gpu_count() == 0) {
     std::printf("cuda_gemv_bench: no CUDA GPU (built_with_cuda=%d); nothing measured\n", built_with_cuda());
     return 0;
@@ -164,9 +172,9 @@ int main(int argc, char** argv) {
   CK(cudaFree(c1));
   std::printf("device-to-device copy: %.1f GB/s (read + write, 512 MiB, median of 20)\n", copy_gbs);
 
-  // ---- floor: reading the headline's bytes once (4-bit g64 8192 x 8192 weights,
+  // ---- floor: reading the headline's bytes once (4-bit g64 N x K weights,
   // scales and biases), cold (rotating copies), timed like the kernels -----------------
-  const size_t floor_bytes = size_t{8192} * 8192 / 2 + size_t{8192} * (8192 / 64) * 4;
+  const size_t floor_bytes = static_cast<size_t>(N * K / 2 + N * (K / 64) * 4);
   const int floor_copies = 8;
   void* fb = nullptr;
   uint32_t* fo = nullptr;
@@ -182,12 +190,12 @@ int main(int argc, char** argv) {
   CK(cudaFree(fb));
   CK(cudaFree(fo));
   const double floor_gbs = floor_bytes / (floor_us * 1e-6) / 1e9;
-  std::printf("read-only streaming of %.1f MB (the 4-bit g64 8192 x 8192 bytes), cold: %.2f us = %.1f GB/s = %.1f%% of copy\n",
-              floor_bytes / 1e6, floor_us, floor_gbs, 100.0 * floor_gbs / copy_gbs);
+  std::printf("read-only streaming of %.1f MB (the 4-bit g64 %lld x %lld bytes), cold: %.2f us = %.1f GB/s = %.1f%% of copy\n",
+              floor_bytes / 1e6, static_cast<long long>(N), static_cast<long long>(K), floor_us, floor_gbs,
+              100.0 * floor_gbs / copy_gbs);
 
   auto& reg = detail::registries();
   std::vector<Result> results;
-  const int64_t N = 8192, K = 8192;
   const int64_t kRotateBytes = int64_t{200} << 20;
 
   // ---- quantized matmuls ---------------------------------------------------------------
@@ -236,10 +244,12 @@ int main(int argc, char** argv) {
       }
       const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* generic = nullptr;
       const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* simt_qmv = nullptr;
+      const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* few_rows = nullptr;
       for (const auto& e : reg.qmm.entries()) {
         if (e.device != Device::Type::gpu) continue;
         if (e.name == "cuda_qmm_generic") generic = &e;
         if (e.name == "cuda_qmv") simt_qmv = &e;
+        if (e.name == "cuda_qmv_sm80_mma") few_rows = &e;
       }
       struct Runner {
         std::string name;
@@ -252,6 +262,9 @@ int main(int argc, char** argv) {
         // The SIMT GEMV too where a tensor-core GEMV is chosen (comparison in the same run).
         if ((M == 1 || (headline && M == 8)) && simt_qmv && sel.name != "cuda_qmv")
           entries.push_back({simt_qmv->name, simt_qmv->run});
+        // And the few-row tensor-core GEMV where the one-row kernel takes 2 - 4 rows.
+        if (headline && M >= 2 && few_rows && sel.name != few_rows->name && few_rows->supports(d))
+          entries.push_back({few_rows->name, few_rows->run});
       }
       for (const auto& entry : entries) {
         // Check against the generic kernel before timing.
@@ -541,8 +554,8 @@ int main(int argc, char** argv) {
     }
   }
 
-  std::printf("\n%-42s %6s %10s %9s %8s %9s %10s\n", "kernel (8192 x 8192, bf16 x)", "M", "us", "GB/s", "% copy",
-              "TFLOP/s", "idle-call");
+  const std::string head = "kernel (" + std::to_string(N) + " x " + std::to_string(K) + ", bf16 x)";
+  std::printf("\n%-42s %6s %10s %9s %8s %9s %10s\n", head.c_str(), "M", "us", "GB/s", "% copy", "TFLOP/s", "idle-call");
   for (const auto& r : results)
     std::printf("%-42s %6lld %10.2f %9.1f %8.1f %9.2f %10.2f\n", r.name.c_str(), static_cast<long long>(r.M), r.us,
                 r.gbs, r.pct_copy, r.tflops, r.sync_us);
