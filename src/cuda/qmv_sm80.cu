@@ -28,9 +28,9 @@
 // loaded before the tile's ring wait and decode; the K parts are summed
 // through shared memory (reusing the rings).
 // Bound: weight bandwidth; the aim is a time flat in M up to 32 at the copy
-// bandwidth. Measured on an H100 at 8192 x 8192 (docs/kernels/cuda.md, runs
-// 48 - 54): 29.7 / 46.4 / 55.7 us at M = 8 / 16 / 32 (session 7's first
-// version: 42.3 / 84.5 / 178.6 us). src/cuda/tools/cuda_gemv_bench.cu measures it.
+// bandwidth. Measured on an H100 at 8192 x 8192 (docs/kernels/cuda.md, run
+// 58): 30.2 / 40.3 / 56.3 us at M = 8 / 16 / 32 (session 7's first version:
+// 42.3 / 84.5 / 178.6 us). src/cuda/tools/cuda_gemv_bench.cu measures it.
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*, CudaCross.GatherQmm*),
 // conformance, NaN/Inf tests; MMKIT_QMV_SM80_TILING forces a tiling.
 #include <cuda_runtime.h>
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(RT * KW * 32, budget_warps(MT) / (RT * KW)) qm
   // Dynamic shared memory: per warp a ring of kDepth slots, each its 16 rows
   // x 128 codes of a k-tile, row pitch 20 words (conflict-free fragment
   // reads). The warp copies a tile with 16-byte cp.async.cg (coalesced, not
-  // cached in L1, which keeps x there for the block's 8 warps) and each lane
+  // cached in L1, which keeps x there for the block's warps) and each lane
   // then reads its fragment words: a __syncwarp orders the copies of other
   // lanes before the reads. After the k loop the warps' partial sums
   // (kWarps x 16 rows x NC floats) reuse them.
