@@ -616,6 +616,90 @@ TEST(CudaCross, FewRowGemvEveryTiling) {
   }
 }
 
+TEST(CudaCross, ManyRowQmmEveryTile) {
+  MMKIT_REQUIRE_GPU();
+  // The many-row 4-bit kernel (cuda_qmm_w4_mma, and the grouped gather's
+  // items from 64 rows per expert) under each of its block tiles, forced with
+  // MMKIT_QMM_W4_TILE (defaults: large from 2 blocks per SM, else mid, else
+  // small): M and N around the 64 / 128-row tiles, K of 1 - 9 k-tiles, every
+  // group size, both half types, batch entries sharing weights, Inf / NaN in
+  // x, and grouped gathers with unsorted device indices; bit-exact with the
+  // CPU on exactly representable data (the non-finite case: the reference's
+  // NaN / Inf pattern).
+  auto& reg = detail::registries();
+  struct TileEnv {
+    explicit TileEnv(const char* t) { setenv("MMKIT_QMM_W4_TILE", t, 1); }
+    ~TileEnv() { unsetenv("MMKIT_QMM_W4_TILE"); }
+  };
+  uint64_t seed = 9970;
+  for (const char* t : {"large", "mid", "small"}) {
+    SCOPED_TRACE(std::string("tile ") + t);
+    TileEnv env(t);
+    for (int gs : {32, 64, 128})
+      for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+        for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{33, 16, 128}, {64, 130, 384}, {100, 64, 1152},
+                               {129, 200, 256}, {300, 72, 512}}) {
+          detail::QmmDesc d;
+          d.format = {fmt::Mode::affine, 4, gs};
+          d.M = M;
+          d.N = N;
+          d.K = K;
+          d.dtype = dt;
+          ASSERT_EQ(reg.qmm.select(d, Device::Type::gpu).name, "cuda_qmm_w4_mma");
+          check_exact_qmm({{"affine", 4, gs}, dt, true, M, N, K}, seed++);
+        }
+    // Batch entries: x (3, 70, K) against w (2, 1, N, K) broadcast to (2, 3, ...).
+    {
+      const int64_t M = 70, N = 96, K = 256;
+      QW q = exact_quantized({"affine", 4, 64}, 2 * N, K, Dtype::bfloat16, seed++);
+      Array w = q.w.reshape({2, 1, N, q.w.shape(-1)}), s = q.scales.reshape({2, 1, N, K / 64});
+      Array b = q.biases->reshape({2, 1, N, K / 64});
+      Array x = small_ints({3, M, K}, Dtype::bfloat16, seed++);
+      Array yc = quantized_matmul(x, w, s, b, true, 64, 4, "affine");
+      Array yg = quantized_matmul(gpu(x), gpu(w), gpu(s), gpu(b), true, 64, 4, "affine");
+      EXPECT_TRUE(bit_equal(yg, yc)) << "batched";
+    }
+    // Non-finite x.
+    {
+      const float inf = std::numeric_limits<float>::infinity();
+      const int64_t M = 90, N = 40, K = 384;
+      QW q = exact_quantized({"affine", 4, 128}, N, K, Dtype::float16, seed++);
+      Array xf = small_ints({M, K}, Dtype::float32, seed++);
+      xf.data<float>()[5 * K + 3] = inf;
+      xf.data<float>()[77 * K + 300] = -inf;
+      xf.data<float>()[40 * K + 129] = std::numeric_limits<float>::quiet_NaN();
+      Array x = xf.astype(Dtype::float16);
+      ref::Tensor r = ref::quantized_matmul(x, q.w, q.scales, q.biases, true, 128, 4, "affine");
+      Array y = quantized_matmul(gpu(x), gpu(q.w), gpu(q.scales), opt_gpu(q.biases), true, 128, 4, "affine");
+      EXPECT_TRUE(all_close(y, r, rtol_for(Dtype::float16), 0.0)) << "non-finite x";
+    }
+    // Grouped gathers: 3 experts (one without rows) at >= 64 rows per expert.
+    for (int gs : {32, 64, 128})
+      for (auto [L, M] : {std::tuple<int64_t, int64_t>{200, 1}, {9, 40}, {4, 150}}) {
+        SCOPED_TRACE("grouped g" + std::to_string(gs) + " L=" + std::to_string(L) + " M=" + std::to_string(M));
+        const int64_t E = 3, N = 136, K = 256, Bx = 4;
+        const Dtype dt = gs == 64 ? Dtype::float16 : Dtype::bfloat16;
+        QW q = exact_quantized({"affine", 4, gs}, E * N, K, dt, seed++);
+        Array w = q.w.reshape({E, N, q.w.shape(-1)});
+        Array s = q.scales.reshape({E, N, K / gs});
+        Array b = q.biases->reshape({E, N, K / gs});
+        Array x = small_ints({Bx, M, K}, dt, seed++);
+        std::mt19937_64 g(seed++);
+        std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
+        for (int64_t l = 0; l < L; ++l) {
+          li[l] = static_cast<int64_t>(g() % Bx);
+          ri[l] = g() % 2 ? 2 : 0;  // expert 1 gets no rows
+        }
+        Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
+        ASSERT_EQ(reg.qmm.select(gather_desc({"affine", 4, gs}, dt, M, N, K, L, Bx, E), Device::Type::gpu).name,
+                  "cuda_gather_grouped");  // (from 64 rows per expert: L * M / 3 >= 66 here)
+        Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, gs, 4, "affine");
+        Array yd = gather_qmm(gpu(x), gpu(w), gpu(s), gpu(b), gpu(lhs), gpu(rhs), true, gs, 4, "affine");
+        EXPECT_TRUE(bit_equal(yd, yc));
+      }
+  }
+}
+
 TEST(CudaCross, GatherQmmGroupedGenericTile) {
   MMKIT_REQUIRE_GPU();
   // What the fast grouped kernels leave: float32 beyond 8 rows per entry and
@@ -946,6 +1030,9 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
     q.M = M;
     seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   }
+  q.format = {fmt::Mode::mxfp4, 4, 32};  // many rows, not 4-bit affine: the generic-format tensor-core kernel
+  seen.insert(r.qmm.select(q, Device::Type::gpu).name);
+  q.format = {fmt::Mode::affine, 4, 64};
   q.M = 1;
   q.batch = 64;  // a gather whose entries share experts
   q.w_batch = 8;
@@ -982,7 +1069,7 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   check_family(r.quantize);
   check_family(r.dequantize);
   check_family(r.fp8);
-  EXPECT_TRUE(seen.count("cuda_gather_grouped") && seen.count("cuda_qmv1_mma") && seen.count("cuda_qmv_sm80_mma") && seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") &&
+  EXPECT_TRUE(seen.count("cuda_gather_grouped") && seen.count("cuda_qmv1_mma") && seen.count("cuda_qmv_sm80_mma") && seen.count("cuda_qmv") && seen.count("cuda_qmm_sm80_mma") && seen.count("cuda_qmm_w4_mma") &&
               seen.count("cuda_qmm_generic"));
   EXPECT_TRUE(seen.count("cuda_gemm_grouped") && seen.count("cuda_gemm_sm80_mma") && seen.count("cuda_gemm_simt"));
 }

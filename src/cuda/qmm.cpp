@@ -1,13 +1,14 @@
 // Registration of the GPU quantized-matmul family, in dispatch order:
 //   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average): rows grouped by
 //                     expert on the device (gather_plan.cu), then 4-bit affine float16/bfloat16 with
-//                     K % 128 == 0 and M <= 32 on qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0,
-//                     every format and dtype) on qmv.cu, else (M > 8, float16/bfloat16, transpose,
+//                     K % 128 == 0 on qmm_w4.cu from 64 rows per expert, else with M <= 32 on
+//                     qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0, every format and dtype) on qmv.cu, else (M > 8, float16/bfloat16, transpose,
 //                     K % 32 == 0, every format) on qmm_sm80.cu, else (float32 beyond 8 rows,
 //                     transpose=false, odd K; any alignment) on qmm_generic.cu
 //   cuda_qmv1_mma     M <= group size / 16 (8 at 128), 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
+//   cuda_qmm_w4_mma   M > 32, 4-bit affine, float16/bfloat16, K % 128 == 0, group size 32/64/128 (qmm_w4.cu)
 //   cuda_qmm_sm80_mma M > 8 (> 32 for 4-bit affine), float16/bfloat16, transpose=true, K % 32 == 0 (qmm_sm80.cu)
 //   cuda_qmm_generic  everything else (qmm_generic.cu)
 // A fast path whose pointers are not aligned for its vector loads (views
@@ -31,6 +32,10 @@ void run_qmv_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
   if (!qmv_mma_run(d, a, scope) && !(qmv_supports(d) && qmv_run(d, a, scope))) qmm_generic_run(d, a, scope);
 }
+void run_w4(const QmmDesc& d, QmmArgs& a, const Stream& s) {
+  OpScope scope(s, d.op);
+  if (!qmm_w4_run(d, a, scope) && !qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
+}
 void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
   if (!qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
@@ -45,6 +50,7 @@ bool grouped_supports(const QmmDesc& d) {
 }
 void run_grouped(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
+  if (qmm_w4_grouped_supports(d) && qmm_w4_grouped_run(d, a, scope)) return;
   if (gather_grouped_supports(d) && gather_grouped_run(d, a, scope)) return;
   if (qmv_grouped_supports(d) && qmv_grouped_run(d, a, scope)) return;
   if (qmm_mma_grouped_supports(d) && qmm_mma_grouped_run(d, a, scope)) return;
@@ -62,6 +68,7 @@ void register_qmm_kernels(detail::Registries& r) {
   r.qmm.add({"cuda_qmv1_mma", Device::Type::gpu, qmv1_mma_supports, run_qmv1_mma, 40});
   r.qmm.add({"cuda_qmv_sm80_mma", Device::Type::gpu, qmv_mma_supports, run_qmv_mma, 30});
   r.qmm.add({"cuda_qmv", Device::Type::gpu, qmv_supports, run_qmv, 20});
+  r.qmm.add({"cuda_qmm_w4_mma", Device::Type::gpu, qmm_w4_supports, run_w4, 15});
   r.qmm.add({"cuda_qmm_sm80_mma", Device::Type::gpu, qmm_mma_supports, run_mma, 10});
   r.qmm.add({"cuda_qmm_generic", Device::Type::gpu, [](const QmmDesc&) { return true; }, run_generic, 0});
 }

@@ -45,6 +45,14 @@ bool qmv_supports(const detail::QmmDesc& d);
 /// false when a pointer is not aligned for the vector loads (caller falls back).
 bool qmv_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
+/// qmm_w4.cu: tensor-core quantized matmul for 4-bit affine weights and
+/// M > kQmvMmaMaxM rows, float16 / bfloat16, transpose, K % 128 == 0, group
+/// size 32 / 64 / 128; grouped: gather_qmm with >= 64 rows per expert on average.
+bool qmm_w4_supports(const detail::QmmDesc& d);
+bool qmm_w4_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+bool qmm_w4_grouped_supports(const detail::QmmDesc& d);
+bool qmm_w4_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+
 bool qmm_mma_supports(const detail::QmmDesc& d);
 bool qmm_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 

@@ -208,7 +208,7 @@ int main(int argc, char** argv) {
   for (const QFmt& f : fmts) {
     const bool headline = f.mode == fmt::Mode::affine && f.bits == 4 && f.gs == 64;
     std::vector<int64_t> Ms = {1};
-    if (headline) Ms = quick ? std::vector<int64_t>{1, 8, 256} : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 256, 2048};
+    if (headline) Ms = quick ? std::vector<int64_t>{1, 8, 256} : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 128, 256, 2048};
     if (have_m) {
       if (!headline) continue;
       Ms = only_m;
@@ -245,11 +245,13 @@ int main(int argc, char** argv) {
       const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* generic = nullptr;
       const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* simt_qmv = nullptr;
       const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* few_rows = nullptr;
+      const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* any_format_mma = nullptr;
       for (const auto& e : reg.qmm.entries()) {
         if (e.device != Device::Type::gpu) continue;
         if (e.name == "cuda_qmm_generic") generic = &e;
         if (e.name == "cuda_qmv") simt_qmv = &e;
         if (e.name == "cuda_qmv_sm80_mma") few_rows = &e;
+        if (e.name == "cuda_qmm_sm80_mma") any_format_mma = &e;
       }
       struct Runner {
         std::string name;
@@ -265,6 +267,9 @@ int main(int argc, char** argv) {
         // And the few-row tensor-core GEMV where the one-row kernel takes 2 - 4 rows.
         if (headline && M >= 2 && few_rows && sel.name != few_rows->name && few_rows->supports(d))
           entries.push_back({few_rows->name, few_rows->run});
+        // And the every-format tensor-core kernel where the 4-bit many-row kernel is chosen.
+        if (headline && any_format_mma && sel.name == "cuda_qmm_w4_mma" && M <= 512)
+          entries.push_back({any_format_mma->name, any_format_mma->run});
       }
       for (const auto& entry : entries) {
         // Check against the generic kernel before timing.
@@ -525,7 +530,9 @@ int main(int argc, char** argv) {
         CK(cudaMalloc(&p, wb));
         CK(cudaMemset(p, 0x3c, wb));
       }
-      for (int64_t M : quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 16, 64, 256, 2048}) {
+      for (int64_t M : quick ? std::vector<int64_t>{1}
+                       : have_m ? only_m
+                                : std::vector<int64_t>{1, 16, 32, 64, 128, 256, 2048}) {
         void *x = nullptr, *y = nullptr;
         CK(cudaMalloc(&x, size_t(M) * K * 2));
         CK(cudaMalloc(&y, size_t(M) * N * 2));
