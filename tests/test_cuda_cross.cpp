@@ -620,8 +620,9 @@ TEST(CudaCross, ManyRowQmmEveryTile) {
   MMKIT_REQUIRE_GPU();
   // The many-row 4-bit kernel (cuda_qmm_w4_mma, and the grouped gather's
   // items from 64 rows per expert) under each of its block tiles, forced with
-  // MMKIT_QMM_W4_TILE (defaults: large from 2 blocks per SM, else mid, else
-  // small): M and N around the 64 / 128-row tiles, K of 1 - 9 k-tiles, every
+  // MMKIT_QMM_W4_TILE (defaults: the largest of large / mid / small that
+  // makes about one wave of blocks; large2 for grouped items): M and N
+  // around the 64 / 128-row tiles, K of 1 - 9 k-tiles, every
   // group size, both half types, batch entries sharing weights, Inf / NaN in
   // x, and grouped gathers with unsorted device indices; bit-exact with the
   // CPU on exactly representable data (the non-finite case: the reference's
@@ -632,7 +633,7 @@ TEST(CudaCross, ManyRowQmmEveryTile) {
     ~TileEnv() { unsetenv("MMKIT_QMM_W4_TILE"); }
   };
   uint64_t seed = 9970;
-  for (const char* t : {"large", "mid", "small"}) {
+  for (const char* t : {"large", "large2", "mid", "small"}) {
     SCOPED_TRACE(std::string("tile ") + t);
     TileEnv env(t);
     for (int gs : {32, 64, 128})

@@ -14,17 +14,24 @@
 // Only the float32 accumulation rounds (SPEC decision 5); an output whose
 // sum ends not finite is recomputed element by element at the end.
 //
-// Block: WR x WC warps of 64 W-rows x 32 x-rows each, times KW warps that
-// split every k-tile of 128 codes along K (summed through shared memory at
-// the end): 128 x 128 (2 x 4 x 1), 128 x 64 (2 x 2 x 2) and 64 x 64
-// (1 x 2 x 4) tiles, the smaller ones where the larger leave SMs idle.
-// Per k-tile a S-stage cp.async ring holds the tile's packed codes (16-byte
-// copies, row pitch padded so the fragment reads are conflict-free), its x rows (16-byte chunks, row pitch padded so the
-// 16-byte fragment reads are conflict-free) and the groups' folded scales
-// (s / kPairScale, b - kPairOff * s as a float pair, loaded into registers a
-// ring length ahead and stored after the tile's math).
-// Bound: at large M the tensor-core issue rate plus the decode and fold (about
-// 5 other instructions per mma); at M <= 256 on 8192 x 8192 the weight read.
+// Block: WR x WC warps of 16 MTW W-rows x 32 x-rows each, times KW warps
+// that split every k-tile of 128 codes along K (summed through shared memory
+// at the end). Tiles (W rows x x rows): large 128 x 128 (64-row warp tiles),
+// mid 128 x 64 (K split in 2), small 64 x 64 (K split in 4), the largest
+// that makes about one wave of blocks; large2 128 x 64 with 32-row warp tiles
+// at two blocks per SM for grouped items (W4Tile below).
+// Per k-tile an S-stage cp.async ring holds the tile's packed codes and x
+// rows (16-byte copies, row pitches padded so the fragment reads are
+// conflict-free) and the groups' folded scales (s / kPairScale,
+// b - kPairOff * s as a float pair, loaded into registers S - 1 k-tiles
+// ahead and stored after the tile's math); one barrier per k-tile.
+// Bound: the issue rate. Per 64 x 32 warp tile and k-tile: 128 mma + 32
+// ones-mma, 224 decode ops, 64 PRMTs, 256 fold FMAs, loads and copies: about
+// 1100 instructions (ncu, run 61), with 2 warps per scheduler about 43% of
+// the issue slots are used (stalls: fixed-latency dependencies, the math
+// pipe). Measured on an H200 at 8192 x 8192 (docs/kernels/cuda.md, run 62):
+// 80 / 111 / 186 / 366 / 1439 us at M = 64 / 128 / 256 / 512 / 2048
+// (qmm_sm80: 211 / 267 / 522 / 898 / -; cuBLAS bf16 38 / 39 / 46 / 80 / 303).
 // Tests: tests/test_cuda_cross.cpp (CudaCross.Qmm*, CudaCross.GatherQmm*),
 // conformance with MMKIT_TEST_DEVICE=gpu; measured in docs/kernels/cuda.md.
 #include <cuda_runtime.h>
@@ -59,10 +66,10 @@ struct W4Params {
   GatherPlanView plan;  // grouped: work unit l is plan item l (up to BT rows of one expert)
 };
 
-template <typename T, int GS, int WR, int WC, int KW, int S>
+template <typename T, int GS, int MTW, int WR, int WC, int KW, int S>
 struct W4Cfg {
   static constexpr int kWarps = WR * WC * KW, kThreads = 32 * kWarps;
-  static constexpr int BW = 64 * WR;  // W rows per block
+  static constexpr int BW = 16 * MTW * WR;  // W rows per block
   static constexpr int BT = 32 * WC;  // x rows per block
   static constexpr int SPW = 4 / KW;  // word slots (of a thread's 4 per k-tile and row) per warp
   static constexpr int WPG = GS / 32;  // word slots per group
@@ -142,9 +149,9 @@ __device__ __forceinline__ void mma_w4_zero(float (&d)[4], const uint32_t (&a)[4
   }
 }
 
-template <typename T, int GS, int WR, int WC, int KW, int S, bool GROUPED>
-__global__ void __launch_bounds__(WR* WC* KW * 32, 1) qmm_w4_kernel(W4Params p) {
-  using C = W4Cfg<T, GS, WR, WC, KW, S>;
+template <typename T, int GS, int MTW, int WR, int WC, int KW, int S, bool GROUPED>
+__global__ void __launch_bounds__(WR* WC* KW * 32, MTW == 2 ? 2 : 1) qmm_w4_kernel(W4Params p) {
+  using C = W4Cfg<T, GS, MTW, WR, WC, KW, S>;
   constexpr int BW = C::BW, BT = C::BT, SPW = C::SPW, WP = C::WP, XP = C::XP, GPT = C::GPT;
   constexpr int kThreads = C::kThreads;
   constexpr bool PAIRED = C::PAIRED;
@@ -185,9 +192,9 @@ __global__ void __launch_bounds__(WR* WC* KW * 32, 1) qmm_w4_kernel(W4Params p) 
       }
       __syncthreads();
     }
-    float acc[4][4][4];
+    float acc[MTW][4][4];
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt)
+    for (int mt = 0; mt < MTW; ++mt)
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
@@ -246,7 +253,7 @@ __global__ void __launch_bounds__(WR* WC* KW * 32, 1) qmm_w4_kernel(W4Params p) 
         load_scales(st);
         store_scales(st);
       }
-      const int wrow = wr * 64;  // the warp's first W row in the block
+      const int wrow = wr * 16 * MTW;  // the warp's first W row in the block
       const int xrow = wc * 32;  // its first x row
       for (int t = 0; t < tiles; ++t) {
         const int st = t % S;
@@ -258,14 +265,14 @@ __global__ void __launch_bounds__(WR* WC* KW * 32, 1) qmm_w4_kernel(W4Params p) 
         const uint32_t* ws = stage_w(st);
         const T* xs = stage_x(st);
         const float2* ss = stage_s(st);
-        float gacc[4][4][4], xacc[4][4];
+        float gacc[MTW][4][4], xacc[4][4];
 #pragma unroll
         for (int i = 0; i < SPW; ++i) {
           const int slot = kp * SPW + i;
           const int xw = word_of<PAIRED>(c, slot);
-          uint32_t wa[4], wb[4];  // the slot's word of rows g and g + 8 of each m-tile
+          uint32_t wa[MTW], wb[MTW];  // the slot's word of rows g and g + 8 of each m-tile
 #pragma unroll
-          for (int mt = 0; mt < 4; ++mt) {
+          for (int mt = 0; mt < MTW; ++mt) {
             wa[mt] = ws[(wrow + mt * 16 + g) * WP + xw];
             wb[mt] = ws[(wrow + mt * 16 + g + 8) * WP + xw];
           }
@@ -275,9 +282,9 @@ __global__ void __launch_bounds__(WR* WC* KW * 32, 1) qmm_w4_kernel(W4Params p) 
 #pragma unroll
           for (int s = 0; s < 2; ++s) {
             // Weight fragments of the word's k16 step s: nibble pairs (2s, 2s+4), (2s+1, 2s+5).
-            uint32_t af[4][4];
+            uint32_t af[MTW][4];
 #pragma unroll
-            for (int mt = 0; mt < 4; ++mt) {
+            for (int mt = 0; mt < MTW; ++mt) {
               af[mt][0] = nib_pair<T>(wa[mt], 2 * s);
               af[mt][1] = nib_pair<T>(wb[mt], 2 * s);
               af[mt][2] = nib_pair<T>(wa[mt], 2 * s + 1);
@@ -291,7 +298,7 @@ __global__ void __launch_bounds__(WR* WC* KW * 32, 1) qmm_w4_kernel(W4Params p) 
               if (first) mma_w4_zero<T>(xacc[nt], ones_a, b0, b1);
               else mma_w4<T>(xacc[nt], ones_a, b0, b1);
 #pragma unroll
-              for (int mt = 0; mt < 4; ++mt) {
+              for (int mt = 0; mt < MTW; ++mt) {
                 if (first) mma_w4_zero<T>(gacc[mt][nt], af[mt], b0, b1);
                 else mma_w4<T>(gacc[mt][nt], af[mt], b0, b1);
               }
@@ -300,7 +307,7 @@ __global__ void __launch_bounds__(WR* WC* KW * 32, 1) qmm_w4_kernel(W4Params p) 
           if ((i + 1) % FOLD_EVERY == 0) {
             const int j = slot / C::WPG;  // the group of these word slots inside the k-tile
 #pragma unroll
-            for (int mt = 0; mt < 4; ++mt) {
+            for (int mt = 0; mt < MTW; ++mt) {
               const float2 fa = ss[(wrow + mt * 16 + g) * GPT + j];
               const float2 fb = ss[(wrow + mt * 16 + g + 8) * GPT + j];
 #pragma unroll
@@ -321,12 +328,12 @@ __global__ void __launch_bounds__(WR* WC* KW * 32, 1) qmm_w4_kernel(W4Params p) 
     // exact recompute of non-finite sums, and the stores.
     __syncthreads();
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt)
+    for (int mt = 0; mt < MTW; ++mt)
 #pragma unroll
       for (int nt = 0; nt < 4; ++nt)
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int n = wr * 64 + mt * 16 + g + (e >= 2 ? 8 : 0);
+          const int n = wr * 16 * MTW + mt * 16 + g + (e >= 2 ? 8 : 0);
           const int m = wc * 32 + nt * 8 + 2 * c + (e & 1);
           red[(kp * BT + m) * C::RP + n] = acc[mt][nt][e];
         }
@@ -358,10 +365,10 @@ __global__ void __launch_bounds__(WR* WC* KW * 32, 1) qmm_w4_kernel(W4Params p) 
   }
 }
 
-template <typename T, int GS, int WR, int WC, int KW, int S, bool GROUPED>
+template <typename T, int GS, int MTW, int WR, int WC, int KW, int S, bool GROUPED>
 void launch_cfg(const W4Params& p, int64_t units, const OpScope& scope) {
-  using Cf = W4Cfg<T, GS, WR, WC, KW, S>;
-  constexpr auto kernel = qmm_w4_kernel<T, GS, WR, WC, KW, S, GROUPED>;
+  using Cf = W4Cfg<T, GS, MTW, WR, WC, KW, S>;
+  constexpr auto kernel = qmm_w4_kernel<T, GS, MTW, WR, WC, KW, S, GROUPED>;
   static std::atomic<uint64_t> opted{0};  // the kernel's shared-memory opt-in, once per device
   const uint64_t bit = uint64_t{1} << (scope.device() & 63);
   if (!(opted.load(std::memory_order_relaxed) & bit)) {
@@ -375,10 +382,13 @@ void launch_cfg(const W4Params& p, int64_t units, const OpScope& scope) {
   kernel<<<grid, Cf::kThreads, Cf::kSmem, scope.stream()>>>(p);
 }
 
-/// Tilings (W rows x x rows per block, warps along K): 128 x 128 x 1 for
-/// many rows, 128 x 64 x 2 and 64 x 64 x 4 where fewer blocks would leave SMs
-/// idle. MMKIT_QMM_W4_TILE=large|mid|small forces one (tests and tuning).
-enum class W4Tile { large, mid, small };
+/// Tilings (W rows x x rows per block, warps along K): large 128 x 128 x 1
+/// (64 x 32 warp tiles, one block per SM) for many rows, mid 128 x 64 x 2 and
+/// small 64 x 64 x 4 where fewer blocks would leave SMs idle, and large2
+/// 128 x 64 x 1 (32 x 32 warp tiles, two blocks per SM: more warps to hide
+/// latency, more decode per mma) for grouped items.
+/// MMKIT_QMM_W4_TILE=large|large2|mid|small forces one (tests and tuning).
+enum class W4Tile { large, large2, mid, small };
 
 /// MMKIT_QMM_W4_TILE, read per call (so a test can set it).
 bool forced_tile(W4Tile& t) {
@@ -386,28 +396,32 @@ bool forced_tile(W4Tile& t) {
   if (!e) return false;
   const std::string v = e;
   if (v == "large") t = W4Tile::large;
+  else if (v == "large2") t = W4Tile::large2;
   else if (v == "mid") t = W4Tile::mid;
   else if (v == "small") t = W4Tile::small;
   else return false;
   return true;
 }
 
+/// The largest tile whose blocks still make about one wave (H200, 8192 x 8192,
+/// run 62: M = 64 small 80 us (mid 112, large 190); M = 128 mid 111 (small
+/// 155, large 187); M = 256 large 186 (mid 221); M = 2048 large 1439 (mid 1726).
 W4Tile pick_tile(int64_t M, int64_t N, int64_t units, int sms) {
   W4Tile t;
   if (forced_tile(t)) return t;
-  const int64_t large = ceil_div(N, 128) * ceil_div(M, 128) * units;
-  const int64_t mid = ceil_div(N, 128) * ceil_div(M, 64) * units;
-  if (large >= 2 * sms) return W4Tile::large;
-  if (mid >= sms) return W4Tile::mid;
+  const int64_t wave = sms - sms / 10;
+  if (ceil_div(N, 128) * ceil_div(M, 128) * units >= wave) return W4Tile::large;
+  if (ceil_div(N, 128) * ceil_div(M, 64) * units >= wave) return W4Tile::mid;
   return W4Tile::small;
 }
 
 template <typename T, int GS, bool GROUPED>
 void launch_tile(const W4Params& p, W4Tile tile, int64_t units, const OpScope& scope) {
   switch (tile) {
-    case W4Tile::large: return launch_cfg<T, GS, 2, 4, 1, 4, GROUPED>(p, units, scope);
-    case W4Tile::mid: return launch_cfg<T, GS, 2, 2, 2, 4, GROUPED>(p, units, scope);
-    default: return launch_cfg<T, GS, 1, 2, 4, 4, GROUPED>(p, units, scope);
+    case W4Tile::large: return launch_cfg<T, GS, 4, 2, 4, 1, 4, GROUPED>(p, units, scope);
+    case W4Tile::large2: return launch_cfg<T, GS, 2, 4, 2, 1, 3, GROUPED>(p, units, scope);
+    case W4Tile::mid: return launch_cfg<T, GS, 4, 2, 2, 2, 4, GROUPED>(p, units, scope);
+    default: return launch_cfg<T, GS, 4, 1, 2, 4, 4, GROUPED>(p, units, scope);
   }
 }
 
@@ -472,7 +486,7 @@ bool qmm_w4_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& sco
 
 bool qmm_w4_grouped_supports(const detail::QmmDesc& d) {
   if (!w4_format_ok(d)) return false;
-  // Many rows per expert on average: items of up to 128 / 64 rows.
+  // From 64 rows per expert on average (items of 64 rows, or 128 when forced).
   if (!gather_grouping_pays(d, int64_t{1} << 31) || d.batch * d.M < 64 * std::min(d.w_batch, d.batch)) return false;
   return device_info(current_device()).cc_major >= 8;
 }
@@ -480,12 +494,11 @@ bool qmm_w4_grouped_supports(const detail::QmmDesc& d) {
 bool qmm_w4_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   if (!w4_aligned(a)) return false;
   W4Params p = w4_params(d, a, scope);
-  const int64_t experts = std::min(d.w_batch, d.batch);
-  const int64_t avg = (d.batch * d.M + experts - 1) / experts;
-  // Items of 128 rows (the large tile) when there are enough of them to fill
-  // the GPU, else of 64 (the mid tile).
-  const int sms = device_info(scope.device()).sm_count;
-  W4Tile tile = avg >= 128 && ceil_div(d.N, 128) * (d.batch * d.M / 128) >= 2 * sms ? W4Tile::large : W4Tile::mid;
+  // Items of 64 rows on 128-row x 64-column blocks at two blocks per SM
+  // (large2): faster than 128-row items on the large tile and than the mid
+  // tile (Qwen3-30B-A3B at T = 4096, 256 rows per expert, H200 run 62:
+  // gate+up 1560 / 1625 / 1765 us, down 947 / 1073 / 1168 us).
+  W4Tile tile = W4Tile::large2;
   forced_tile(tile);
   const int item_rows = tile == W4Tile::large ? 128 : 64;
   GatherPlan plan(scope, p.lhs, p.rhs, d.batch, d.M, d.x_batch, d.w_batch, item_rows, p.guard, p.out,
