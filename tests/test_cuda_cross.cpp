@@ -35,6 +35,18 @@ namespace {
   } while (0)
 
 const Device kGpu = Device::gpu();
+
+/// Sets an environment variable (a kernel's tuning knob, read per call) for
+/// the scope, then unsets it.
+struct ScopedEnv {
+  ScopedEnv(const char* name, const char* value) : name_(name) { setenv(name, value, 1); }
+  ~ScopedEnv() { unsetenv(name_); }
+  ScopedEnv(const ScopedEnv&) = delete;
+  ScopedEnv& operator=(const ScopedEnv&) = delete;
+
+ private:
+  const char* name_;
+};
 Array gpu(const Array& a) { return a.to(kGpu); }
 
 struct Fmt {
@@ -296,10 +308,7 @@ TEST(CudaCross, QmmExactOneRowGemvTwoTilesPerWarp) {
   // group size, both half dtypes, x staged and (M >= 2, K = 8832) read from
   // global memory; a non-finite x
   // takes the element-wise path of the second tile too.
-  struct TilesEnv {
-    TilesEnv() { setenv("MMKIT_QMV1_TILES", "2", 1); }
-    ~TilesEnv() { unsetenv("MMKIT_QMV1_TILES"); }
-  } env;
+  const ScopedEnv env("MMKIT_QMV1_TILES", "2");
   uint64_t seed = 8700;
   for (int gs : {32, 64, 128})
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
@@ -600,14 +609,10 @@ TEST(CudaCross, FewRowGemvEveryTiling) {
   // size of their x): M = 5 - 32 with N around the 16- and 128-row blocks,
   // grouped items of 8 / 16 / 32 rows with fewer than 128 rows per expert;
   // bit-exact with the CPU on exactly representable data.
-  struct TilingEnv {
-    explicit TilingEnv(const char* t) { setenv("MMKIT_QMV_SM80_TILING", t, 1); }
-    ~TilingEnv() { unsetenv("MMKIT_QMV_SM80_TILING"); }
-  };
   uint64_t seed = 9950;
   for (const char* t : {"1x4", "8x1", "2x4", "4x2"}) {
     SCOPED_TRACE(std::string("tiling ") + t);
-    TilingEnv env(t);
+    const ScopedEnv env("MMKIT_QMV_SM80_TILING", t);
     for (int64_t M : {5, 16, 32}) check_exact_qmm({{"affine", 4, 64}, Dtype::bfloat16, true, M, 200, 1152}, seed++);
     check_exact_qmm({{"affine", 4, 128}, Dtype::float16, true, 12, 130, 2048}, seed++);
     check_exact_qmm({{"affine", 4, 32}, Dtype::bfloat16, true, 9, 16, 128}, seed++);
@@ -628,25 +633,16 @@ TEST(CudaCross, ManyRowQmmEveryTile) {
   // CPU on exactly representable data (the non-finite case: the reference's
   // NaN / Inf pattern).
   auto& reg = detail::registries();
-  struct TileEnv {
-    explicit TileEnv(const char* t) { setenv("MMKIT_QMM_W4_TILE", t, 1); }
-    ~TileEnv() { unsetenv("MMKIT_QMM_W4_TILE"); }
-  };
   uint64_t seed = 9970;
   for (const char* t : {"large", "large2", "mid", "small"}) {
     SCOPED_TRACE(std::string("tile ") + t);
-    TileEnv env(t);
+    const ScopedEnv env("MMKIT_QMM_W4_TILE", t);
     for (int gs : {32, 64, 128})
       for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
         for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{33, 16, 128}, {64, 130, 384}, {100, 64, 1152},
                                {129, 200, 256}, {300, 72, 512}}) {
-          detail::QmmDesc d;
-          d.format = {fmt::Mode::affine, 4, gs};
-          d.M = M;
-          d.N = N;
-          d.K = K;
-          d.dtype = dt;
-          ASSERT_EQ(reg.qmm.select(d, Device::Type::gpu).name, "cuda_qmm_w4_mma");
+          ASSERT_EQ(reg.qmm.select(gather_desc({"affine", 4, gs}, dt, M, N, K, 1, 1, 1), Device::Type::gpu).name,
+                    "cuda_qmm_w4_mma");
           check_exact_qmm({{"affine", 4, gs}, dt, true, M, N, K}, seed++);
         }
     // Batch entries: x (3, 70, K) against w (2, 1, N, K) broadcast to (2, 3, ...).

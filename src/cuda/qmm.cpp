@@ -63,6 +63,25 @@ void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
 
 }  // namespace
 
+QmmKernelParams qmm_kernel_params(const QmmDesc& d, QmmArgs& a, const OpScope& scope) {
+  QmmKernelParams p;
+  p.x = a.x.raw_data();
+  p.w = a.w.data<uint32_t>();
+  p.scales = a.scales.raw_data();
+  p.biases = a.biases.is_null() ? nullptr : a.biases.raw_data();
+  p.lhs = a.lhs.data<int64_t>();
+  p.rhs = a.rhs.data<int64_t>();
+  p.out = a.out.raw_data();
+  p.M = static_cast<int>(d.M);  // (qmm_generic overwrites them with 64-bit values)
+  p.N = static_cast<int>(d.N);
+  p.K = static_cast<int>(d.K);
+  p.x_batch = d.x_batch;
+  p.w_batch = d.w_batch;
+  p.L = d.batch;
+  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
+  return p;
+}
+
 void register_qmm_kernels(detail::Registries& r) {
   r.qmm.add({"cuda_gather_grouped", Device::Type::gpu, grouped_supports, run_grouped, 50});
   r.qmm.add({"cuda_qmv1_mma", Device::Type::gpu, qmv1_mma_supports, run_qmv1_mma, 40});

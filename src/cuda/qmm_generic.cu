@@ -142,16 +142,8 @@ void launch_generic(const detail::QmmDesc& d, const GenericParams& p, dim3 grid,
 
 GenericParams generic_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   GenericParams p{};
-  p.x = a.x.raw_data();
-  p.w = a.w.data<uint32_t>();
-  p.scales = a.scales.raw_data();
-  p.biases = a.biases.is_null() ? nullptr : a.biases.raw_data();
-  p.lhs = a.lhs.data<int64_t>();
-  p.rhs = a.rhs.data<int64_t>();
-  p.out = a.out.raw_data();
-  p.M = d.M;
-  p.N = d.N;
-  p.K = d.K;
+  copy_common_params(p, qmm_kernel_params(d, a, scope));
+  p.M = d.M, p.N = d.N, p.K = d.K;  // (64-bit here: the generic kernel takes any shape)
   p.rows = d.w_rows();
   p.words = d.words_per_row();
   p.groups = d.groups_per_row();
@@ -159,10 +151,6 @@ GenericParams generic_params(const detail::QmmDesc& d, detail::QmmArgs& a, const
   p.mode = static_cast<int>(d.format.mode);
   p.bits = d.format.bits;
   p.gs = d.format.group_size;
-  p.x_batch = d.x_batch;
-  p.w_batch = d.w_batch;
-  p.L = d.batch;
-  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
   return p;
 }
 

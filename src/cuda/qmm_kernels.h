@@ -13,6 +13,32 @@ inline constexpr int kQmvMaxM = 8;
 /// Largest M the tensor-core GEMV (4-bit affine) takes.
 inline constexpr int kQmvMmaMaxM = 32;
 
+/// What the tensor-core quantized-matmul kernels read (qmv_sm80, qmm_w4,
+/// qmm_sm80): the arrays, the shape, the batch entries (or, grouped, a gather
+/// plan whose item l is work unit l) and the index guard.
+struct QmmKernelParams {
+  const void* x = nullptr;
+  const uint32_t* w = nullptr;
+  const void* scales = nullptr;
+  const void* biases = nullptr;  // null for the fp modes
+  const int64_t* lhs = nullptr;
+  const int64_t* rhs = nullptr;
+  void* out = nullptr;
+  int M = 0, N = 0, K = 0;
+  int64_t x_batch = 0, w_batch = 0, L = 0;
+  IndexGuard guard{};
+  GatherPlanView plan;
+};
+/// The params of a call (the shape must fit int: the kernels' supports check it).
+QmmKernelParams qmm_kernel_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
+/// The common fields into a kernel's own params struct (kernels that keep a
+/// layout of their own: qmv without the plan, qmv1_mma, qmm_generic).
+template <class P>
+void copy_common_params(P& p, const QmmKernelParams& c) {
+  p.x = c.x, p.w = c.w, p.scales = c.scales, p.biases = c.biases, p.lhs = c.lhs, p.rhs = c.rhs, p.out = c.out;
+  p.M = c.M, p.N = c.N, p.K = c.K, p.x_batch = c.x_batch, p.w_batch = c.w_batch, p.L = c.L, p.guard = c.guard;
+}
+
 /// M = 1, 4-bit affine, float16/bfloat16 (qmv1_mma.cu).
 bool qmv1_mma_supports(const detail::QmmDesc& d);
 bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);

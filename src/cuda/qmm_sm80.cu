@@ -33,18 +33,8 @@ namespace {
 
 constexpr int kStages = 4;  // k-steps of x and packed weights in flight (cp.async ring)
 
-struct MmaQParams {
-  const void* x;
-  const uint32_t* w;
-  const void* scales;
-  const void* biases;
-  const int64_t* lhs;
-  const int64_t* rhs;
-  void* out;
-  int M, N, K, gs;
-  int64_t x_batch, w_batch, L;
-  IndexGuard guard;
-  GatherPlanView plan;  // grouped instances: work unit l is plan item l
+struct MmaQParams : QmmKernelParams {
+  int gs = 0;  // group size
 };
 
 /// Codes 16*HALF .. 16*HALF+15 of a pack as 8 packed T pairs.
@@ -310,22 +300,9 @@ bool qmm_mma_aligned(const detail::QmmDesc& d, const detail::QmmArgs& a) {
 }
 
 MmaQParams qmm_mma_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  MmaQParams p{};
-  p.x = a.x.raw_data();
-  p.w = a.w.data<uint32_t>();
-  p.scales = a.scales.raw_data();
-  p.biases = a.biases.is_null() ? nullptr : a.biases.raw_data();
-  p.lhs = a.lhs.data<int64_t>();
-  p.rhs = a.rhs.data<int64_t>();
-  p.out = a.out.raw_data();
-  p.M = static_cast<int>(d.M);
-  p.N = static_cast<int>(d.N);
-  p.K = static_cast<int>(d.K);
+  MmaQParams p;
+  static_cast<QmmKernelParams&>(p) = qmm_kernel_params(d, a, scope);
   p.gs = d.format.group_size;
-  p.x_batch = d.x_batch;
-  p.w_batch = d.w_batch;
-  p.L = d.batch;
-  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
   return p;
 }
 

@@ -52,19 +52,6 @@
 namespace mmkit::cuda {
 namespace {
 
-struct W4Params {
-  const void* x;
-  const uint32_t* w;
-  const void* scales;
-  const void* biases;
-  const int64_t* lhs;
-  const int64_t* rhs;
-  void* out;
-  int M, N, K;
-  int64_t x_batch, w_batch, L;
-  IndexGuard guard;
-  GatherPlanView plan;  // grouped: work unit l is plan item l (up to BT rows of one expert)
-};
 
 template <typename T, int GS, int MTW, int WR, int WC, int KW, int S>
 struct W4Cfg {
@@ -150,7 +137,7 @@ __device__ __forceinline__ void mma_w4_zero(float (&d)[4], const uint32_t (&a)[4
 }
 
 template <typename T, int GS, int MTW, int WR, int WC, int KW, int S, bool GROUPED>
-__global__ void __launch_bounds__(WR* WC* KW * 32, MTW == 2 ? 2 : 1) qmm_w4_kernel(W4Params p) {
+__global__ void __launch_bounds__(WR* WC* KW * 32, MTW == 2 ? 2 : 1) qmm_w4_kernel(QmmKernelParams p) {
   using C = W4Cfg<T, GS, MTW, WR, WC, KW, S>;
   constexpr int BW = C::BW, BT = C::BT, SPW = C::SPW, WP = C::WP, XP = C::XP, GPT = C::GPT;
   constexpr int kThreads = C::kThreads;
@@ -366,7 +353,7 @@ __global__ void __launch_bounds__(WR* WC* KW * 32, MTW == 2 ? 2 : 1) qmm_w4_kern
 }
 
 template <typename T, int GS, int MTW, int WR, int WC, int KW, int S, bool GROUPED>
-void launch_cfg(const W4Params& p, int64_t units, const OpScope& scope) {
+void launch_cfg(const QmmKernelParams& p, int64_t units, const OpScope& scope) {
   using Cf = W4Cfg<T, GS, MTW, WR, WC, KW, S>;
   constexpr auto kernel = qmm_w4_kernel<T, GS, MTW, WR, WC, KW, S, GROUPED>;
   static std::atomic<uint64_t> opted{0};  // the kernel's shared-memory opt-in, once per device
@@ -416,7 +403,7 @@ W4Tile pick_tile(int64_t M, int64_t N, int64_t units, int sms) {
 }
 
 template <typename T, int GS, bool GROUPED>
-void launch_tile(const W4Params& p, W4Tile tile, int64_t units, const OpScope& scope) {
+void launch_tile(const QmmKernelParams& p, W4Tile tile, int64_t units, const OpScope& scope) {
   switch (tile) {
     case W4Tile::large: return launch_cfg<T, GS, 4, 2, 4, 1, 4, GROUPED>(p, units, scope);
     case W4Tile::large2: return launch_cfg<T, GS, 2, 4, 2, 1, 3, GROUPED>(p, units, scope);
@@ -426,7 +413,7 @@ void launch_tile(const W4Params& p, W4Tile tile, int64_t units, const OpScope& s
 }
 
 template <typename T, bool GROUPED>
-void launch_gs(int gs, const W4Params& p, W4Tile tile, int64_t units, const OpScope& scope) {
+void launch_gs(int gs, const QmmKernelParams& p, W4Tile tile, int64_t units, const OpScope& scope) {
   switch (gs) {
     case 32: return launch_tile<T, 32, GROUPED>(p, tile, units, scope);
     case 64: return launch_tile<T, 64, GROUPED>(p, tile, units, scope);
@@ -447,24 +434,6 @@ bool w4_aligned(const detail::QmmArgs& a) {
          aligned(a.biases.raw_data(), 2);
 }
 
-W4Params w4_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  W4Params p{};
-  p.x = a.x.raw_data();
-  p.w = a.w.data<uint32_t>();
-  p.scales = a.scales.raw_data();
-  p.biases = a.biases.raw_data();
-  p.lhs = a.lhs.data<int64_t>();
-  p.rhs = a.rhs.data<int64_t>();
-  p.out = a.out.raw_data();
-  p.M = static_cast<int>(d.M);
-  p.N = static_cast<int>(d.N);
-  p.K = static_cast<int>(d.K);
-  p.x_batch = d.x_batch;
-  p.w_batch = d.w_batch;
-  p.L = d.batch;
-  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
-  return p;
-}
 
 }  // namespace
 
@@ -476,7 +445,7 @@ bool qmm_w4_supports(const detail::QmmDesc& d) {
 
 bool qmm_w4_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   if (!w4_aligned(a)) return false;
-  const W4Params p = w4_params(d, a, scope);
+  const QmmKernelParams p = qmm_kernel_params(d, a, scope);
   const W4Tile tile = pick_tile(d.M, d.N, d.batch, device_info(scope.device()).sm_count);
   if (d.dtype == Dtype::float16) launch_gs<__half, false>(d.format.group_size, p, tile, d.batch, scope);
   else launch_gs<__nv_bfloat16, false>(d.format.group_size, p, tile, d.batch, scope);
@@ -493,7 +462,7 @@ bool qmm_w4_grouped_supports(const detail::QmmDesc& d) {
 
 bool qmm_w4_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   if (!w4_aligned(a)) return false;
-  W4Params p = w4_params(d, a, scope);
+  QmmKernelParams p = qmm_kernel_params(d, a, scope);
   // Items of 64 rows on 128-row x 64-column blocks at two blocks per SM
   // (large2): faster than 128-row items on the large tile and than the mid
   // tile (Qwen3-30B-A3B at T = 4096, 256 rows per expert, H200 run 62:

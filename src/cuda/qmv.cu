@@ -386,21 +386,8 @@ bool qmv_aligned(const detail::QmmDesc& d, const detail::QmmArgs& a) {
 
 QmvParams qmv_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   QmvParams p{};
-  p.x = a.x.raw_data();
-  p.w = a.w.data<uint32_t>();
-  p.scales = a.scales.raw_data();
-  p.biases = a.biases.is_null() ? nullptr : a.biases.raw_data();
-  p.lhs = a.lhs.data<int64_t>();
-  p.rhs = a.rhs.data<int64_t>();
-  p.out = a.out.raw_data();
-  p.M = static_cast<int>(d.M);
-  p.N = static_cast<int>(d.N);
-  p.K = static_cast<int>(d.K);
+  copy_common_params(p, qmm_kernel_params(d, a, scope));
   p.gshift = d.format.group_size >= 32 ? __builtin_ctz(static_cast<unsigned>(d.format.group_size / 32)) : 0;
-  p.x_batch = d.x_batch;
-  p.w_batch = d.w_batch;
-  p.L = d.batch;
-  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
   return p;
 }
 

@@ -692,21 +692,8 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
       !aligned(a.biases.raw_data(), 4))
     return false;
   Qmv1Params p{};
-  p.x = a.x.raw_data();
-  p.w = a.w.data<uint32_t>();
-  p.scales = a.scales.raw_data();
-  p.biases = a.biases.raw_data();
-  const bool no_indices = d.batch == 1 && !std::strcmp(d.op, "quantized_matmul");
-  p.lhs = no_indices ? nullptr : a.lhs.data<int64_t>();
-  p.rhs = no_indices ? nullptr : a.rhs.data<int64_t>();
-  p.out = a.out.raw_data();
-  p.N = static_cast<int>(d.N);
-  p.K = static_cast<int>(d.K);
-  p.M = static_cast<int>(d.M);
-  p.x_batch = d.x_batch;
-  p.w_batch = d.w_batch;
-  p.L = d.batch;
-  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
+  copy_common_params(p, qmm_kernel_params(d, a, scope));
+  if (d.batch == 1 && !std::strcmp(d.op, "quantized_matmul")) p.lhs = p.rhs = nullptr;  // no indices to read
   // Split K over as many warps as leave each at least one super-chunk (8 / MR groups).
   const int mr = rows_built(d.M);
   const int64_t supers = ceil_div(d.K / 128, (8 / mr) * d.format.group_size / 128);

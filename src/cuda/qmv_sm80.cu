@@ -65,22 +65,10 @@ constexpr int kSlotWords = 16 * kPitch;  // one k-tile: 16 rows x 128 codes
 /// partial sums reuse them after the k loop).
 constexpr size_t smem_bytes(int warps) { return size_t{1} * warps * kDepth * kSlotWords * 4; }
 
-struct QmvMmaParams {
-  const void* x;
-  const uint32_t* w;
-  const void* scales;
-  const void* biases;
-  const int64_t* lhs;
-  const int64_t* rhs;
-  void* out;
-  int M, N, K;
-  int64_t x_batch, w_batch, L;
-  IndexGuard guard;
-  // Grouped gather (plan.items != nullptr): block z runs item z of the plan
-  // (one expert, up to 8 * MT rows gathered from any entries) instead of
-  // batch entry z; M is then the plan's rows per item.
-  GatherPlanView plan;
-};
+// Grouped gather (plan.items != nullptr): block z runs item z of the plan
+// (one expert, up to 8 * MT rows gathered from any entries) instead of batch
+// entry z; M is then the plan's rows per item.
+using QmvMmaParams = QmmKernelParams;
 
 /// The low 16 bits of b as a T (float16 / bfloat16) value.
 template <typename T>
@@ -452,29 +440,11 @@ bool qmv_mma_aligned(const detail::QmmArgs& a) {
   return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), 16) && aligned(a.scales.raw_data(), 8) &&
          aligned(a.biases.raw_data(), 8);
 }
-QmvMmaParams qmv_mma_params(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  QmvMmaParams p{};
-  p.x = a.x.raw_data();
-  p.w = a.w.data<uint32_t>();
-  p.scales = a.scales.raw_data();
-  p.biases = a.biases.raw_data();
-  p.lhs = a.lhs.data<int64_t>();
-  p.rhs = a.rhs.data<int64_t>();
-  p.out = a.out.raw_data();
-  p.M = static_cast<int>(d.M);
-  p.N = static_cast<int>(d.N);
-  p.K = static_cast<int>(d.K);
-  p.x_batch = d.x_batch;
-  p.w_batch = d.w_batch;
-  p.L = d.batch;
-  p.guard = index_guard(scope.device(), d.op, d.indices_checked);
-  return p;
-}
 }  // namespace
 
 bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   if (!qmv_mma_aligned(a)) return false;
-  const QmvMmaParams p = qmv_mma_params(d, a, scope);
+  const QmvMmaParams p = qmm_kernel_params(d, a, scope);
   const Tiling t = tiling(Tiling::narrow_1x4);
   if (d.dtype == Dtype::float16) launch_mt<__half>(d, p, t, scope);
   else launch_mt<__nv_bfloat16>(d, p, t, scope);
@@ -492,7 +462,7 @@ bool gather_grouped_supports(const detail::QmmDesc& d) {
 
 bool gather_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   if (!qmv_mma_aligned(a)) return false;
-  QmvMmaParams p = qmv_mma_params(d, a, scope);
+  QmvMmaParams p = qmm_kernel_params(d, a, scope);
   // Rows per item from the average rows per distinct expert (at most min(E, L) experts).
   const int64_t experts = d.w_batch < d.batch ? d.w_batch : d.batch;
   const int64_t avg = (d.batch * d.M + experts - 1) / experts;
