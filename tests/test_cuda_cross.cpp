@@ -656,6 +656,19 @@ TEST(CudaCross, ManyRowQmmEveryTile) {
       Array yg = quantized_matmul(gpu(x), gpu(w), gpu(s), gpu(b), true, 64, 4, "affine");
       EXPECT_TRUE(bit_equal(yg, yc)) << "batched";
     }
+    // Packed weights viewed at a 4-byte and an 8-byte offset (not 16-byte
+    // aligned: the call goes to a kernel without 16-byte code copies).
+    for (int64_t off : {1, 2}) {
+      const int64_t M = 40, N = 24, K = 256, words = K / 8;
+      QW q = exact_quantized({"affine", 4, 64}, N, K, Dtype::bfloat16, seed++);
+      Array flat = Array::zeros({N * words + off}, Dtype::uint32);
+      std::memcpy(flat.data<uint32_t>() + off, q.w.data<uint32_t>(), static_cast<size_t>(N * words) * 4);
+      Array wv = gpu(flat).slice(0, off, N * words + off).reshape({N, words});
+      Array x = small_ints({M, K}, Dtype::bfloat16, seed++);
+      Array yc = quantized_matmul(x, q.w, q.scales, q.biases, true, 64, 4, "affine");
+      Array yg = quantized_matmul(gpu(x), wv, gpu(q.scales), opt_gpu(q.biases), true, 64, 4, "affine");
+      EXPECT_TRUE(bit_equal(yg, yc)) << "weights at a " << 4 * off << "-byte offset";
+    }
     // Non-finite x.
     {
       const float inf = std::numeric_limits<float>::infinity();

@@ -430,7 +430,7 @@ bool w4_format_ok(const detail::QmmDesc& d) {
 }
 
 bool w4_aligned(const detail::QmmArgs& a) {
-  return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), 8) && aligned(a.scales.raw_data(), 2) &&
+  return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), 16) && aligned(a.scales.raw_data(), 2) &&
          aligned(a.biases.raw_data(), 2);
 }
 
