@@ -13,6 +13,16 @@ inline constexpr int kQmvMaxM = 8;
 /// Largest M the tensor-core GEMV (4-bit affine) takes.
 inline constexpr int kQmvMmaMaxM = 32;
 
+/// The rule the 4-bit affine tensor-core kernels share (qmv1_mma, qmv_sm80,
+/// qmm_w4): transpose, 4-bit affine, float16/bfloat16 activations,
+/// K a positive multiple of 128, N and K below 2^31, an sm_80+ device.
+inline bool affine4_tensor_core_ok(const detail::QmmDesc& d) {
+  if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
+  if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
+  if (d.K % 128 != 0 || d.K == 0 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
+  return device_info(current_device()).cc_major >= 8;
+}
+
 /// What the tensor-core quantized-matmul kernels read (qmv_sm80, qmm_w4,
 /// qmm_sm80): the arrays, the shape, the batch entries (or, grouped, a gather
 /// plan whose item l is work unit l) and the index guard.

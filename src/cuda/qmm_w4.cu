@@ -422,11 +422,8 @@ void launch_gs(int gs, const QmmKernelParams& p, W4Tile tile, int64_t units, con
 }
 
 bool w4_format_ok(const detail::QmmDesc& d) {
-  if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
-  if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
-  if (d.K % 128 != 0 || d.K == 0 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
   const int gs = d.format.group_size;
-  return gs == 32 || gs == 64 || gs == 128;
+  return (gs == 32 || gs == 64 || gs == 128) && affine4_tensor_core_ok(d);
 }
 
 bool w4_aligned(const detail::QmmArgs& a) {
@@ -438,9 +435,8 @@ bool w4_aligned(const detail::QmmArgs& a) {
 }  // namespace
 
 bool qmm_w4_supports(const detail::QmmDesc& d) {
-  if (!w4_format_ok(d) || d.M <= kQmvMmaMaxM) return false;
-  if (d.M >= (int64_t{1} << 31) / 2 || ceil_div(d.M, 64) > 65535) return false;
-  return device_info(current_device()).cc_major >= 8;
+  if (d.M <= kQmvMmaMaxM || d.M >= (int64_t{1} << 31) / 2 || ceil_div(d.M, 64) > 65535) return false;
+  return w4_format_ok(d);
 }
 
 bool qmm_w4_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
@@ -454,10 +450,9 @@ bool qmm_w4_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& sco
 }
 
 bool qmm_w4_grouped_supports(const detail::QmmDesc& d) {
-  if (!w4_format_ok(d)) return false;
   // From 64 rows per expert on average (items of 64 rows, or 128 when forced).
   if (!gather_grouping_pays(d, int64_t{1} << 31) || d.batch * d.M < 64 * std::min(d.w_batch, d.batch)) return false;
-  return device_info(current_device()).cc_major >= 8;
+  return w4_format_ok(d);
 }
 
 bool qmm_w4_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {

@@ -680,11 +680,7 @@ int narrow_split(const detail::QmmDesc& d, int ks_log2, int sm_count) {
 }  // namespace
 
 bool qmv1_mma_supports(const detail::QmmDesc& d) {
-  if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
-  if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
-  if (d.M < 1 || d.M > max_rows(d.format.group_size) || d.K % 128 != 0 || d.K == 0) return false;
-  if (d.N >= (int64_t{1} << 31) || d.K > kMaxK) return false;
-  return device_info(current_device()).cc_major >= 8;
+  return d.M >= 1 && d.M <= max_rows(d.format.group_size) && d.K <= kMaxK && affine4_tensor_core_ok(d);
 }
 
 bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {

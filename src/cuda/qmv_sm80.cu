@@ -426,13 +426,9 @@ void launch_mt(const detail::QmmDesc& d, const QmvMmaParams& p, Tiling t, const 
 }  // namespace
 
 bool qmv_mma_supports(const detail::QmmDesc& d) {
-  if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
-  if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
   // M = 1 runs faster on the SIMT GEMV (qmv.cu) in the bench on an H100
   // (31 vs 37 us at 8192 x 8192); from M = 2 on this kernel's time stays flat.
-  if (d.M < 2 || d.M > kQmvMmaMaxM || d.K % 128 != 0 || d.K == 0) return false;
-  if (d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
-  return device_info(current_device()).cc_major >= 8;
+  return d.M >= 2 && d.M <= kQmvMmaMaxM && affine4_tensor_core_ok(d);
 }
 
 namespace {
@@ -453,11 +449,7 @@ bool qmv_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& sc
 }
 
 bool gather_grouped_supports(const detail::QmmDesc& d) {
-  if (!d.transpose || d.format.mode != fmt::Mode::affine || d.format.bits != 4) return false;
-  if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
-  if (d.K % 128 != 0 || d.K == 0 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
-  if (!gather_grouping_pays(d, kQmvMmaMaxM)) return false;  // at most 32 rows per entry
-  return device_info(current_device()).cc_major >= 8;
+  return gather_grouping_pays(d, kQmvMmaMaxM) && affine4_tensor_core_ok(d);  // at most 32 rows per entry
 }
 
 bool gather_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
