@@ -25,6 +25,10 @@
 #include "formats/format.h"
 #include "test_util.h"
 
+#ifdef MMKIT_WITH_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace mmkit::test {
 namespace {
 
@@ -621,93 +625,143 @@ TEST(CudaCross, FewRowGemvEveryTiling) {
   }
 }
 
+/// The many-row 4-bit kernels' cases (cuda_qmm_w4_mma, and the grouped
+/// gather from 64 rows per expert) under whatever tile the environment forces:
+/// M and N around the 64 / 128 / 256-row tiles, K of 1 - 9 k-tiles of 128,
+/// every group size, both half types, batch entries sharing weights, codes at
+/// 4 / 8-byte offsets, Inf / NaN in x, and grouped gathers with unsorted
+/// device indices; bit-exact with the CPU on exactly representable data (the
+/// non-finite case: the reference's NaN / Inf pattern).
+void check_many_row_qmm(uint64_t& seed) {
+  auto& reg = detail::registries();
+  for (int gs : {32, 64, 128})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+      for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{33, 16, 128}, {64, 130, 384}, {100, 64, 1152},
+                             {129, 200, 256}, {300, 72, 512}}) {
+        ASSERT_EQ(reg.qmm.select(gather_desc({"affine", 4, gs}, dt, M, N, K, 1, 1, 1), Device::Type::gpu).name,
+                  "cuda_qmm_w4_mma");
+        check_exact_qmm({{"affine", 4, gs}, dt, true, M, N, K}, seed++);
+      }
+  // Batch entries: x (3, 70, K) against w (2, 1, N, K) broadcast to (2, 3, ...).
+  {
+    const int64_t M = 70, N = 96, K = 256;
+    QW q = exact_quantized({"affine", 4, 64}, 2 * N, K, Dtype::bfloat16, seed++);
+    Array w = q.w.reshape({2, 1, N, q.w.shape(-1)}), s = q.scales.reshape({2, 1, N, K / 64});
+    Array b = q.biases->reshape({2, 1, N, K / 64});
+    Array x = small_ints({3, M, K}, Dtype::bfloat16, seed++);
+    Array yc = quantized_matmul(x, w, s, b, true, 64, 4, "affine");
+    Array yg = quantized_matmul(gpu(x), gpu(w), gpu(s), gpu(b), true, 64, 4, "affine");
+    EXPECT_TRUE(bit_equal(yg, yc)) << "batched";
+  }
+  // Packed weights viewed at a 4-byte and an 8-byte offset (not 16-byte
+  // aligned: the call goes to a kernel without 16-byte code copies).
+  for (int64_t off : {1, 2}) {
+    const int64_t M = 40, N = 24, K = 256, words = K / 8;
+    QW q = exact_quantized({"affine", 4, 64}, N, K, Dtype::bfloat16, seed++);
+    Array flat = Array::zeros({N * words + off}, Dtype::uint32);
+    std::memcpy(flat.data<uint32_t>() + off, q.w.data<uint32_t>(), static_cast<size_t>(N * words) * 4);
+    Array wv = gpu(flat).slice(0, off, N * words + off).reshape({N, words});
+    Array x = small_ints({M, K}, Dtype::bfloat16, seed++);
+    Array yc = quantized_matmul(x, q.w, q.scales, q.biases, true, 64, 4, "affine");
+    Array yg = quantized_matmul(gpu(x), wv, gpu(q.scales), opt_gpu(q.biases), true, 64, 4, "affine");
+    EXPECT_TRUE(bit_equal(yg, yc)) << "weights at a " << 4 * off << "-byte offset";
+  }
+  // Non-finite x.
+  {
+    const float inf = std::numeric_limits<float>::infinity();
+    const int64_t M = 90, N = 40, K = 384;
+    QW q = exact_quantized({"affine", 4, 128}, N, K, Dtype::float16, seed++);
+    Array xf = small_ints({M, K}, Dtype::float32, seed++);
+    xf.data<float>()[5 * K + 3] = inf;
+    xf.data<float>()[77 * K + 300] = -inf;
+    xf.data<float>()[40 * K + 129] = std::numeric_limits<float>::quiet_NaN();
+    Array x = xf.astype(Dtype::float16);
+    ref::Tensor r = ref::quantized_matmul(x, q.w, q.scales, q.biases, true, 128, 4, "affine");
+    Array y = quantized_matmul(gpu(x), gpu(q.w), gpu(q.scales), opt_gpu(q.biases), true, 128, 4, "affine");
+    EXPECT_TRUE(all_close(y, r, rtol_for(Dtype::float16), 0.0)) << "non-finite x";
+  }
+  // Grouped gathers: 3 experts (one without rows) at >= 64 rows per expert.
+  for (int gs : {32, 64, 128})
+    for (auto [L, M] : {std::tuple<int64_t, int64_t>{200, 1}, {9, 40}, {4, 150}}) {
+      SCOPED_TRACE("grouped g" + std::to_string(gs) + " L=" + std::to_string(L) + " M=" + std::to_string(M));
+      const int64_t E = 3, N = 136, K = 256, Bx = 4;
+      const Dtype dt = gs == 64 ? Dtype::float16 : Dtype::bfloat16;
+      QW q = exact_quantized({"affine", 4, gs}, E * N, K, dt, seed++);
+      Array w = q.w.reshape({E, N, q.w.shape(-1)});
+      Array s = q.scales.reshape({E, N, K / gs});
+      Array b = q.biases->reshape({E, N, K / gs});
+      Array x = small_ints({Bx, M, K}, dt, seed++);
+      std::mt19937_64 g(seed++);
+      std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
+      for (int64_t l = 0; l < L; ++l) {
+        li[l] = static_cast<int64_t>(g() % Bx);
+        ri[l] = g() % 2 ? 2 : 0;  // expert 1 gets no rows
+      }
+      Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
+      ASSERT_EQ(reg.qmm.select(gather_desc({"affine", 4, gs}, dt, M, N, K, L, Bx, E), Device::Type::gpu).name,
+                "cuda_gather_grouped");  // (from 64 rows per expert: L * M / 3 >= 66 here)
+      Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, gs, 4, "affine");
+      Array yd = gather_qmm(gpu(x), gpu(w), gpu(s), gpu(b), gpu(lhs), gpu(rhs), true, gs, 4, "affine");
+      EXPECT_TRUE(bit_equal(yd, yc));
+    }
+}
+
+#ifdef MMKIT_WITH_CUDA
+/// Whether the current device is sm_90 (where cuda_qmm_w4_mma runs the
+/// warpgroup-MMA kernel, qmm_wg.cu).
+bool device_is_sm90() {
+  int dev = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev);
+  cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev);
+  return major == 9 && minor == 0;
+}
+#else
+bool device_is_sm90() { return false; }
+#endif
+
 TEST(CudaCross, ManyRowQmmEveryTile) {
   MMKIT_REQUIRE_GPU();
-  // The many-row 4-bit kernel (cuda_qmm_w4_mma, and the grouped gather's
-  // items from 64 rows per expert) under each of its block tiles, forced with
-  // MMKIT_QMM_W4_TILE (defaults: the largest of large / mid / small that
-  // makes about one wave of blocks; large2 for grouped items): M and N
-  // around the 64 / 128-row tiles, K of 1 - 9 k-tiles, every
-  // group size, both half types, batch entries sharing weights, Inf / NaN in
-  // x, and grouped gathers with unsorted device indices; bit-exact with the
-  // CPU on exactly representable data (the non-finite case: the reference's
-  // NaN / Inf pattern).
-  auto& reg = detail::registries();
+  // The mma.sync kernel (qmm_w4.cu; on sm_90 only with MMKIT_QMM_WG=0) under
+  // each of its block tiles, forced with MMKIT_QMM_W4_TILE (defaults: the
+  // largest of large / mid / small that makes about one wave of blocks;
+  // large2 for grouped items).
+  const ScopedEnv off("MMKIT_QMM_WG", "0");
   uint64_t seed = 9970;
   for (const char* t : {"large", "large2", "mid", "small"}) {
     SCOPED_TRACE(std::string("tile ") + t);
     const ScopedEnv env("MMKIT_QMM_W4_TILE", t);
-    for (int gs : {32, 64, 128})
-      for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
-        for (auto [M, N, K] : {std::tuple<int64_t, int64_t, int64_t>{33, 16, 128}, {64, 130, 384}, {100, 64, 1152},
-                               {129, 200, 256}, {300, 72, 512}}) {
-          ASSERT_EQ(reg.qmm.select(gather_desc({"affine", 4, gs}, dt, M, N, K, 1, 1, 1), Device::Type::gpu).name,
-                    "cuda_qmm_w4_mma");
-          check_exact_qmm({{"affine", 4, gs}, dt, true, M, N, K}, seed++);
-        }
-    // Batch entries: x (3, 70, K) against w (2, 1, N, K) broadcast to (2, 3, ...).
-    {
-      const int64_t M = 70, N = 96, K = 256;
-      QW q = exact_quantized({"affine", 4, 64}, 2 * N, K, Dtype::bfloat16, seed++);
-      Array w = q.w.reshape({2, 1, N, q.w.shape(-1)}), s = q.scales.reshape({2, 1, N, K / 64});
-      Array b = q.biases->reshape({2, 1, N, K / 64});
-      Array x = small_ints({3, M, K}, Dtype::bfloat16, seed++);
-      Array yc = quantized_matmul(x, w, s, b, true, 64, 4, "affine");
-      Array yg = quantized_matmul(gpu(x), gpu(w), gpu(s), gpu(b), true, 64, 4, "affine");
-      EXPECT_TRUE(bit_equal(yg, yc)) << "batched";
-    }
-    // Packed weights viewed at a 4-byte and an 8-byte offset (not 16-byte
-    // aligned: the call goes to a kernel without 16-byte code copies).
-    for (int64_t off : {1, 2}) {
-      const int64_t M = 40, N = 24, K = 256, words = K / 8;
-      QW q = exact_quantized({"affine", 4, 64}, N, K, Dtype::bfloat16, seed++);
-      Array flat = Array::zeros({N * words + off}, Dtype::uint32);
-      std::memcpy(flat.data<uint32_t>() + off, q.w.data<uint32_t>(), static_cast<size_t>(N * words) * 4);
-      Array wv = gpu(flat).slice(0, off, N * words + off).reshape({N, words});
-      Array x = small_ints({M, K}, Dtype::bfloat16, seed++);
-      Array yc = quantized_matmul(x, q.w, q.scales, q.biases, true, 64, 4, "affine");
-      Array yg = quantized_matmul(gpu(x), wv, gpu(q.scales), opt_gpu(q.biases), true, 64, 4, "affine");
-      EXPECT_TRUE(bit_equal(yg, yc)) << "weights at a " << 4 * off << "-byte offset";
-    }
-    // Non-finite x.
-    {
-      const float inf = std::numeric_limits<float>::infinity();
-      const int64_t M = 90, N = 40, K = 384;
-      QW q = exact_quantized({"affine", 4, 128}, N, K, Dtype::float16, seed++);
-      Array xf = small_ints({M, K}, Dtype::float32, seed++);
-      xf.data<float>()[5 * K + 3] = inf;
-      xf.data<float>()[77 * K + 300] = -inf;
-      xf.data<float>()[40 * K + 129] = std::numeric_limits<float>::quiet_NaN();
-      Array x = xf.astype(Dtype::float16);
-      ref::Tensor r = ref::quantized_matmul(x, q.w, q.scales, q.biases, true, 128, 4, "affine");
-      Array y = quantized_matmul(gpu(x), gpu(q.w), gpu(q.scales), opt_gpu(q.biases), true, 128, 4, "affine");
-      EXPECT_TRUE(all_close(y, r, rtol_for(Dtype::float16), 0.0)) << "non-finite x";
-    }
-    // Grouped gathers: 3 experts (one without rows) at >= 64 rows per expert.
-    for (int gs : {32, 64, 128})
-      for (auto [L, M] : {std::tuple<int64_t, int64_t>{200, 1}, {9, 40}, {4, 150}}) {
-        SCOPED_TRACE("grouped g" + std::to_string(gs) + " L=" + std::to_string(L) + " M=" + std::to_string(M));
-        const int64_t E = 3, N = 136, K = 256, Bx = 4;
-        const Dtype dt = gs == 64 ? Dtype::float16 : Dtype::bfloat16;
-        QW q = exact_quantized({"affine", 4, gs}, E * N, K, dt, seed++);
-        Array w = q.w.reshape({E, N, q.w.shape(-1)});
-        Array s = q.scales.reshape({E, N, K / gs});
-        Array b = q.biases->reshape({E, N, K / gs});
-        Array x = small_ints({Bx, M, K}, dt, seed++);
-        std::mt19937_64 g(seed++);
-        std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
-        for (int64_t l = 0; l < L; ++l) {
-          li[l] = static_cast<int64_t>(g() % Bx);
-          ri[l] = g() % 2 ? 2 : 0;  // expert 1 gets no rows
-        }
-        Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
-        ASSERT_EQ(reg.qmm.select(gather_desc({"affine", 4, gs}, dt, M, N, K, L, Bx, E), Device::Type::gpu).name,
-                  "cuda_gather_grouped");  // (from 64 rows per expert: L * M / 3 >= 66 here)
-        Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, gs, 4, "affine");
-        Array yd = gather_qmm(gpu(x), gpu(w), gpu(s), gpu(b), gpu(lhs), gpu(rhs), true, gs, 4, "affine");
-        EXPECT_TRUE(bit_equal(yd, yc));
-      }
+    check_many_row_qmm(seed);
   }
+}
+
+TEST(CudaCross, ManyRowQmmWarpgroupEveryTile) {
+  MMKIT_REQUIRE_GPU();
+  if (!device_is_sm90()) GTEST_SKIP() << "the warpgroup-MMA kernel (qmm_wg.cu) runs on sm_90 devices only";
+  // The warpgroup-MMA kernel under each of its tiles, forced with
+  // MMKIT_QMM_WG_TILE (dense: wide 256 x 128, big 128 x 256, mid 128 x 128,
+  // small 64 x 128, tiny 64 x 64; grouped items: tiny, or g128 128 x 64).
+  uint64_t seed = 19970;
+  for (const char* t : {"wide", "big", "mid", "small", "tiny", "g128"}) {
+    SCOPED_TRACE(std::string("tile ") + t);
+    const ScopedEnv env("MMKIT_QMM_WG_TILE", t);
+    check_many_row_qmm(seed);
+  }
+  // Data that is not exactly representable: the weights are dequantized to T
+  // (one rounding, like MLX's GPU kernels), the sums kept in float32; against
+  // the float64 reference.
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+    for (int gs : {32, 64, 128}) {
+      SCOPED_TRACE("random data, g" + std::to_string(gs));
+      const int64_t M = 300, N = 264, K = 1024;
+      const std::vector<Array> q = quantize(randn({N, K}, dt, seed++), gs, 4, "affine");
+      Array x = randn({M, K}, dt, seed++);
+      ref::Tensor r = ref::quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine");
+      Array y = quantized_matmul(gpu(x), gpu(q[0]), gpu(q[1]), gpu(q[2]), true, gs, 4, "affine");
+      // (Absolute tolerance: the weights' rounding over K terms of unit size,
+      // about 7 standard deviations.)
+      EXPECT_TRUE(all_close(y, r, rtol_for(dt), rtol_for(dt) * std::sqrt(static_cast<double>(K))));
+    }
 }
 
 TEST(CudaCross, GatherQmmGroupedGenericTile) {

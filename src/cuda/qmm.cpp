@@ -8,7 +8,9 @@
 //   cuda_qmv1_mma     M <= group size / 16 (8 at 128), 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
-//   cuda_qmm_w4_mma   M > 32, 4-bit affine, float16/bfloat16, K % 128 == 0, group size 32/64/128 (qmm_w4.cu)
+//   cuda_qmm_w4_mma   M > 32, 4-bit affine, float16/bfloat16, K % 128 == 0, group size 32/64/128: on an
+//                     sm_90 device the warpgroup-MMA kernel (qmm_wg.cu; MMKIT_QMM_WG=0 turns it off),
+//                     else mma.sync (qmm_w4.cu); the grouped gather tries them first in the same order
 //   cuda_qmm_sm80_mma M > 8 (> 32 for 4-bit affine), float16/bfloat16, transpose=true, K % 32 == 0 (qmm_sm80.cu)
 //   cuda_qmm_generic  everything else (qmm_generic.cu)
 // A fast path whose pointers are not aligned for its vector loads (views
@@ -34,6 +36,7 @@ void run_qmv_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
 }
 void run_w4(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
+  if (qmm_wg_enabled() && qmm_wg_supports(d) && qmm_wg_run(d, a, scope)) return;
   if (!qmm_w4_run(d, a, scope) && !qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
 }
 void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
@@ -50,6 +53,7 @@ bool grouped_supports(const QmmDesc& d) {
 }
 void run_grouped(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
+  if (qmm_wg_enabled() && qmm_wg_grouped_supports(d) && qmm_wg_grouped_run(d, a, scope)) return;
   if (qmm_w4_grouped_supports(d) && qmm_w4_grouped_run(d, a, scope)) return;
   if (gather_grouped_supports(d) && gather_grouped_run(d, a, scope)) return;
   if (qmv_grouped_supports(d) && qmv_grouped_run(d, a, scope)) return;

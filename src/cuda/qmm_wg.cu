@@ -1,0 +1,512 @@
+// qmm_wg: Hopper (sm_90a) quantized matmul on the warpgroup MMA for 4-bit
+// affine weights and many rows (prefill, and grouped MoE items of many rows
+// per expert),
+//   out[l] (M, N) = x[lhs[l]] (M, K) @ dequantize(w[rhs[l]]) (N, K)^T,
+// M > 32, float16 / bfloat16 activations, transpose=true, K % 128 == 0,
+// group size 32 / 64 / 128.
+//
+// wgmma.mma_async m64nBTk16 with A from registers: the W rows are the MMA's
+// rows (each warp of a warpgroup 16 of them), the x rows its BT columns, read
+// by the tensor cores straight from shared memory (K-major, 128-byte swizzle).
+// Each thread dequantizes its A fragment like MLX's GPU kernels do, in T:
+// the two codes of byte c of a word become a T pair with a PRMT and a LOP3
+// (magic exponent), an exact FMA pair takes the magic offset out, and
+// w = fma(q, s, b) rounds once to T (SPEC 2.4: "Metal/CUDA kernels compute
+// scale*code + bias in T"); products accumulate in float32 across all of K
+// (SPEC decision 5), with no per-group fold.
+// The weights' natural k order matches the MMA's: lane (g, c) holds k
+// 2c, 2c+1 (byte c of the k16 step's first word) and 2c+8, 2c+9 (byte c of
+// its second word) of rows g and g + 8.
+//
+// Block: NWG warpgroups, 64 * NWG W rows x BT x rows. Per k-tile of 64 codes
+// an S-stage cp.async ring holds the x rows (BT x 128 bytes, swizzled), the
+// codes (8 words per W row, row pitch 12 words: the lanes' 16-byte reads of 8
+// rows hit distinct bank quads) and the groups' (s, b) pairs; tiles run S - 2
+// ahead, the MMAs of tile t overlap the dequantization of tile t + 1 (two
+// register sets of A fragments, wgmma.wait_group 1 before a set is
+// rewritten). One barrier per k-tile.
+// Tests: tests/test_cuda_cross.cpp (CudaCross.ManyRowQmmEveryTile and the
+// Qmm / GatherQmm cases), conformance with MMKIT_TEST_DEVICE=gpu; measured in
+// docs/kernels/cuda.md.
+#include <cuda.h>
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <string>
+#include <type_traits>
+
+#include "cuda/device/common.cuh"
+#include "cuda/device/mma.cuh"
+#include "cuda/device/tma.cuh"
+#include "cuda/device/wgmma.cuh"
+#include "cuda/gather_plan.h"
+#include "cuda/qmm_kernels.h"
+
+namespace mmkit::cuda {
+namespace {
+
+template <int GS, int NWG, int R, int BT, int S, bool TMA>
+struct WgCfg {
+  static constexpr int kThreads = 128 * NWG;
+  static constexpr int BW = 64 * R * NWG;  // W rows per block (R m64 tiles per warpgroup)
+  static constexpr int BK = 64;  // codes per k-tile
+  static constexpr int GPS = GS >= BK ? 1 : BK / GS;  // groups a k-tile touches
+  // Words per code row in a stage: 8 dense from the tensor copies, else 12
+  // (the lanes' 16-byte reads of 8 rows hit distinct bank quads).
+  static constexpr int WPITCH = TMA ? 8 : 12;
+  static constexpr int kXBytes = BT * 128;
+  static constexpr int kWBytes = BW * WPITCH * 4;
+  static constexpr int kSBytes = BW * GPS * 4;
+  static constexpr int kStage = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
+  static constexpr int OP = BW + 8;  // out staging pitch (T elements)
+  static constexpr int kEpi = BT * OP * 2;
+  static constexpr int kMain = S * kStage > kEpi ? S * kStage : kEpi;
+  static constexpr int kSmem = 1024 + kMain + 2 * BT * 8 + S * 8;  // + alignment slack, the rows' offsets, barriers
+  static constexpr uint32_t kStageTx = kXBytes + BW * 32;  // bytes the tensor copies bring per stage
+  static constexpr int P = S - 2;  // k-tiles loaded ahead
+  static constexpr int SPT = (BW * GPS + kThreads - 1) / kThreads;  // (s, b) entries per thread
+  static_assert(S >= 4 && kSmem <= 227 * 1024, "shared memory");
+  static_assert(kStageTx > 0 && P > 0 && SPT > 0, "(each referenced in every compilation pass)");
+};
+
+/// The T pair (w(k), w(k + 1)) of the two codes in byte `c` of code word `w`,
+/// w = fma(q, s, b) in T; sel is the lane's byte-select (see wg_sel).
+template <typename T>
+__device__ __forceinline__ uint32_t wg_deq(uint32_t w, uint32_t sel, uint32_t s2, uint32_t b2) {
+  if constexpr (std::is_same_v<T, __half>) {
+    // Byte c into halves 0 and 1; low nibble -> 1024 + lo, high -> 1024 + 16 hi.
+    const uint32_t u = (__byte_perm(w, 0u, sel) & 0x00F0000Fu) | 0x64006400u;
+    const __half2 q = __hfma2(*reinterpret_cast<const __half2*>(&u), __halves2half2(__float2half(1.0f), __float2half(0.0625f)),
+                              __halves2half2(__float2half(-1024.0f), __float2half(-64.0f)));
+    const __half2 r = __hfma2(q, *reinterpret_cast<const __half2*>(&s2), *reinterpret_cast<const __half2*>(&b2));
+    return *reinterpret_cast<const uint32_t*>(&r);
+  } else {
+    // Low nibble of byte c of w, and of byte c of w >> 4: 128 + lo, 128 + hi.
+    const uint32_t u = (__byte_perm(w, w >> 4, sel) & 0x000F000Fu) | 0x43004300u;
+    const __nv_bfloat162 q = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&u),
+                                     __floats2bfloat162_rn(128.0f, 128.0f));
+    const __nv_bfloat162 r = __hfma2(q, *reinterpret_cast<const __nv_bfloat162*>(&s2),
+                                     *reinterpret_cast<const __nv_bfloat162*>(&b2));
+    return *reinterpret_cast<const uint32_t*>(&r);
+  }
+}
+
+/// The lane's PRMT selector for wg_deq (byte c of the word into both halves).
+template <typename T>
+__device__ __forceinline__ uint32_t wg_sel(int c) {
+  return std::is_same_v<T, __half> ? 0x4040u | c | (c << 8) : static_cast<uint32_t>(c | ((4 + c) << 8));
+}
+
+/// The tensor maps of a dense call: x as (K, M, x batch) with 64 x BT boxes
+/// in the 128-byte swizzle, the codes as (K / 8, N, w batch) words with
+/// 8 x BW boxes (unused when grouped: the rows are gathered).
+struct WgMaps {
+  CUtensorMap x, w;
+};
+
+template <typename T, int GS, int NWG, int R, int BT, int S, bool GROUPED>
+__global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p, const __grid_constant__ WgMaps maps) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr bool TMA = !GROUPED;
+  using C = WgCfg<GS, NWG, R, BT, S, TMA>;
+  constexpr int BW = C::BW, kThreads = C::kThreads, WPITCH = C::WPITCH, GPS = C::GPS, P = C::P;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const uint32_t raw_s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const uint32_t pad = (1024u - (raw_s & 1023u)) & 1023u;  // the swizzled tiles need 1024-byte alignment
+  unsigned char* smem = smem_raw + pad;
+  const uint32_t smem_s = raw_s + pad;
+  int64_t* a_off = reinterpret_cast<int64_t*>(smem + C::kMain);  // x element offset of each tile row
+  int64_t* o_off = a_off + BT;  // out element offset of each tile row
+  const uint32_t bar_s = smem_s + C::kMain + 2 * BT * 8;  // the stages' barriers (tensor copies)
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  // The warp's first W row in the block in m64 tile r: warpgroup w holds rows
+  // [64 R w, 64 R (w + 1)), warp q of it rows 16 q .. 16 q + 15 of each m64 tile.
+  const int wrow0 = (warp >> 2) * 64 * R + (warp & 3) * 16;
+  const int M = p.M, N = p.N, K = p.K;
+  const int n0 = static_cast<int>(blockIdx.x) * BW;
+  const int m0 = GROUPED ? 0 : static_cast<int>(blockIdx.y) * BT;
+  const int tiles = K / C::BK, G = K / GS, words_per_row = K / 8;
+  const T* X = static_cast<const T*>(p.x);
+  const uint16_t* Sc = static_cast<const uint16_t*>(p.scales);
+  const uint16_t* Bi = static_cast<const uint16_t*>(p.biases);
+  T* O = static_cast<T*>(p.out);
+  const uint32_t sel = wg_sel<T>(c);
+  if constexpr (TMA) {
+    if (tid == 0) {
+      for (int i = 0; i < S; ++i) tma::mbar_init(bar_s + 8 * i, 1);
+      tma::mbar_init_fence();
+    }
+  }
+  int64_t gbase = 0;  // k-tiles run by the block before this unit (the ring's stage and phase)
+
+  const int64_t n_work = GROUPED ? *p.plan.n_items : p.L;
+  for (int64_t l = blockIdx.z; l < n_work; l += gridDim.z) {
+    const GatherUnit u =
+        gather_unit_block<GROUPED>(p.plan, p.lhs, p.rhs, l, K, N, p.x_batch, p.w_batch, p.guard, M - m0, a_off, o_off);
+    const int rows = static_cast<int>(u.rows < BT ? u.rows : BT);
+    const int64_t wi = u.w;
+    if constexpr (!GROUPED) {
+      tma::proxy_fence();  // the previous unit's epilogue wrote the ring: before the copies refill it
+      __syncthreads();  // the previous unit's epilogue read the offsets
+      for (int r = tid; r < BT; r += kThreads) {
+        a_off[r] = (u.x * M + m0 + r) * static_cast<int64_t>(K);
+        o_off[r] = (l * M + m0 + r) * static_cast<int64_t>(N);
+      }
+      __syncthreads();
+    }
+    // (Not zeroed: the first MMA of the unit starts the sum; ptxas serializes
+    // the MMAs when other instructions write their accumulators.)
+    float acc[R][BT / 2];
+
+    if (u.ok) {  // uniform over the block
+      const uint32_t* wbase = p.w + (wi * N) * static_cast<int64_t>(words_per_row);
+      const int64_t sbase = wi * N * static_cast<int64_t>(G);
+      // The ring position of the unit's k-tile t: stage (gbase + t) % S, phase ((gbase + t) / S) % 2.
+      const int g0 = static_cast<int>(gbase % S), q0 = static_cast<int>((gbase / S) & 1);
+      auto stage_of = [&](int t) { return (g0 + t) % S; };
+      // One k-tile's x rows (swizzled) and codes into stage st.
+      auto issue = [&](int t, int st) {
+        const bool in = t < tiles;
+        if constexpr (TMA) {
+          // One thread: the tensor copies (rows past M and N come zero-filled).
+          const bool go = tid == 0 && in;
+          const uint32_t bar = bar_s + 8 * st, dst = smem_s + st * C::kStage;
+          tma::mbar_expect_tx(bar, C::kStageTx, go);
+          tma::load_3d(dst, &maps.x, t * 64, m0, static_cast<int>(u.x), bar, go);
+          tma::load_3d(dst + C::kXBytes, &maps.w, t * 8, n0, static_cast<int>(wi), bar, go);
+          return;
+        }
+        unsigned char* base = smem + st * C::kStage;
+        static_assert(BT * 8 % kThreads == 0 && BW * 2 % kThreads == 0, "whole copy rounds");
+        // (Straight-line copies: a loop between the MMAs' issue and their
+        // wait makes ptxas serialize them.)
+#pragma unroll
+        for (int i = 0; i < BT * 8 / kThreads; ++i) {
+          const int id = tid + i * kThreads;
+          const int r = id >> 3, ch = id & 7;
+          const bool v = in && r < rows;
+          cp_async16(base + r * 128 + ((ch ^ (r & 7)) << 4), v ? X + a_off[r] + t * 64 + ch * 8 : X, v);
+        }
+        uint32_t* ws = reinterpret_cast<uint32_t*>(base + C::kXBytes);
+#pragma unroll
+        for (int i = 0; i < BW * 2 / kThreads; ++i) {
+          const int id = tid + i * kThreads;
+          const int r = id >> 1, q = id & 1;
+          const bool v = in && n0 + r < N;
+          cp_async16(ws + r * WPITCH + 4 * q,
+                          v ? wbase + static_cast<int64_t>(n0 + r) * words_per_row + t * 8 + 4 * q : wbase, v);
+        }
+      };
+      // The (s, b) pairs of k-tile t: loaded into registers, stored into its stage later.
+      // The (s, b) pairs of k-tile t into registers (L1 keeps the rows' sectors
+      // across k-tiles), stored into its stage one step later so that the
+      // loads' latency hides behind a whole step.
+      auto load_scales = [&](int t, uint32_t (&sreg)[C::SPT]) {
+#pragma unroll
+        for (int i = 0; i < C::SPT; ++i) {
+          const int id = tid + i * kThreads;
+          const int r = id / GPS, j = id % GPS;
+          // Branch-free (clamped in-bounds loads, then a select): branches
+          // between the MMAs' issue and their wait make ptxas serialize them.
+          const bool ok = id < BW * GPS && t < tiles && n0 + r < N;
+          const int64_t si = sbase + static_cast<int64_t>(min(n0 + r, N - 1)) * G + (min(t, tiles - 1) * C::BK) / GS +
+                             (id < BW * GPS ? j : 0);
+          const uint32_t v = static_cast<uint32_t>(__ldg(Sc + si)) | (static_cast<uint32_t>(__ldg(Bi + si)) << 16);
+          sreg[i] = ok ? v : 0u;
+        }
+      };
+      auto store_scales = [&](int st, const uint32_t (&sreg)[C::SPT]) {
+        uint32_t* ss = reinterpret_cast<uint32_t*>(smem + st * C::kStage + C::kXBytes + C::kWBytes);
+#pragma unroll
+        for (int i = 0; i < C::SPT; ++i) {
+          const int id = tid + i * kThreads;
+          if (id < BW * GPS) ss[id] = sreg[i];
+        }
+      };
+      uint32_t af[4][R][4], sr0[C::SPT], sr1[C::SPT];
+#pragma unroll
+      for (int t = 0; t < P; ++t) {
+        issue(t, stage_of(t));
+        cp_async_commit();
+        load_scales(t, sr1);  // (sr1 ends with tile P - 1's pairs: step 0 stores them again)
+        store_scales(stage_of(t), sr1);
+      }
+      // k-tile t, one MMA group (R MMAs) per k16 step j, CUTLASS-style: wait
+      // until the group of step j of tile t - 1 is done (3 younger groups stay
+      // in flight), dequantize step j's A fragments into af[j], issue. At
+      // j = 0 the block also syncs (every warpgroup is done with tile t - 2),
+      // refills tile t - 2's stage with tile t + P and waits for tile t.
+      // (Grouped per step, ptxas keeps the MMAs asynchronous across the wait
+      // loop; one group per tile with two fragment sets it serializes them.)
+      auto step = [&](int t, uint32_t (&sr_next)[C::SPT], const uint32_t (&sr_prev)[C::SPT]) {
+        const int st = stage_of(t);
+        const unsigned char* base = smem + st * C::kStage;
+        const uint32_t* ws = reinterpret_cast<const uint32_t*>(base + C::kXBytes);
+        const uint32_t* ss = reinterpret_cast<const uint32_t*>(base + C::kXBytes + C::kWBytes);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          wg::wait<3>();
+          if (j == 0) {
+            if constexpr (!TMA) cp_async_wait<P - 1>();
+            __syncthreads();  // (copies) tile t landed for every thread; every warpgroup is done with tile t - 2
+            issue(t + P, stage_of(t + P));
+            cp_async_commit();
+            load_scales(t + P, sr_next);
+            if constexpr (TMA) tma::mbar_wait(bar_s + 8 * st, static_cast<uint32_t>((q0 + (g0 + t) / S) & 1));
+          }
+          const int jg = GS >= 64 ? 0 : j / 2;  // the k16 step's group in the tile
+#pragma unroll
+          for (int r = 0; r < R; ++r) {
+            const int ra = wrow0 + r * 64 + g, rb = ra + 8;  // the lane's two W rows
+            const uint2 wa = *reinterpret_cast<const uint2*>(ws + ra * WPITCH + 2 * j);
+            const uint2 wb = *reinterpret_cast<const uint2*>(ws + rb * WPITCH + 2 * j);
+            const uint32_t va = ss[ra * GPS + jg], vb = ss[rb * GPS + jg];
+            const uint32_t sa = __byte_perm(va, va, 0x1010), ba = __byte_perm(va, va, 0x3232);
+            const uint32_t sb = __byte_perm(vb, vb, 0x1010), bb = __byte_perm(vb, vb, 0x3232);
+            af[j][r][0] = wg_deq<T>(wa.x, sel, sa, ba);
+            af[j][r][1] = wg_deq<T>(wb.x, sel, sb, bb);
+            af[j][r][2] = wg_deq<T>(wa.y, sel, sa, ba);
+            af[j][r][3] = wg_deq<T>(wb.y, sel, sb, bb);
+          }
+          // Every input of the MMAs (fragments, descriptor) computed before
+          // the fence: ptxas serializes the MMAs otherwise.
+          uint64_t desc = wg::desc_k_sw128(smem_s + st * C::kStage + j * 32);
+          wg::fence_operand(desc);
+#pragma unroll
+          for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int k = 0; k < 4; ++k) wg::fence_operand(af[j][r][k]);
+          wg::fence();
+#pragma unroll
+          for (int r = 0; r < R; ++r) wg::mma_rs<BT, T>(acc[r], af[j][r], desc, t > 0 || j > 0);
+          wg::commit();
+        }
+        // Tile t - 1 + P's pairs (loaded last step) into their stage, which
+        // tile t - 3 used and tile t - 1 + P reads after at least one barrier
+        // (at t = 0 the prologue's, stored again: no branch here).
+        store_scales(stage_of(t - 1 + P), sr_prev);
+      };
+      for (int t = 0; t < tiles; t += 2) {  // (tiles is even: K % 128 == 0)
+        step(t, sr0, sr1);
+        step(t + 1, sr1, sr0);
+      }
+      wg::wait<0>();
+      gbase += tiles;
+#pragma unroll
+      for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int i = 0; i < BT / 2; ++i) wg::fence_operand(acc[r][i]);
+      cp_async_wait<0>();
+    }
+    // Stage the tile as T (rows = x rows, W rows contiguous), then 16-byte stores.
+    __syncthreads();  // every warpgroup is done with the ring
+    T* ot = reinterpret_cast<T*>(smem);
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int i = 0; i < BT / 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int m = 8 * i + 2 * c + (e & 1), n = wrow0 + r * 64 + g + (e >= 2 ? 8 : 0);
+          ot[m * C::OP + n] = from_f<T>(u.ok ? acc[r][4 * i + e] : 0.0f);  // (a bad index: zeros)
+        }
+    __syncthreads();
+    for (int id = tid; id < BT * (BW / 8); id += kThreads) {
+      const int m = id / (BW / 8), n = (id % (BW / 8)) * 8;
+      if (m >= rows || n0 + n >= N) continue;
+      T* dst = O + o_off[m] + n0 + n;
+      const T* src = ot + m * C::OP + n;
+      if (n0 + n + 8 <= N && (reinterpret_cast<uintptr_t>(dst) & 15u) == 0) {
+        *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+      } else {
+        for (int h = 0; h < 8 && n0 + n + h < N; ++h) dst[h] = src[h];
+      }
+    }
+  }
+#else
+  __trap();  // launched only on sm_90 devices (qmm_wg_supports)
+#endif
+}
+
+/// cuTensorMapEncodeTiled from the driver (through the runtime: no link to
+/// libcuda); null if the driver lacks it.
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* f = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &f, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      return static_cast<PFN_cuTensorMapEncodeTiled_v12000>(nullptr);
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(f);
+  }();
+  return fn;
+}
+
+/// The dense call's tensor maps (WgMaps); false if they cannot be made.
+template <typename T>
+bool make_maps(const QmmKernelParams& p, int BT, int BW, WgMaps& m) {
+  const PFN_cuTensorMapEncodeTiled_v12000 enc = tensor_map_encoder();
+  if (!enc) return false;
+  const auto K = static_cast<cuuint64_t>(p.K), M = static_cast<cuuint64_t>(p.M), N = static_cast<cuuint64_t>(p.N);
+  const cuuint32_t one[3] = {1, 1, 1};
+  const cuuint64_t xd[3] = {K, M, static_cast<cuuint64_t>(p.x_batch)}, xs[2] = {K * 2, M * K * 2};
+  const cuuint32_t xb[3] = {64, static_cast<cuuint32_t>(BT), 1};
+  const CUtensorMapDataType xt =
+      std::is_same_v<T, __half> ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16;
+  if (enc(&m.x, xt, 3, const_cast<void*>(p.x), xd, xs, xb, one, CU_TENSOR_MAP_INTERLEAVE_NONE,
+          CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
+    return false;
+  const cuuint64_t wd[3] = {K / 8, N, static_cast<cuuint64_t>(p.w_batch)}, wstr[2] = {K / 2, N * K / 2};
+  const cuuint32_t wb[3] = {8, static_cast<cuuint32_t>(BW), 1};
+  return enc(&m.w, CU_TENSOR_MAP_DATA_TYPE_UINT32, 3, const_cast<uint32_t*>(p.w), wd, wstr, wb, one,
+             CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+             CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/// Launches one configuration; false (nothing launched) if a dense call's
+/// tensor maps cannot be made.
+template <typename T, int GS, int NWG, int R, int BT, int S, bool GROUPED>
+bool launch_cfg(const QmmKernelParams& p, int64_t units, const OpScope& scope) {
+  using Cf = WgCfg<GS, NWG, R, BT, S, !GROUPED>;
+  constexpr auto kernel = qmm_wg_kernel<T, GS, NWG, R, BT, S, GROUPED>;
+  WgMaps maps{};
+  if (!GROUPED && !make_maps<T>(p, BT, Cf::BW, maps)) return false;
+  static std::atomic<uint64_t> opted{0};  // the kernel's shared-memory opt-in, once per device
+  const uint64_t bit = uint64_t{1} << (scope.device() & 63);
+  if (!(opted.load(std::memory_order_relaxed) & bit)) {
+    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cf::kSmem), "qmm_wg",
+               "cudaFuncSetAttribute");
+    opted.fetch_or(bit, std::memory_order_relaxed);
+  }
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, Cf::BW)),
+                  GROUPED ? 1u : static_cast<unsigned>(ceil_div(p.M, BT)),
+                  static_cast<unsigned>(units < 65535 ? units : 65535));
+  kernel<<<grid, Cf::kThreads, Cf::kSmem, scope.stream()>>>(p, maps);
+  return true;
+}
+
+/// Tilings (W rows x x rows per block; stages): wide 256 x 128 (two m64 tiles
+/// per warpgroup; 7), big 128 x 256 (5), mid 128 x 128 (8), small 64 x 128
+/// (10), tiny 64 x 64 (12); dense calls take the first whose blocks still make
+/// about one wave. Grouped items of 64 rows: g128 (128 x 64), or tiny (64 x 64,
+/// several blocks per SM), 6 stages each.
+/// MMKIT_QMM_WG_TILE=wide|big|mid|small|tiny|g128 forces one (tests and tuning).
+enum class WgTile { wide, big, mid, small, tiny, g128 };
+
+bool forced_wg_tile(WgTile& t) {
+  const char* e = std::getenv("MMKIT_QMM_WG_TILE");
+  if (!e) return false;
+  const std::string v = e;
+  if (v == "wide") t = WgTile::wide;
+  else if (v == "big") t = WgTile::big;
+  else if (v == "mid") t = WgTile::mid;
+  else if (v == "small") t = WgTile::small;
+  else if (v == "tiny") t = WgTile::tiny;
+  else if (v == "g128") t = WgTile::g128;
+  else return false;
+  return true;
+}
+
+WgTile pick_wg_tile(int64_t M, int64_t N, int64_t units, int sms) {
+  WgTile t;
+  if (forced_wg_tile(t)) return t;
+  const int64_t wave = sms - sms / 10;
+  if (ceil_div(N, 256) * ceil_div(M, 128) * units >= wave) return WgTile::wide;
+  if (ceil_div(N, 128) * ceil_div(M, 256) * units >= wave) return WgTile::big;
+  if (ceil_div(N, 128) * ceil_div(M, 128) * units >= wave) return WgTile::mid;
+  if (ceil_div(N, 64) * ceil_div(M, 128) * units >= wave) return WgTile::small;
+  return WgTile::tiny;
+}
+
+template <typename T, int GS, bool GROUPED>
+bool launch_tile(const QmmKernelParams& p, WgTile tile, int64_t units, const OpScope& scope) {
+  if constexpr (GROUPED) {
+    if (tile == WgTile::g128) return launch_cfg<T, GS, 2, 1, 64, 6, true>(p, units, scope);
+    return launch_cfg<T, GS, 1, 1, 64, 6, true>(p, units, scope);
+  } else {
+    switch (tile) {
+      case WgTile::wide: return launch_cfg<T, GS, 2, 2, 128, 7, false>(p, units, scope);
+      case WgTile::big: return launch_cfg<T, GS, 2, 1, 256, 5, false>(p, units, scope);
+      case WgTile::mid: return launch_cfg<T, GS, 2, 1, 128, 8, false>(p, units, scope);
+      case WgTile::small: return launch_cfg<T, GS, 1, 1, 128, 10, false>(p, units, scope);
+      default: return launch_cfg<T, GS, 1, 1, 64, 12, false>(p, units, scope);
+    }
+  }
+}
+
+template <typename T, bool GROUPED>
+bool launch_gs(int gs, const QmmKernelParams& p, WgTile tile, int64_t units, const OpScope& scope) {
+  switch (gs) {
+    case 32: return launch_tile<T, 32, GROUPED>(p, tile, units, scope);
+    case 64: return launch_tile<T, 64, GROUPED>(p, tile, units, scope);
+    default: return launch_tile<T, 128, GROUPED>(p, tile, units, scope);
+  }
+}
+
+bool wg_format_ok(const detail::QmmDesc& d) {
+  const int gs = d.format.group_size;
+  if (!(gs == 32 || gs == 64 || gs == 128) || !affine4_tensor_core_ok(d)) return false;
+  const DeviceInfo& info = device_info(current_device());
+  return info.cc_major == 9 && info.cc_minor == 0;  // the kernels are sm_90a machine code
+}
+
+bool wg_aligned(const detail::QmmArgs& a) {
+  return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), 16) && aligned(a.scales.raw_data(), 2) &&
+         aligned(a.biases.raw_data(), 2);
+}
+
+}  // namespace
+
+bool qmm_wg_enabled() {
+  const char* e = std::getenv("MMKIT_QMM_WG");
+  return !(e && std::string(e) == "0");
+}
+
+bool qmm_wg_supports(const detail::QmmDesc& d) {
+  if (d.M <= kQmvMmaMaxM || d.M >= (int64_t{1} << 31) / 2 || ceil_div(d.M, 64) > 65535) return false;
+  return wg_format_ok(d);
+}
+
+bool qmm_wg_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!wg_aligned(a)) return false;
+  const QmmKernelParams p = qmm_kernel_params(d, a, scope);
+  const WgTile tile = pick_wg_tile(d.M, d.N, d.batch, device_info(scope.device()).sm_count);
+  const bool launched = d.dtype == Dtype::float16
+                            ? launch_gs<__half, false>(d.format.group_size, p, tile, d.batch, scope)
+                            : launch_gs<__nv_bfloat16, false>(d.format.group_size, p, tile, d.batch, scope);
+  if (launched) scope.check_launch("qmm_wg");
+  return launched;
+}
+
+bool qmm_wg_grouped_supports(const detail::QmmDesc& d) {
+  // From 64 rows per expert on average (items of 64 rows).
+  if (!gather_grouping_pays(d, int64_t{1} << 31) || d.batch * d.M < 64 * std::min(d.w_batch, d.batch)) return false;
+  return wg_format_ok(d);
+}
+
+bool qmm_wg_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
+  if (!wg_aligned(a)) return false;
+  QmmKernelParams p = qmm_kernel_params(d, a, scope);
+  // Items of 64 rows on 128 x 64 blocks (g128): Qwen3-30B-A3B at T = 4096
+  // (256 rows per expert), H200: gate+up 983 us against 1254 us on 64 x 64
+  // blocks (tiny), down 560 against 716 (docs/kernels/cuda.md, run 70).
+  WgTile tile = WgTile::g128;
+  forced_wg_tile(tile);
+  if (tile != WgTile::tiny) tile = WgTile::g128;
+  GatherPlan plan(scope, p.lhs, p.rhs, d.batch, d.M, d.x_batch, d.w_batch, 64, p.guard, p.out,
+                  static_cast<int>(itemsize(d.dtype)), d.N);
+  p.plan = plan.view();
+  p.M = 64;
+  const int64_t items = plan.max_items();
+  if (d.dtype == Dtype::float16) launch_gs<__half, true>(d.format.group_size, p, tile, items, scope);
+  else launch_gs<__nv_bfloat16, true>(d.format.group_size, p, tile, items, scope);
+  scope.check_launch("qmm_wg (grouped gather)");
+  return true;
+}
+
+}  // namespace mmkit::cuda
