@@ -168,7 +168,8 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
       const int64_t sbase = wi * N * static_cast<int64_t>(G);
       // The ring position of the unit's k-tile t: stage (gbase + t) % S, phase ((gbase + t) / S) % 2.
       const int g0 = static_cast<int>(gbase % S), q0 = static_cast<int>((gbase / S) & 1);
-      auto stage_of = [&](int t) { return (g0 + t) % S; };
+      auto stage_of = [&](int t) { return (g0 + t) % S; };  // (prologue only: the steps count stages)
+      auto wrap = [](int v) { return v >= S ? v - S : v; };  // (selects, not branches)
       // One k-tile's x rows (swizzled) and codes into stage st.
       auto issue = [&](int t, int st) {
         const bool in = t < tiles;
@@ -202,39 +203,47 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
                           v ? wbase + static_cast<int64_t>(n0 + r) * words_per_row + t * 8 + 4 * q : wbase, v);
         }
       };
-      // The (s, b) pairs of k-tile t: loaded into registers, stored into its stage later.
       // The (s, b) pairs of k-tile t into registers (L1 keeps the rows' sectors
       // across k-tiles), stored into its stage one step later so that the
-      // loads' latency hides behind a whole step.
-      auto load_scales = [&](int t, uint32_t (&sreg)[C::SPT]) {
+      // loads' latency hides behind a whole step. Thread entries: (row, group
+      // of the tile); branch-free (clamped in-bounds loads, then a select):
+      // branches between the MMAs' issue and their wait make ptxas serialize them.
+      const uint16_t* s_row[C::SPT];
+      const uint16_t* b_row[C::SPT];
+      bool row_ok[C::SPT];
+#pragma unroll
+      for (int i = 0; i < C::SPT; ++i) {
+        const int id = tid + i * kThreads;
+        const int r = id / GPS, j = id % GPS;
+        row_ok[i] = id < BW * GPS && n0 + r < N;
+        const int64_t off = sbase + static_cast<int64_t>(min(n0 + r, N - 1)) * G + (id < BW * GPS ? j : 0);
+        s_row[i] = Sc + off;
+        b_row[i] = Bi + off;
+      }
+      // (Only the loads here: their first use is at the store, a step later.)
+      auto load_scales = [&](int t, uint32_t (&sreg)[2][C::SPT]) {
+        const int gi = (min(t, tiles - 1) * C::BK) / GS;
 #pragma unroll
         for (int i = 0; i < C::SPT; ++i) {
-          const int id = tid + i * kThreads;
-          const int r = id / GPS, j = id % GPS;
-          // Branch-free (clamped in-bounds loads, then a select): branches
-          // between the MMAs' issue and their wait make ptxas serialize them.
-          const bool ok = id < BW * GPS && t < tiles && n0 + r < N;
-          const int64_t si = sbase + static_cast<int64_t>(min(n0 + r, N - 1)) * G + (min(t, tiles - 1) * C::BK) / GS +
-                             (id < BW * GPS ? j : 0);
-          const uint32_t v = static_cast<uint32_t>(__ldg(Sc + si)) | (static_cast<uint32_t>(__ldg(Bi + si)) << 16);
-          sreg[i] = ok ? v : 0u;
+          sreg[0][i] = __ldg(s_row[i] + gi);
+          sreg[1][i] = __ldg(b_row[i] + gi);
         }
       };
-      auto store_scales = [&](int st, const uint32_t (&sreg)[C::SPT]) {
+      auto store_scales = [&](int st, int t, const uint32_t (&sreg)[2][C::SPT]) {
         uint32_t* ss = reinterpret_cast<uint32_t*>(smem + st * C::kStage + C::kXBytes + C::kWBytes);
 #pragma unroll
         for (int i = 0; i < C::SPT; ++i) {
           const int id = tid + i * kThreads;
-          if (id < BW * GPS) ss[id] = sreg[i];
+          if (id < BW * GPS) ss[id] = row_ok[i] && t < tiles ? sreg[0][i] | (sreg[1][i] << 16) : 0u;
         }
       };
-      uint32_t af[4][R][4], sr0[C::SPT], sr1[C::SPT];
+      uint32_t af[4][R][4], sr0[2][C::SPT], sr1[2][C::SPT];
 #pragma unroll
       for (int t = 0; t < P; ++t) {
         issue(t, stage_of(t));
         cp_async_commit();
         load_scales(t, sr1);  // (sr1 ends with tile P - 1's pairs: step 0 stores them again)
-        store_scales(stage_of(t), sr1);
+        store_scales(stage_of(t), t, sr1);
       }
       // k-tile t, one MMA group (R MMAs) per k16 step j, CUTLASS-style: wait
       // until the group of step j of tile t - 1 is done (3 younger groups stay
@@ -243,39 +252,54 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
       // refills tile t - 2's stage with tile t + P and waits for tile t.
       // (Grouped per step, ptxas keeps the MMAs asynchronous across the wait
       // loop; one group per tile with two fragment sets it serializes them.)
-      auto step = [&](int t, uint32_t (&sr_next)[C::SPT], const uint32_t (&sr_prev)[C::SPT]) {
-        const int st = stage_of(t);
+      auto step = [&](int t, int st, int ph, uint32_t (&sr_next)[2][C::SPT], const uint32_t (&sr_prev)[2][C::SPT]) {
         const unsigned char* base = smem + st * C::kStage;
         const uint32_t* ws = reinterpret_cast<const uint32_t*>(base + C::kXBytes);
         const uint32_t* ss = reinterpret_cast<const uint32_t*>(base + C::kXBytes + C::kWBytes);
+        const uint64_t desc0 = wg::desc_k_sw128(smem_s + st * C::kStage);
+        // The lane's code words and (s, s) / (b, b) pairs of the tile, read at
+        // j = 0 (one shared-memory latency per tile), dequantized step by step.
+        uint32_t wa[R][8], wb[R][8], sa[R][GPS], ba[R][GPS], sb[R][GPS], bb[R][GPS];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           wg::wait<3>();
           if (j == 0) {
             if constexpr (!TMA) cp_async_wait<P - 1>();
             __syncthreads();  // (copies) tile t landed for every thread; every warpgroup is done with tile t - 2
-            issue(t + P, stage_of(t + P));
+            issue(t + P, wrap(st + P));
             cp_async_commit();
             load_scales(t + P, sr_next);
-            if constexpr (TMA) tma::mbar_wait(bar_s + 8 * st, static_cast<uint32_t>((q0 + (g0 + t) / S) & 1));
+            if constexpr (TMA) tma::mbar_wait(bar_s + 8 * st, static_cast<uint32_t>(ph));
+#pragma unroll
+            for (int r = 0; r < R; ++r) {
+              const int ra = wrow0 + r * 64 + g, rb = ra + 8;  // the lane's two W rows
+              const uint4 a0 = *reinterpret_cast<const uint4*>(ws + ra * WPITCH);
+              const uint4 a1 = *reinterpret_cast<const uint4*>(ws + ra * WPITCH + 4);
+              const uint4 b0 = *reinterpret_cast<const uint4*>(ws + rb * WPITCH);
+              const uint4 b1 = *reinterpret_cast<const uint4*>(ws + rb * WPITCH + 4);
+              wa[r][0] = a0.x, wa[r][1] = a0.y, wa[r][2] = a0.z, wa[r][3] = a0.w;
+              wa[r][4] = a1.x, wa[r][5] = a1.y, wa[r][6] = a1.z, wa[r][7] = a1.w;
+              wb[r][0] = b0.x, wb[r][1] = b0.y, wb[r][2] = b0.z, wb[r][3] = b0.w;
+              wb[r][4] = b1.x, wb[r][5] = b1.y, wb[r][6] = b1.z, wb[r][7] = b1.w;
+#pragma unroll
+              for (int q = 0; q < GPS; ++q) {
+                const uint32_t va = ss[ra * GPS + q], vb = ss[rb * GPS + q];
+                sa[r][q] = __byte_perm(va, va, 0x1010), ba[r][q] = __byte_perm(va, va, 0x3232);
+                sb[r][q] = __byte_perm(vb, vb, 0x1010), bb[r][q] = __byte_perm(vb, vb, 0x3232);
+              }
+            }
           }
-          const int jg = GS >= 64 ? 0 : j / 2;  // the k16 step's group in the tile
+          const int q = GS >= 64 ? 0 : j / 2;  // the k16 step's group in the tile
 #pragma unroll
           for (int r = 0; r < R; ++r) {
-            const int ra = wrow0 + r * 64 + g, rb = ra + 8;  // the lane's two W rows
-            const uint2 wa = *reinterpret_cast<const uint2*>(ws + ra * WPITCH + 2 * j);
-            const uint2 wb = *reinterpret_cast<const uint2*>(ws + rb * WPITCH + 2 * j);
-            const uint32_t va = ss[ra * GPS + jg], vb = ss[rb * GPS + jg];
-            const uint32_t sa = __byte_perm(va, va, 0x1010), ba = __byte_perm(va, va, 0x3232);
-            const uint32_t sb = __byte_perm(vb, vb, 0x1010), bb = __byte_perm(vb, vb, 0x3232);
-            af[j][r][0] = wg_deq<T>(wa.x, sel, sa, ba);
-            af[j][r][1] = wg_deq<T>(wb.x, sel, sb, bb);
-            af[j][r][2] = wg_deq<T>(wa.y, sel, sa, ba);
-            af[j][r][3] = wg_deq<T>(wb.y, sel, sb, bb);
+            af[j][r][0] = wg_deq<T>(wa[r][2 * j], sel, sa[r][q], ba[r][q]);
+            af[j][r][1] = wg_deq<T>(wb[r][2 * j], sel, sb[r][q], bb[r][q]);
+            af[j][r][2] = wg_deq<T>(wa[r][2 * j + 1], sel, sa[r][q], ba[r][q]);
+            af[j][r][3] = wg_deq<T>(wb[r][2 * j + 1], sel, sb[r][q], bb[r][q]);
           }
           // Every input of the MMAs (fragments, descriptor) computed before
           // the fence: ptxas serializes the MMAs otherwise.
-          uint64_t desc = wg::desc_k_sw128(smem_s + st * C::kStage + j * 32);
+          uint64_t desc = desc0 + 2 * j;  // (+ 32 bytes per k16 step in the start address field)
           wg::fence_operand(desc);
 #pragma unroll
           for (int r = 0; r < R; ++r)
@@ -289,11 +313,19 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
         // Tile t - 1 + P's pairs (loaded last step) into their stage, which
         // tile t - 3 used and tile t - 1 + P reads after at least one barrier
         // (at t = 0 the prologue's, stored again: no branch here).
-        store_scales(stage_of(t - 1 + P), sr_prev);
+        store_scales(wrap(st + P - 1), t + P - 1, sr_prev);
+      };
+      int st = g0, ph = q0;
+      auto advance = [&] {
+        const int nx = st + 1;
+        ph ^= nx == S ? 1 : 0;
+        st = nx == S ? 0 : nx;
       };
       for (int t = 0; t < tiles; t += 2) {  // (tiles is even: K % 128 == 0)
-        step(t, sr0, sr1);
-        step(t + 1, sr1, sr0);
+        step(t, st, ph, sr0, sr1);
+        advance();
+        step(t + 1, st, ph, sr1, sr0);
+        advance();
       }
       wg::wait<0>();
       gbase += tiles;
@@ -390,20 +422,18 @@ bool launch_cfg(const QmmKernelParams& p, int64_t units, const OpScope& scope) {
   return true;
 }
 
-/// Tilings (W rows x x rows per block; stages): wide 256 x 128 (two m64 tiles
-/// per warpgroup; 7), big 128 x 256 (5), mid 128 x 128 (8), small 64 x 128
+/// Tilings (W rows x x rows per block; stages): big 128 x 256 (5), mid 128 x 128 (8), small 64 x 128
 /// (10), tiny 64 x 64 (12); dense calls take the first whose blocks still make
 /// about one wave. Grouped items of 64 rows: g128 (128 x 64), or tiny (64 x 64,
 /// several blocks per SM), 6 stages each.
-/// MMKIT_QMM_WG_TILE=wide|big|mid|small|tiny|g128 forces one (tests and tuning).
-enum class WgTile { wide, big, mid, small, tiny, g128 };
+/// MMKIT_QMM_WG_TILE=big|mid|small|tiny|g128 forces one (tests and tuning).
+enum class WgTile { big, mid, small, tiny, g128 };
 
 bool forced_wg_tile(WgTile& t) {
   const char* e = std::getenv("MMKIT_QMM_WG_TILE");
   if (!e) return false;
   const std::string v = e;
-  if (v == "wide") t = WgTile::wide;
-  else if (v == "big") t = WgTile::big;
+  if (v == "big") t = WgTile::big;
   else if (v == "mid") t = WgTile::mid;
   else if (v == "small") t = WgTile::small;
   else if (v == "tiny") t = WgTile::tiny;
@@ -416,7 +446,6 @@ WgTile pick_wg_tile(int64_t M, int64_t N, int64_t units, int sms) {
   WgTile t;
   if (forced_wg_tile(t)) return t;
   const int64_t wave = sms - sms / 10;
-  if (ceil_div(N, 256) * ceil_div(M, 128) * units >= wave) return WgTile::wide;
   if (ceil_div(N, 128) * ceil_div(M, 256) * units >= wave) return WgTile::big;
   if (ceil_div(N, 128) * ceil_div(M, 128) * units >= wave) return WgTile::mid;
   if (ceil_div(N, 64) * ceil_div(M, 128) * units >= wave) return WgTile::small;
@@ -430,7 +459,6 @@ bool launch_tile(const QmmKernelParams& p, WgTile tile, int64_t units, const OpS
     return launch_cfg<T, GS, 1, 1, 64, 6, true>(p, units, scope);
   } else {
     switch (tile) {
-      case WgTile::wide: return launch_cfg<T, GS, 2, 2, 128, 7, false>(p, units, scope);
       case WgTile::big: return launch_cfg<T, GS, 2, 1, 256, 5, false>(p, units, scope);
       case WgTile::mid: return launch_cfg<T, GS, 2, 1, 128, 8, false>(p, units, scope);
       case WgTile::small: return launch_cfg<T, GS, 1, 1, 128, 10, false>(p, units, scope);
