@@ -3,7 +3,8 @@
 // per expert),
 //   out[l] (M, N) = x[lhs[l]] (M, K) @ dequantize(w[rhs[l]]) (N, K)^T,
 // M > 32, float16 / bfloat16 activations, transpose=true, K % 128 == 0,
-// group size 32 / 64 / 128.
+// group size 32 / 64 / 128, an sm_90 device (cuda_qmm_w4_mma tries it first;
+// MMKIT_QMM_WG=0 leaves the call to qmm_w4.cu).
 //
 // wgmma.mma_async m64nBTk16 with A from registers: the W rows are the MMA's
 // rows (each warp of a warpgroup 16 of them), the x rows its BT columns, read
@@ -18,16 +19,32 @@
 // 2c, 2c+1 (byte c of the k16 step's first word) and 2c+8, 2c+9 (byte c of
 // its second word) of rows g and g + 8.
 //
-// Block: NWG warpgroups, 64 * NWG W rows x BT x rows. Per k-tile of 64 codes
-// an S-stage cp.async ring holds the x rows (BT x 128 bytes, swizzled), the
-// codes (8 words per W row, row pitch 12 words: the lanes' 16-byte reads of 8
-// rows hit distinct bank quads) and the groups' (s, b) pairs; tiles run S - 2
-// ahead, the MMAs of tile t overlap the dequantization of tile t + 1 (two
-// register sets of A fragments, wgmma.wait_group 1 before a set is
-// rewritten). One barrier per k-tile.
-// Tests: tests/test_cuda_cross.cpp (CudaCross.ManyRowQmmEveryTile and the
-// Qmm / GatherQmm cases), conformance with MMKIT_TEST_DEVICE=gpu; measured in
-// docs/kernels/cuda.md.
+// Block: NWG warpgroups (R m64 tiles each; R = 1 in every tiling), 64 NWG R
+// W rows x BT x rows. An S-stage ring holds per k-tile of 64 codes the x rows
+// (BT x 128 bytes in the MMA's swizzle), the codes (8 words per W row) and
+// the groups' (s, b) pairs. Dense calls fill it with tensor copies (one
+// thread, 3-D tensor maps over x and the codes: rows past M / N come
+// zero-filled; an mbarrier per stage); grouped items, whose x rows are
+// gathered, with cp.async (code rows at a 12-word pitch: the lanes' 16-byte
+// reads of 8 rows hit distinct bank quads). The (s, b) pairs go through
+// registers (L1 keeps their rows' sectors across k-tiles) into the stage,
+// loaded a step before they are stored. Tiles run S - 2 ahead; one barrier
+// per k-tile.
+// MMA groups: one per k16 step, as CUTLASS's register-A mainloop does; before
+// step j of tile t the warpgroup waits for step j of tile t - 1 (3 groups stay
+// in flight), dequantizes into that step's fragments and issues. ptxas keeps
+// the MMAs asynchronous only when nothing but MMAs writes their accumulators
+// (the first MMA of a unit starts the sum instead of zeroed registers), when
+// every input is computed before wgmma.fence, and when no loop or branch other
+// than the stage wait lies between an MMA and its wait (the copies are
+// straight-line and predicated, the scale loads clamped): it says so with
+// "wgmma.mma_async instructions are serialized" (C7513 / C7515) otherwise.
+// Bound (H200, ncu): the issue latency of one or two warps per scheduler
+// (about 230 instructions per warp and k-tile, 4 - 7 cycles each), not the
+// tensor pipe: 8192 x 8192 at M = 64 / 128 / 256 / 512 / 2048 runs
+// 62 / 64 / 101 / 130 / 506 us (docs/kernels/cuda.md, session 10).
+// Tests: tests/test_cuda_cross.cpp (CudaCross.ManyRowQmmWarpgroupEveryTile
+// and the Qmm / GatherQmm cases), conformance with MMKIT_TEST_DEVICE=gpu.
 #include <cuda.h>
 #include <cuda_runtime.h>
 #include <cudaTypedefs.h>
@@ -442,14 +459,28 @@ bool forced_wg_tile(WgTile& t) {
   return true;
 }
 
+/// Among the tiles whose blocks make about one wave (0.9 x the SMs), the one
+/// that computes the fewest padded rows (blocks x W rows x x rows), the
+/// larger on a tie; tiny when none does. (H200, 8192 x 8192, run 77: M = 64
+/// tiny 63 us (small 76); M = 128 small 66 (tiny 120); M = 256 mid 104
+/// (small 125, big 142); M = 512 big 143 (mid 203); M = 2048 big 555.)
 WgTile pick_wg_tile(int64_t M, int64_t N, int64_t units, int sms) {
   WgTile t;
   if (forced_wg_tile(t)) return t;
   const int64_t wave = sms - sms / 10;
-  if (ceil_div(N, 128) * ceil_div(M, 256) * units >= wave) return WgTile::big;
-  if (ceil_div(N, 128) * ceil_div(M, 128) * units >= wave) return WgTile::mid;
-  if (ceil_div(N, 64) * ceil_div(M, 128) * units >= wave) return WgTile::small;
-  return WgTile::tiny;
+  struct Cand {
+    WgTile tile;
+    int64_t bw, bt;
+  };
+  const Cand cands[] = {{WgTile::big, 128, 256}, {WgTile::mid, 128, 128}, {WgTile::small, 64, 128}, {WgTile::tiny, 64, 64}};
+  WgTile best = WgTile::tiny;
+  int64_t best_cost = -1;
+  for (const Cand& c : cands) {
+    const int64_t blocks = ceil_div(N, c.bw) * ceil_div(M, c.bt) * units;
+    const int64_t cost = blocks * c.bw * c.bt;
+    if (blocks >= wave && (best_cost < 0 || cost < best_cost)) best = c.tile, best_cost = cost;
+  }
+  return best;
 }
 
 template <typename T, int GS, bool GROUPED>
@@ -459,10 +490,10 @@ bool launch_tile(const QmmKernelParams& p, WgTile tile, int64_t units, const OpS
     return launch_cfg<T, GS, 1, 1, 64, 6, true>(p, units, scope);
   } else {
     switch (tile) {
-      case WgTile::big: return launch_cfg<T, GS, 2, 1, 256, 5, false>(p, units, scope);
-      case WgTile::mid: return launch_cfg<T, GS, 2, 1, 128, 8, false>(p, units, scope);
-      case WgTile::small: return launch_cfg<T, GS, 1, 1, 128, 10, false>(p, units, scope);
-      default: return launch_cfg<T, GS, 1, 1, 64, 12, false>(p, units, scope);
+      case WgTile::big: return launch_cfg<T, GS, 2, 1, 256, 4, false>(p, units, scope);
+      case WgTile::mid: return launch_cfg<T, GS, 2, 1, 128, 6, false>(p, units, scope);
+      case WgTile::small: return launch_cfg<T, GS, 1, 1, 128, 6, false>(p, units, scope);
+      default: return launch_cfg<T, GS, 1, 1, 64, 8, false>(p, units, scope);
     }
   }
 }
