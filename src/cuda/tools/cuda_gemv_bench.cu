@@ -209,7 +209,7 @@ int main(int argc, char** argv) {
   for (const QFmt& f : fmts) {
     const bool headline = f.mode == fmt::Mode::affine && f.bits == 4 && f.gs == 64;
     std::vector<int64_t> Ms = {1};
-    if (headline) Ms = quick ? std::vector<int64_t>{1, 8, 256} : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 128, 256, 2048};
+    if (headline) Ms = quick ? std::vector<int64_t>{1, 8, 256} : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048};
     if (have_m) {
       if (!headline) continue;
       Ms = only_m;
