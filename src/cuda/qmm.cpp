@@ -9,8 +9,9 @@
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
 //   cuda_qmm_w4_mma   M > 32, 4-bit affine, float16/bfloat16, K % 128 == 0, group size 32/64/128: on an
-//                     sm_90 device the warpgroup-MMA kernel (qmm_wg.cu; MMKIT_QMM_WG=0 turns it off),
-//                     else mma.sync (qmm_w4.cu); the grouped gather tries them first in the same order
+//                     sm_90 device with MMKIT_QMM_WG=1 the warpgroup-MMA kernel (qmm_wg.cu: weights
+//                     rounded to T, MLX's GPU numerics), else mma.sync (qmm_w4.cu); the grouped
+//                     gather tries them first in the same order
 //   cuda_qmm_sm80_mma M > 8 (> 32 for 4-bit affine), float16/bfloat16, transpose=true, K % 32 == 0 (qmm_sm80.cu)
 //   cuda_qmm_generic  everything else (qmm_generic.cu)
 // A fast path whose pointers are not aligned for its vector loads (views

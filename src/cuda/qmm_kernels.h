@@ -90,12 +90,12 @@ bool qmm_w4_grouped_supports(const detail::QmmDesc& d);
 bool qmm_w4_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
 /// qmm_wg.cu: the same calls on the sm_90a warpgroup MMA (an sm_90 device),
-/// the weights dequantized to T like MLX's GPU kernels (SPEC 2.4).
+/// the weights dequantized to T like MLX's GPU kernels (SPEC 2.4); opt-in.
 bool qmm_wg_supports(const detail::QmmDesc& d);
 bool qmm_wg_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 bool qmm_wg_grouped_supports(const detail::QmmDesc& d);
 bool qmm_wg_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
-/// False when MMKIT_QMM_WG=0 (read per call: A/B runs and tests of qmm_w4 on sm_90).
+/// True when MMKIT_QMM_WG=1 (read per call).
 bool qmm_wg_enabled();
 
 bool qmm_mma_supports(const detail::QmmDesc& d);

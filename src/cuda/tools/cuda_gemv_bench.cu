@@ -159,7 +159,7 @@ int main(int argc, char** argv) {
   std::printf("device: %s, %d SMs, L2 %d MB, driver %d, runtime %d\n", prop.name, prop.multiProcessorCount,
               prop.l2CacheSize >> 20, driver, runtime);
   const int iters = quick ? 30 : 100, warm = 10;
-  const bool sm90 = prop.major == 9 && prop.minor == 0;  // cuda_qmm_w4_mma runs qmm_wg.cu there
+  const bool sm90 = prop.major == 9 && prop.minor == 0;  // where cuda_qmm_w4_mma can run qmm_wg.cu
 
   // ---- ceiling: device-to-device copy ------------------------------------------------
   const size_t copy_bytes = size_t{512} << 20;
@@ -271,12 +271,12 @@ int main(int argc, char** argv) {
         // And the every-format tensor-core kernel where the 4-bit many-row kernel is chosen.
         if (headline && any_format_mma && sel.name == "cuda_qmm_w4_mma" && M <= 512)
           entries.push_back({any_format_mma->name, any_format_mma->run});
-        // On sm_90 that entry runs the warpgroup-MMA kernel (qmm_wg.cu): its
-        // mma.sync kernel (qmm_w4.cu, MMKIT_QMM_WG=0) beside it.
-        if (headline && sel.name == "cuda_qmm_w4_mma" && sm90)
-          entries.push_back({"cuda_qmm_w4_mma:mma.sync", [run = sel.run](const detail::QmmDesc& dd, detail::QmmArgs& aa,
-                                                                      const Stream& ss) {
-                               setenv("MMKIT_QMM_WG", "0", 1);
+        // On sm_90 that entry runs the opt-in warpgroup-MMA kernel (qmm_wg.cu,
+        // MMKIT_QMM_WG=1: weights rounded to T) when asked: timed beside it.
+        if (headline && sel.name == "cuda_qmm_w4_mma" && sm90 && !std::getenv("MMKIT_QMM_WG"))
+          entries.push_back({"cuda_qmm_w4_mma:wgmma", [run = sel.run](const detail::QmmDesc& dd, detail::QmmArgs& aa,
+                                                                   const Stream& ss) {
+                               setenv("MMKIT_QMM_WG", "1", 1);
                                run(dd, aa, ss);
                                unsetenv("MMKIT_QMM_WG");
                              }});
