@@ -2,6 +2,12 @@
 // qmm_sm80.cu, qmm_generic.cu) and their registration order (qmm.cpp).
 #pragma once
 
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+
 #include "cuda/gather_plan.h"
 #include "cuda/runtime.h"
 #include "ops/descriptors.h"
@@ -21,6 +27,40 @@ inline bool affine4_tensor_core_ok(const detail::QmmDesc& d) {
   if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
   if (d.K % 128 != 0 || d.K == 0 || d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
   return device_info(current_device()).cc_major >= 8;
+}
+
+/// The 16-byte alignment of x and the codes (and 2-byte of the scales and
+/// biases) that the 4-bit many-row kernels' 16-byte copies need (qmm_w4,
+/// qmm_wg); views at other offsets go to a kernel without them.
+inline bool affine4_copies_aligned(const detail::QmmArgs& a) {
+  return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), 16) && aligned(a.scales.raw_data(), 2) &&
+         aligned(a.biases.raw_data(), 2);
+}
+
+/// Index of the value of environment variable `var` among `names` (read per
+/// call, so a test can set it), or -1 when unset or not one of them: the
+/// kernels' forced-tile switches (MMKIT_QMM_W4_TILE, MMKIT_QMM_WG_TILE).
+inline int env_choice(const char* var, std::initializer_list<const char*> names) {
+  const char* e = std::getenv(var);
+  if (!e) return -1;
+  int i = 0;
+  for (const char* n : names) {
+    if (std::strcmp(e, n) == 0) return i;
+    ++i;
+  }
+  return -1;
+}
+
+/// Opts `kernel` into `bytes` of dynamic shared memory once per device
+/// (`opted`: one bit per device, the caller's static for that kernel).
+template <class Kernel>
+void opt_in_shared_memory(Kernel kernel, int bytes, std::atomic<uint64_t>& opted, const OpScope& scope,
+                          const char* name) {
+  const uint64_t bit = uint64_t{1} << (scope.device() & 63);
+  if (opted.load(std::memory_order_relaxed) & bit) return;
+  check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes), name,
+             "cudaFuncSetAttribute");
+  opted.fetch_or(bit, std::memory_order_relaxed);
 }
 
 /// What the tensor-core quantized-matmul kernels read (qmv_sm80, qmm_w4,

@@ -52,7 +52,6 @@
 namespace mmkit::cuda {
 namespace {
 
-
 template <typename T, int GS, int MTW, int WR, int WC, int KW, int S>
 struct W4Cfg {
   static constexpr int kWarps = WR * WC * KW, kThreads = 32 * kWarps;
@@ -356,13 +355,8 @@ template <typename T, int GS, int MTW, int WR, int WC, int KW, int S, bool GROUP
 void launch_cfg(const QmmKernelParams& p, int64_t units, const OpScope& scope) {
   using Cf = W4Cfg<T, GS, MTW, WR, WC, KW, S>;
   constexpr auto kernel = qmm_w4_kernel<T, GS, MTW, WR, WC, KW, S, GROUPED>;
-  static std::atomic<uint64_t> opted{0};  // the kernel's shared-memory opt-in, once per device
-  const uint64_t bit = uint64_t{1} << (scope.device() & 63);
-  if (!(opted.load(std::memory_order_relaxed) & bit)) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cf::kSmem), "qmm_w4_mma",
-               "cudaFuncSetAttribute");
-    opted.fetch_or(bit, std::memory_order_relaxed);
-  }
+  static std::atomic<uint64_t> opted{0};
+  opt_in_shared_memory(kernel, Cf::kSmem, opted, scope, "qmm_w4_mma");
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, Cf::BW)),
                   GROUPED ? 1u : static_cast<unsigned>(ceil_div(p.M, Cf::BT)),
                   static_cast<unsigned>(units < 65535 ? units : 65535));
@@ -379,15 +373,9 @@ enum class W4Tile { large, large2, mid, small };
 
 /// MMKIT_QMM_W4_TILE, read per call (so a test can set it).
 bool forced_tile(W4Tile& t) {
-  const char* e = std::getenv("MMKIT_QMM_W4_TILE");
-  if (!e) return false;
-  const std::string v = e;
-  if (v == "large") t = W4Tile::large;
-  else if (v == "large2") t = W4Tile::large2;
-  else if (v == "mid") t = W4Tile::mid;
-  else if (v == "small") t = W4Tile::small;
-  else return false;
-  return true;
+  const int i = env_choice("MMKIT_QMM_W4_TILE", {"large", "large2", "mid", "small"});
+  if (i >= 0) t = static_cast<W4Tile>(i);
+  return i >= 0;
 }
 
 /// The largest tile whose blocks still make about one wave (H200, 8192 x 8192,
@@ -426,12 +414,6 @@ bool w4_format_ok(const detail::QmmDesc& d) {
   return (gs == 32 || gs == 64 || gs == 128) && affine4_tensor_core_ok(d);
 }
 
-bool w4_aligned(const detail::QmmArgs& a) {
-  return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), 16) && aligned(a.scales.raw_data(), 2) &&
-         aligned(a.biases.raw_data(), 2);
-}
-
-
 }  // namespace
 
 bool qmm_w4_supports(const detail::QmmDesc& d) {
@@ -440,7 +422,7 @@ bool qmm_w4_supports(const detail::QmmDesc& d) {
 }
 
 bool qmm_w4_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!w4_aligned(a)) return false;
+  if (!affine4_copies_aligned(a)) return false;
   const QmmKernelParams p = qmm_kernel_params(d, a, scope);
   const W4Tile tile = pick_tile(d.M, d.N, d.batch, device_info(scope.device()).sm_count);
   if (d.dtype == Dtype::float16) launch_gs<__half, false>(d.format.group_size, p, tile, d.batch, scope);
@@ -456,7 +438,7 @@ bool qmm_w4_grouped_supports(const detail::QmmDesc& d) {
 }
 
 bool qmm_w4_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!w4_aligned(a)) return false;
+  if (!affine4_copies_aligned(a)) return false;
   QmmKernelParams p = qmm_kernel_params(d, a, scope);
   // Items of 64 rows on 128-row x 64-column blocks at two blocks per SM
   // (large2): faster than 128-row items on the large tile and than the mid

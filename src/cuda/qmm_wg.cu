@@ -430,13 +430,8 @@ bool launch_cfg(const QmmKernelParams& p, int64_t units, const OpScope& scope) {
   constexpr auto kernel = qmm_wg_kernel<T, GS, NWG, R, BT, S, GROUPED>;
   WgMaps maps{};
   if (!GROUPED && !make_maps<T>(p, BT, Cf::BW, maps)) return false;
-  static std::atomic<uint64_t> opted{0};  // the kernel's shared-memory opt-in, once per device
-  const uint64_t bit = uint64_t{1} << (scope.device() & 63);
-  if (!(opted.load(std::memory_order_relaxed) & bit)) {
-    check_cuda(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, Cf::kSmem), "qmm_wg",
-               "cudaFuncSetAttribute");
-    opted.fetch_or(bit, std::memory_order_relaxed);
-  }
+  static std::atomic<uint64_t> opted{0};
+  opt_in_shared_memory(kernel, Cf::kSmem, opted, scope, "qmm_wg");
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, Cf::BW)),
                   GROUPED ? 1u : static_cast<unsigned>(ceil_div(p.M, BT)),
                   static_cast<unsigned>(units < 65535 ? units : 65535));
@@ -452,23 +447,16 @@ bool launch_cfg(const QmmKernelParams& p, int64_t units, const OpScope& scope) {
 enum class WgTile { big, mid, small, tiny, g128 };
 
 bool forced_wg_tile(WgTile& t) {
-  const char* e = std::getenv("MMKIT_QMM_WG_TILE");
-  if (!e) return false;
-  const std::string v = e;
-  if (v == "big") t = WgTile::big;
-  else if (v == "mid") t = WgTile::mid;
-  else if (v == "small") t = WgTile::small;
-  else if (v == "tiny") t = WgTile::tiny;
-  else if (v == "g128") t = WgTile::g128;
-  else return false;
-  return true;
+  const int i = env_choice("MMKIT_QMM_WG_TILE", {"big", "mid", "small", "tiny", "g128"});
+  if (i >= 0) t = static_cast<WgTile>(i);
+  return i >= 0;
 }
 
 /// Among the tiles whose blocks make about one wave (0.9 x the SMs), the one
 /// that computes the fewest padded rows (blocks x W rows x x rows), the
-/// larger on a tie; tiny when none does. (H200, 8192 x 8192, run 77: M = 64
-/// tiny 63 us (small 76); M = 128 small 66 (tiny 120); M = 256 mid 104
-/// (small 125, big 142); M = 512 big 143 (mid 203); M = 2048 big 555.)
+/// larger on a tie; tiny when none does. (H200, 8192 x 8192, run 78: M = 64
+/// tiny 62 us (small 69); M = 128 small 65 (tiny 90); M = 256 mid 101
+/// (small 123, big 130); M = 512 big 130 (mid 197); M = 2048 big 506.)
 WgTile pick_wg_tile(int64_t M, int64_t N, int64_t units, int sms) {
   WgTile t;
   if (forced_wg_tile(t)) return t;
@@ -519,11 +507,6 @@ bool wg_format_ok(const detail::QmmDesc& d) {
   return info.cc_major == 9 && info.cc_minor == 0;  // the kernels are sm_90a machine code
 }
 
-bool wg_aligned(const detail::QmmArgs& a) {
-  return aligned(a.x.raw_data(), 16) && aligned(a.w.raw_data(), 16) && aligned(a.scales.raw_data(), 2) &&
-         aligned(a.biases.raw_data(), 2);
-}
-
 }  // namespace
 
 bool qmm_wg_enabled() {
@@ -537,7 +520,7 @@ bool qmm_wg_supports(const detail::QmmDesc& d) {
 }
 
 bool qmm_wg_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!wg_aligned(a)) return false;
+  if (!affine4_copies_aligned(a)) return false;
   const QmmKernelParams p = qmm_kernel_params(d, a, scope);
   const WgTile tile = pick_wg_tile(d.M, d.N, d.batch, device_info(scope.device()).sm_count);
   const bool launched = d.dtype == Dtype::float16
@@ -554,7 +537,7 @@ bool qmm_wg_grouped_supports(const detail::QmmDesc& d) {
 }
 
 bool qmm_wg_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!wg_aligned(a)) return false;
+  if (!affine4_copies_aligned(a)) return false;
   QmmKernelParams p = qmm_kernel_params(d, a, scope);
   // Items of 64 rows on 128 x 64 blocks (g128): Qwen3-30B-A3B at T = 4096
   // (256 rows per expert), H200: gate+up 983 us against 1254 us on 64 x 64
