@@ -202,27 +202,27 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
           tma::mbar_expect_tx(bar, C::kStageTx, go);
           tma::load_3d(dst, &maps.x, t * 64, m0, static_cast<int>(u.x), bar, go);
           tma::load_3d(dst + C::kXBytes, &maps.w, t * 8, n0, static_cast<int>(wi), bar, go);
-          return;
-        }
-        unsigned char* base = smem + st * C::kStage;
-        static_assert(BT * 8 % kThreads == 0 && BW * 2 % kThreads == 0, "whole copy rounds");
-        // (Straight-line copies: a loop between the MMAs' issue and their
-        // wait makes ptxas serialize them.)
+        } else {
+          unsigned char* base = smem + st * C::kStage;
+          static_assert(BT * 8 % kThreads == 0 && BW * 2 % kThreads == 0, "whole copy rounds");
+          // (Straight-line copies: a loop between the MMAs' issue and their
+          // wait makes ptxas serialize them.)
 #pragma unroll
-        for (int i = 0; i < BT * 8 / kThreads; ++i) {
-          const int id = tid + i * kThreads;
-          const int r = id >> 3, ch = id & 7;
-          const bool v = in && r < rows;
-          cp_async16(base + r * 128 + ((ch ^ (r & 7)) << 4), v ? X + a_off[r] + t * 64 + ch * 8 : X, v);
-        }
-        uint32_t* ws = reinterpret_cast<uint32_t*>(base + C::kXBytes);
+          for (int i = 0; i < BT * 8 / kThreads; ++i) {
+            const int id = tid + i * kThreads;
+            const int r = id >> 3, ch = id & 7;
+            const bool v = in && r < rows;
+            cp_async16(base + r * 128 + ((ch ^ (r & 7)) << 4), v ? X + a_off[r] + t * 64 + ch * 8 : X, v);
+          }
+          uint32_t* ws = reinterpret_cast<uint32_t*>(base + C::kXBytes);
 #pragma unroll
-        for (int i = 0; i < BW * 2 / kThreads; ++i) {
-          const int id = tid + i * kThreads;
-          const int r = id >> 1, q = id & 1;
-          const bool v = in && n0 + r < N;
-          cp_async16(ws + r * WPITCH + 4 * q,
-                          v ? wbase + static_cast<int64_t>(n0 + r) * words_per_row + t * 8 + 4 * q : wbase, v);
+          for (int i = 0; i < BW * 2 / kThreads; ++i) {
+            const int id = tid + i * kThreads;
+            const int r = id >> 1, q = id & 1;
+            const bool v = in && n0 + r < N;
+            cp_async16(ws + r * WPITCH + 4 * q,
+                       v ? wbase + static_cast<int64_t>(n0 + r) * words_per_row + t * 8 + 4 * q : wbase, v);
+          }
         }
       };
       // The (s, b) pairs of k-tile t into registers (L1 keeps the rows' sectors

@@ -36,13 +36,6 @@ __device__ __forceinline__ void mbar_wait(uint32_t bar, uint32_t parity) {
       "r"(parity)
       : "memory");
 }
-__device__ __forceinline__ void mbar_try(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n.reg .pred p;\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n}\n" ::"r"(bar),
-      "r"(parity)
-      : "memory");
-}
 /// If pred: the box at coordinates (c0, c1, c2) of the 3-D tensor map `map`
 /// (a __grid_constant__ parameter) into shared memory at dst, completing on bar.
 __device__ __forceinline__ void load_3d(uint32_t dst, const void* map, int c0, int c1, int c2, uint32_t bar,
