@@ -155,5 +155,47 @@ TEST(Regression, InfiniteScaleTimesZeroCodesIsNaN) {
   }
 }
 
+// fuzz_block_masked_mm (WRONG RESULT "element 27 of (2,2,3,3) is -nan,
+// reference 0"): with a float operand mask, both operand masks are float
+// (SPEC pitfall 13) and multiply the data (decision 8) in float32, the
+// computation dtype. Here a bfloat16 b times the rhs mask -(2^51 - 2^27)
+// overflows float32 to -Inf and the bool false lhs mask (now 0.0) gives
+// 0 * -Inf = NaN on every backend; the float64 reference did not overflow and
+// gave 0. The reference now rounds each masked operand element to float32.
+TEST(Regression, FloatMaskedOperandOverflowsFloat32ToInfTimesZeroIsNaN) {
+  MMKIT_REQUIRE_DEVICE();
+  // a (2, 2, 3, 3) float32 (small integers), b (2, 2, 3, 3) bfloat16 (bit
+  // patterns, the entry (1, 1) holds 1.7e25, 2.8e23 and 1.8e31), block size 64.
+  const std::vector<float> av = {-8, -8, -8, -8, -8, -8, -8, -8, -8, -7, -7, -7, -7, -7, -7, 2,  -7, -7,
+                                 -7, -7, -7, -7, -7, -7, -7, -7, -7, -7, -7, -7, -7, -7, -7, -7, -7, -8};
+  const std::vector<uint16_t> bbits = {0x2073, 0x75fb, 0x4e4f, 0x4e41, 0x44fe, 0x8e8f, 0x8efb, 0x8e8f, 0x8e8f,
+                                       0x8e8f, 0x8e8f, 0x8e8f, 0x8e8f, 0x8e8f, 0x8e8f, 0x8e8f, 0x8e8f, 0x8e8f,
+                                       0x7881, 0x7878, 0x7878, 0x7878, 0x4c4c, 0x4c4c, 0xad4c, 0x4c4c, 0x4c4c,
+                                       0x4c4c, 0x4c4c, 0x4c4c, 0x4c4c, 0x5823, 0x6966, 0x6669, 0x2074, 0x7369};
+  std::vector<float> bv;
+  for (uint16_t h : bbits) bv.push_back(bf16_bits_to_float(h));
+  const Array a = Array::from_vector(av, {2, 2, 3, 3});
+  const Array b = Array::from_vector(bv, {2, 2, 3, 3}).astype(Dtype::bfloat16);
+  const Array mo = Array::full({1, 1}, 1.0, Dtype::bool_);
+  const Array ml = Array::full({1, 1}, 0.0, Dtype::bool_);
+  // (1, 2, 1, 1): a subnormal 4.6e-41 for batch column 0, -(2^51 - 2^27) for column 1.
+  const Array mr = Array::from_vector(std::vector<float>{bits_f32(0x0000807eu), bits_f32(0xd8ffffffu)}, {1, 2, 1, 1});
+  const Array y = host(block_masked_mm(dev(a), dev(b), 64, dev(mo), dev(ml), dev(mr)));
+  ASSERT_EQ(y.dtype(), Dtype::float32);
+  const ref::Tensor r = ref::block_masked_mm(a, b, 64, mo, ml, mr);
+  EXPECT_TRUE(all_close(y, r, 0.0, 0.0));
+  // Entry (1, 1): columns 0 and 2 meet an overflowed b element (k = 2 and
+  // k = 1, 2), column 1 does not; every other entry is 0 * finite = 0.
+  const std::vector<double> v = y.to_double_vector();
+  for (int64_t i = 0; i < 36; ++i) {
+    const bool nan = i >= 27 && i % 3 != 1;
+    EXPECT_EQ(std::isnan(r.v[static_cast<size_t>(i)]), nan) << "reference, element " << i;
+    EXPECT_EQ(std::isnan(v[static_cast<size_t>(i)]), nan) << "element " << i;
+    if (!nan) {
+      EXPECT_EQ(v[static_cast<size_t>(i)], 0.0) << "element " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace mmkit::test

@@ -248,6 +248,11 @@ Tensor block_masked_mm(const Array& a, const Array& b, int bs, const std::option
   if (!a1) out.shape.push_back(M);
   if (!b1) out.shape.push_back(N);
   const bool op_bool = (!ml || ml->dtype() == Dtype::bool_) && (!mr || mr->dtype() == Dtype::bool_);
+  // A float-masked operand element (mask * data) is a float32 value, the
+  // computation dtype of every backend (SPEC decision 5), whatever T is: the
+  // product rounds once to float32 (exact in double before that) and can
+  // overflow to +-Inf, so a 0 on the other side gives Inf * 0 = NaN.
+  auto masked = [](double w, double x) { return static_cast<double>(static_cast<float>(w * x)); };
   for (int64_t l = 0; l < L; ++l) {
     auto idx = unravel(l, ob);
     const int64_t ai = bindex(ob, idx, ab), bi = bindex(ob, idx, bb);
@@ -262,7 +267,7 @@ Tensor block_masked_mm(const Array& a, const Array& b, int bs, const std::option
             if (lw == 0 || rw == 0) continue;  // block replaced by zeros
             acc += av * bv;
           } else {
-            acc += (lw * av) * (rw * bv);
+            acc += masked(lw, av) * masked(rw, bv);
           }
         }
         double om = mo ? mval(tmo, idx, m / bs, n / bs) : 1.0;

@@ -37,7 +37,9 @@ Tensor gather_qmm(const Array& x, const Array& w, const Array& scales, const std
 
 Tensor gather_mm(const Array& a, const Array& b, const std::optional<Array>& lhs, const std::optional<Array>& rhs);
 
-/// Masks: bool masks as 0/1, float masks rounded to the output dtype `T`.
+/// Masks: bool masks as 0/1, float masks rounded to the output dtype `T`; a
+/// float-masked operand element (mask * data) is rounded to float32, as the
+/// backends compute it (it can overflow to +-Inf), the rest is exact.
 Tensor block_masked_mm(const Array& a, const Array& b, int block_size, const std::optional<Array>& mask_out,
                        const std::optional<Array>& mask_lhs, const std::optional<Array>& mask_rhs);
 
