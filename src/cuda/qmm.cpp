@@ -9,8 +9,8 @@
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
 //   cuda_qmm_w4_mma   M > 32, 4-bit affine, float16/bfloat16, K % 128 == 0, group size 32/64/128: on an
-//                     sm_90 device with MMKIT_QMM_WG=1 the warpgroup-MMA kernel (qmm_wg.cu: weights
-//                     rounded to T, MLX's GPU numerics), else mma.sync (qmm_w4.cu); the grouped
+//                     sm_90 device the warpgroup-MMA kernel (qmm_wg.cu; MMKIT_QMM_WG=0 turns it off,
+//                     =mlx picks its MLX-numerics variant), else mma.sync (qmm_w4.cu); the grouped
 //                     gather tries them first in the same order
 //   cuda_qmm_sm80_mma M > 8 (> 32 for 4-bit affine), float16/bfloat16, transpose=true, K % 32 == 0 (qmm_sm80.cu)
 //   cuda_qmm_generic  everything else (qmm_generic.cu)
@@ -37,7 +37,7 @@ void run_qmv_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
 }
 void run_w4(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
-  if (qmm_wg_enabled() && qmm_wg_supports(d) && qmm_wg_run(d, a, scope)) return;
+  if (qmm_wg_mode() != QmmWgMode::off && qmm_wg_supports(d) && qmm_wg_run(d, a, scope)) return;
   if (!qmm_w4_run(d, a, scope) && !qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
 }
 void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
@@ -54,7 +54,7 @@ bool grouped_supports(const QmmDesc& d) {
 }
 void run_grouped(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
-  if (qmm_wg_enabled() && qmm_wg_grouped_supports(d) && qmm_wg_grouped_run(d, a, scope)) return;
+  if (qmm_wg_mode() != QmmWgMode::off && qmm_wg_grouped_supports(d) && qmm_wg_grouped_run(d, a, scope)) return;
   if (qmm_w4_grouped_supports(d) && qmm_w4_grouped_run(d, a, scope)) return;
   if (gather_grouped_supports(d) && gather_grouped_run(d, a, scope)) return;
   if (qmv_grouped_supports(d) && qmv_grouped_run(d, a, scope)) return;

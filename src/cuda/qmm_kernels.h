@@ -129,14 +129,17 @@ bool qmm_w4_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& sco
 bool qmm_w4_grouped_supports(const detail::QmmDesc& d);
 bool qmm_w4_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 
-/// qmm_wg.cu: the same calls on the sm_90a warpgroup MMA (an sm_90 device),
-/// the weights dequantized to T like MLX's GPU kernels (SPEC 2.4); opt-in.
+/// qmm_wg.cu: the same calls on the sm_90a warpgroup MMA (an sm_90 device);
+/// exact by default (no weight rounded), or MLX's GPU numerics (each weight
+/// rounded to T once, SPEC 2.4).
 bool qmm_wg_supports(const detail::QmmDesc& d);
 bool qmm_wg_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 bool qmm_wg_grouped_supports(const detail::QmmDesc& d);
 bool qmm_wg_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
-/// True when MMKIT_QMM_WG=1 (read per call).
-bool qmm_wg_enabled();
+/// MMKIT_QMM_WG (read per call): unset or 1 exact, 0 off (qmm_w4 instead),
+/// mlx the MLX-numerics variant.
+enum class QmmWgMode { off, exact, mlx };
+QmmWgMode qmm_wg_mode();
 
 bool qmm_mma_supports(const detail::QmmDesc& d);
 bool qmm_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);

@@ -85,24 +85,6 @@ __device__ __forceinline__ int word_of(int c, int ws) {
   return PAIRED ? (ws >> 1) * 8 + 2 * c + (ws & 1) : 4 * ws + c;
 }
 
-/// Exact out element over all of K, x * (s * q + b) group by group (taken only
-/// for outputs whose fast sum is not finite).
-template <typename T, int GS>
-__device__ __noinline__ float w4_exact(const T* xm, const uint32_t* wr, const T* srow, const T* brow, int K) {
-  float e = 0.0f;
-  for (int grp = 0; grp < K / GS; ++grp) {
-    const float s = to_f<T>(srow[grp]), b = to_f<T>(brow[grp]);
-    float ge = 0.0f;
-    for (int k = 0; k < GS; ++k) {
-      const int kk = grp * GS + k;
-      const float q = static_cast<float>((wr[kk / 8] >> (4 * (kk % 8))) & 15u);
-      ge = fmaf(to_f<T>(xm[kk]), fmaf(s, q, b), ge);
-    }
-    e += ge;
-  }
-  return e;
-}
-
 template <typename T>
 __device__ __forceinline__ void mma_w4(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/device/common.cuh"
 #include "formats/format.h"
 
 namespace mmkit::cuda {
@@ -159,5 +160,24 @@ inline constexpr float kPairScale = std::is_same_v<T, __nv_bfloat16> ? 1.0f : 1.
 
 /// Byte alignment load_pack needs.
 __host__ __device__ constexpr int pack_align(int bits) { return bits % 4 == 0 ? 16 : (bits % 2 == 0 ? 8 : 4); }
+
+/// One out element of a 4-bit affine matmul over all of K, x * (s * q + b)
+/// in float32 group by group (the tensor-core kernels take it for outputs
+/// whose fast sum is not finite: qmm_w4, qmm_wg).
+template <typename T, int GS>
+__device__ __noinline__ float w4_exact(const T* xm, const uint32_t* wr, const T* srow, const T* brow, int K) {
+  float e = 0.0f;
+  for (int grp = 0; grp < K / GS; ++grp) {
+    const float s = to_f<T>(srow[grp]), b = to_f<T>(brow[grp]);
+    float ge = 0.0f;
+    for (int k = 0; k < GS; ++k) {
+      const int kk = grp * GS + k;
+      const float q = static_cast<float>((wr[kk / 8] >> (4 * (kk % 8))) & 15u);
+      ge = fmaf(to_f<T>(xm[kk]), fmaf(s, q, b), ge);
+    }
+    e += ge;
+  }
+  return e;
+}
 
 }  // namespace mmkit::cuda

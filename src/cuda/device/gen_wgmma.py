@@ -48,22 +48,25 @@ __device__ __forceinline__ uint64_t desc_k_sw128(uint32_t addr) {
 /// instructions write their accumulators.)
 template <int N, typename T>
 __device__ __forceinline__ void mma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, bool accumulate);
+/// d = -a * b + (accumulate ? d : 0) (the MMA's scale-a of -1).
+template <int N, typename T>
+__device__ __forceinline__ void mma_rs_neg(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc, bool accumulate);
 """
 
-def gen(n, tname, ptype):
+def gen(n, tname, ptype, name="mma_rs", scale_a=1):
     nacc = n // 2
     regs = ", ".join(f"%{i}" for i in range(nacc))
     ops = ", ".join(f'"+f"(d[{i}])' for i in range(nacc))
     a0 = nacc
     return f"""
 template <>
-__device__ __forceinline__ void mma_rs<{n}, {tname}>(float (&d)[{nacc}], const uint32_t (&a)[4], uint64_t desc,
+__device__ __forceinline__ void {name}<{n}, {tname}>(float (&d)[{nacc}], const uint32_t (&a)[4], uint64_t desc,
                                                   bool accumulate) {{
   asm volatile(
       "{{\\n.reg .pred p;\\nsetp.ne.b32 p, %{a0+5}, 0;\\n"
       "wgmma.mma_async.sync.aligned.m64n{n}k16.f32.{ptype}.{ptype} "
       "{{{regs}}}, "
-      "{{%{a0}, %{a0+1}, %{a0+2}, %{a0+3}}}, %{a0+4}, p, 1, 1, 0;\\n}}\\n"
+      "{{%{a0}, %{a0+1}, %{a0+2}, %{a0+3}}}, %{a0+4}, p, {scale_a}, 1, 0;\\n}}\\n"
       : {ops}
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(static_cast<int>(accumulate))
       : "memory");
@@ -74,5 +77,7 @@ out = [HEAD]
 for n in (64, 128, 256):
     out.append(gen(n, "__half", "f16"))
     out.append(gen(n, "__nv_bfloat16", "bf16"))
+    out.append(gen(n, "__half", "f16", "mma_rs_neg", -1))
+    out.append(gen(n, "__nv_bfloat16", "bf16", "mma_rs_neg", -1))
 out.append("\n}  // namespace mmkit::cuda::wg\n")
 print("".join(out), end="")

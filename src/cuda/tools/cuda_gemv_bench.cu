@@ -271,15 +271,18 @@ int main(int argc, char** argv) {
         // And the every-format tensor-core kernel where the 4-bit many-row kernel is chosen.
         if (headline && any_format_mma && sel.name == "cuda_qmm_w4_mma" && M <= 512)
           entries.push_back({any_format_mma->name, any_format_mma->run});
-        // On sm_90 that entry runs the opt-in warpgroup-MMA kernel (qmm_wg.cu,
-        // MMKIT_QMM_WG=1: weights rounded to T) when asked: timed beside it.
-        if (headline && sel.name == "cuda_qmm_w4_mma" && sm90 && !std::getenv("MMKIT_QMM_WG"))
-          entries.push_back({"cuda_qmm_w4_mma:wgmma", [run = sel.run](const detail::QmmDesc& dd, detail::QmmArgs& aa,
-                                                                   const Stream& ss) {
-                               setenv("MMKIT_QMM_WG", "1", 1);
-                               run(dd, aa, ss);
-                               unsetenv("MMKIT_QMM_WG");
-                             }});
+        // On sm_90 that entry runs the warpgroup-MMA kernel (qmm_wg.cu, exact);
+        // its variants are timed beside it: the mma.sync kernel (qmm_w4.cu,
+        // MMKIT_QMM_WG=0) and MLX's numerics (MMKIT_QMM_WG=mlx: weights rounded to T).
+        if (headline && sel.name == "cuda_qmm_w4_mma" && sm90 && !std::getenv("MMKIT_QMM_WG")) {
+          for (const char* v : {"0", "mlx"})
+            entries.push_back({std::string("cuda_qmm_w4_mma:") + (v[0] == '0' ? "mma.sync" : "wgmma-mlx"),
+                               [run = sel.run, v](const detail::QmmDesc& dd, detail::QmmArgs& aa, const Stream& ss) {
+                                 setenv("MMKIT_QMM_WG", v, 1);
+                                 run(dd, aa, ss);
+                                 unsetenv("MMKIT_QMM_WG");
+                               }});
+        }
       }
       for (const auto& entry : entries) {
         // Check against the generic kernel before timing.
