@@ -756,45 +756,50 @@ TEST(CudaCross, ManyRowQmmWarpgroupEveryTile) {
   // variant: the weights are dequantized to T (one rounding, like MLX's GPU
   // kernels): within that rounding over K terms, and (which shows that this
   // variant ran) outside the exact tolerance somewhere.
+  // (Tiles big and small: the exact variant's split and fold forms.)
   for (const char* mode : {"1", "mlx"})
-    for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
-      for (int gs : {32, 64, 128}) {
-        const ScopedEnv on("MMKIT_QMM_WG", mode);
-        SCOPED_TRACE(std::string("MMKIT_QMM_WG=") + mode + ", random data, g" + std::to_string(gs));
-        const int64_t M = 300, N = 264, K = 1024;
-        const std::vector<Array> q = quantize(randn({N, K}, dt, seed++), gs, 4, "affine");
-        Array x = randn({M, K}, dt, seed++);
-        ref::Tensor r = ref::quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine");
-        Array y = quantized_matmul(gpu(x), gpu(q[0]), gpu(q[1]), gpu(q[2]), true, gs, 4, "affine");
-        const bool exact_ok = static_cast<bool>(all_close(y, r, rtol_for(dt), 2e-5 * r.max_abs()));
-        if (std::string(mode) == "1") {
-          EXPECT_TRUE(all_close(y, r, rtol_for(dt), 2e-5 * r.max_abs()));
-        } else {
-          // (Absolute tolerance: the weights' rounding over K terms of unit
-          // size, about 7 standard deviations.)
-          EXPECT_TRUE(all_close(y, r, rtol_for(dt), rtol_for(dt) * std::sqrt(static_cast<double>(K))));
-          EXPECT_FALSE(exact_ok) << "the MLX variant's weight rounding should show";
+    for (const char* tile : {"big", "small"})
+      for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+        for (int gs : {32, 64, 128}) {
+          const ScopedEnv on("MMKIT_QMM_WG", mode), env("MMKIT_QMM_WG_TILE", tile);
+          SCOPED_TRACE(std::string("MMKIT_QMM_WG=") + mode + ", tile " + tile + ", random data, g" +
+                       std::to_string(gs));
+          const int64_t M = 300, N = 264, K = 1024;
+          const std::vector<Array> q = quantize(randn({N, K}, dt, seed++), gs, 4, "affine");
+          Array x = randn({M, K}, dt, seed++);
+          ref::Tensor r = ref::quantized_matmul(x, q[0], q[1], q[2], true, gs, 4, "affine");
+          Array y = quantized_matmul(gpu(x), gpu(q[0]), gpu(q[1]), gpu(q[2]), true, gs, 4, "affine");
+          const bool exact_ok = static_cast<bool>(all_close(y, r, rtol_for(dt), 2e-5 * r.max_abs()));
+          if (std::string(mode) == "1") {
+            EXPECT_TRUE(all_close(y, r, rtol_for(dt), 2e-5 * r.max_abs()));
+          } else {
+            // (Absolute tolerance: the weights' rounding over K terms of unit
+            // size, about 7 standard deviations.)
+            EXPECT_TRUE(all_close(y, r, rtol_for(dt), rtol_for(dt) * std::sqrt(static_cast<double>(K))));
+            EXPECT_FALSE(exact_ok) << "the MLX variant's weight rounding should show";
+          }
         }
-      }
   // Exact variant, inputs that overflow its float16 intermediates while the
   // results stay finite: (a) scales near 65504 / 8, so s * q overflows but
   // s * q + b does not; (b) group sums of x beyond 65504. The sums that end
   // up not finite are recomputed element by element.
-  for (int part : {0, 1}) {
-    SCOPED_TRACE(part == 0 ? "s * q overflows float16" : "sum(x) overflows float16");
-    const int64_t M = 70, N = 64, K = 256;
-    Array wf = part == 0 ? Array::zeros({N, K}, Dtype::float32) : randn({N, K}, Dtype::float32, seed++, 1e-3);
-    Array xf = Array::zeros({M, K}, Dtype::float32);
-    for (int64_t i = 0; i < N * K && part == 0; ++i)
-      wf.data<float>()[i] = (i % 7 == 0) ? 60000.0f : -60000.0f + 1000.0f * static_cast<float>(i % 5);
-    for (int64_t i = 0; i < M * K; ++i)
-      xf.data<float>()[i] = part == 0 ? ((i % 3 == 0) ? 1.0f / 1024 : -1.0f / 512) : ((i % 2 == 0) ? 4096.0f : 1.0f);
-    const std::vector<Array> q = quantize(wf.astype(Dtype::float16), 64, 4, "affine");
-    Array x = xf.astype(Dtype::float16);
-    ref::Tensor r = ref::quantized_matmul(x, q[0], q[1], q[2], true, 64, 4, "affine");
-    Array y = quantized_matmul(gpu(x), gpu(q[0]), gpu(q[1]), gpu(q[2]), true, 64, 4, "affine");
-    EXPECT_TRUE(all_close(y, r, rtol_for(Dtype::float16), 2e-5 * r.max_abs()));
-  }
+  for (const char* tile : {"big", "tiny"})
+    for (int part : {0, 1}) {
+      const ScopedEnv env("MMKIT_QMM_WG_TILE", tile);
+      SCOPED_TRACE(std::string(part == 0 ? "s * q overflows float16" : "sum(x) overflows float16") + ", tile " + tile);
+      const int64_t M = 70, N = 64, K = 256;
+      Array wf = part == 0 ? Array::zeros({N, K}, Dtype::float32) : randn({N, K}, Dtype::float32, seed++, 1e-3);
+      Array xf = Array::zeros({M, K}, Dtype::float32);
+      for (int64_t i = 0; i < N * K && part == 0; ++i)
+        wf.data<float>()[i] = (i % 7 == 0) ? 60000.0f : -60000.0f + 1000.0f * static_cast<float>(i % 5);
+      for (int64_t i = 0; i < M * K; ++i)
+        xf.data<float>()[i] = part == 0 ? ((i % 3 == 0) ? 1.0f / 1024 : -1.0f / 512) : ((i % 2 == 0) ? 4096.0f : 1.0f);
+      const std::vector<Array> q = quantize(wf.astype(Dtype::float16), 64, 4, "affine");
+      Array x = xf.astype(Dtype::float16);
+      ref::Tensor r = ref::quantized_matmul(x, q[0], q[1], q[2], true, 64, 4, "affine");
+      Array y = quantized_matmul(gpu(x), gpu(q[0]), gpu(q[1]), gpu(q[2]), true, 64, 4, "affine");
+      EXPECT_TRUE(all_close(y, r, rtol_for(Dtype::float16), 2e-5 * r.max_abs()));
+    }
 }
 
 TEST(CudaCross, GatherQmmGroupedGenericTile) {

@@ -14,21 +14,29 @@
 // its second word) of rows g and g + 8. The two codes of byte c become an
 // exact T pair q with a PRMT, a LOP3 (magic exponent) and an exact FMA pair.
 //
-// Numerics (EXACT, the default): no weight is rounded. s * q is exact in
-// float32 (8 + 4 significant bits in bfloat16, 11 + 4 in float16), so it is
-// split into two T values, hi = T(s * q) and lo = s * q - hi (exact in T: an
-// FMA pair computes it with one rounding that has nothing to round), and two
-// MMAs add x * hi and x * lo into the float32 sum. The biases' share,
-// sum over groups of b * sum(x in group), is a short second K range run
-// first (the "tail" k-tiles): A = the biases (exact in T), B = each group's
-// float32 sum of x split the same way into T (hi, lo) pairs (relative error
-// 2^-18 in bfloat16), written by a pre-pass (wg_sums_kernel) per x row. An
-// output whose sum is not finite (an Inf / NaN input, or an intermediate
-// that overflows T) is recomputed element by element (w4_exact), so non-finite
-// inputs give the reference's results. The MLX variant (MMKIT_QMM_WG=mlx)
-// rounds each weight to T once instead, w = fma(q, s, b) in T, like MLX's GPU
-// kernels (SPEC 2.4): one MMA per k16 step and no tail, with a 2^-9
-// (bfloat16) relative error per weight.
+// Numerics (EXACT, the default): no weight is rounded. Two forms:
+//  * fold (group size 64 / 128, tiles of <= 128 x rows): the codes go into
+//    the MMA as exact T values, each k-tile's sum P of x * q (float32) is
+//    folded as acc += s * P a tile later (two P sets alternate by tile), so
+//    the MMA count is the MLX variant's. ptxas serializes the MMAs when the
+//    fold reads a P whose MMAs it cannot prove retired, which it cannot across
+//    the loop's back edge: the first tile of each pair of tiles waits for all
+//    MMAs (wait_group 0) before its last step.
+//  * split (group size 32, or the big tile): s * q is exact in float32 (8 + 4
+//    significant bits in bfloat16, 11 + 4 in float16), so it is split into
+//    two T values, hi = T(s * q) and lo = s * q - hi (exact in T: an FMA
+//    pair computes it with one rounding that has nothing to round), and two
+//    MMAs add x * hi and x * lo into the float32 sum.
+// The biases' share, sum over groups of b * sum(x in group), is a short
+// second K range run first (the "tail" k-tiles): A = the biases (exact in T),
+// B = each group's float32 sum of x split the same way into T (hi, lo) pairs
+// (relative error 2^-18 in bfloat16), written by a pre-pass (wg_sums_kernel)
+// per x row. An output whose sum is not finite (an Inf / NaN input, or an
+// intermediate that overflows T) is recomputed element by element
+// (w4_exact), so non-finite inputs give the reference's results. The MLX
+// variant (MMKIT_QMM_WG=mlx) rounds each weight to T once instead,
+// w = fma(q, s, b) in T, like MLX's GPU kernels (SPEC 2.4): one MMA per k16
+// step and no tail, with a 2^-9 (bfloat16) relative error per weight.
 //
 // Block: NWG warpgroups (R m64 tiles each; R = 1 in every tiling), 64 NWG R
 // W rows x BT x rows. An S-stage ring holds per k-tile of 64 codes the x rows
@@ -57,8 +65,8 @@
 // Tests: tests/test_cuda_cross.cpp (CudaCross.ManyRowQmmWarpgroupEveryTile
 // and the Qmm / GatherQmm cases), conformance with MMKIT_TEST_DEVICE=gpu.
 #include <cuda.h>
-#include <cuda_runtime.h>
 #include <cudaTypedefs.h>
+#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <atomic>
@@ -81,8 +89,8 @@ namespace {
 template <int GS, int NWG, int R, int BT, int S, bool TMA>
 struct WgCfg {
   static constexpr int kThreads = 128 * NWG;
-  static constexpr int BW = 64 * R * NWG;  // W rows per block (R m64 tiles per warpgroup)
-  static constexpr int BK = 64;  // codes per k-tile
+  static constexpr int BW = 64 * R * NWG;             // W rows per block (R m64 tiles per warpgroup)
+  static constexpr int BK = 64;                       // codes per k-tile
   static constexpr int GPS = GS >= BK ? 1 : BK / GS;  // groups a k-tile touches
   // Words per code row in a stage: 8 dense from the tensor copies, else 12
   // (the lanes' 16-byte reads of 8 rows hit distinct bank quads).
@@ -93,10 +101,10 @@ struct WgCfg {
   static constexpr int kStage = (kXBytes + kWBytes + kSBytes + 1023) / 1024 * 1024;
   static constexpr int OP = BW + 8;  // out staging pitch (T elements)
   static constexpr int kEpi = BT * OP * 2;
-  static constexpr int kMain = S * kStage > kEpi ? S * kStage : kEpi;
-  static constexpr int kSmem = 1024 + kMain + 3 * BT * 8 + S * 8;  // + alignment slack, the rows' offsets, barriers
-  static constexpr uint32_t kStageTx = kXBytes + BW * 32;  // bytes the tensor copies bring per stage
-  static constexpr int P = S - 2;  // k-tiles loaded ahead
+  static constexpr int kMain = S * kStage > kEpi ? S* kStage : kEpi;
+  static constexpr int kSmem = 1024 + kMain + 3 * BT * 8 + S * 8;   // + alignment slack, the rows' offsets, barriers
+  static constexpr uint32_t kStageTx = kXBytes + BW * 32;           // bytes the tensor copies bring per stage
+  static constexpr int P = S - 2;                                   // k-tiles loaded ahead
   static constexpr int SPT = (BW * GPS + kThreads - 1) / kThreads;  // (s, b) entries per thread
   static_assert(S >= 4 && kSmem <= 227 * 1024, "shared memory");
   static_assert(kStageTx > 0 && P > 0 && SPT > 0, "(each referenced in every compilation pass)");
@@ -109,14 +117,15 @@ __device__ __forceinline__ uint32_t wg_codes(uint32_t w, uint32_t sel) {
   if constexpr (std::is_same_v<T, __half>) {
     // Byte c into halves 0 and 1; low nibble -> 1024 + lo, high -> 1024 + 16 hi.
     const uint32_t u = (__byte_perm(w, 0u, sel) & 0x00F0000Fu) | 0x64006400u;
-    const __half2 q = __hfma2(*reinterpret_cast<const __half2*>(&u), __halves2half2(__float2half(1.0f), __float2half(0.0625f)),
-                              __halves2half2(__float2half(-1024.0f), __float2half(-64.0f)));
+    const __half2 q =
+        __hfma2(*reinterpret_cast<const __half2*>(&u), __halves2half2(__float2half(1.0f), __float2half(0.0625f)),
+                __halves2half2(__float2half(-1024.0f), __float2half(-64.0f)));
     return *reinterpret_cast<const uint32_t*>(&q);
   } else {
     // Low nibble of byte c of w, and of byte c of w >> 4: 128 + lo, 128 + hi.
     const uint32_t u = (__byte_perm(w, w >> 4, sel) & 0x000F000Fu) | 0x43004300u;
-    const __nv_bfloat162 q = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&u),
-                                     __floats2bfloat162_rn(128.0f, 128.0f));
+    const __nv_bfloat162 q =
+        __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&u), __floats2bfloat162_rn(128.0f, 128.0f));
     return *reinterpret_cast<const uint32_t*>(&q);
   }
 }
@@ -129,8 +138,8 @@ template <typename T>
 __device__ __forceinline__ uint32_t wg_deq(uint32_t w, uint32_t sel, uint32_t s2, uint32_t b2) {
   using T2 = wg_t2<T>;
   const uint32_t q = wg_codes<T>(w, sel);
-  const T2 r = __hfma2(*reinterpret_cast<const T2*>(&q), *reinterpret_cast<const T2*>(&s2),
-                       *reinterpret_cast<const T2*>(&b2));
+  const T2 r =
+      __hfma2(*reinterpret_cast<const T2*>(&q), *reinterpret_cast<const T2*>(&s2), *reinterpret_cast<const T2*>(&b2));
   return *reinterpret_cast<const uint32_t*>(&r);
 }
 
@@ -149,6 +158,15 @@ __device__ __forceinline__ void wg_split(uint32_t w, uint32_t sel, uint32_t s2, 
   lo = *reinterpret_cast<const uint32_t*>(&l);
 }
 
+/// The float value of a T's bits.
+template <typename T>
+__device__ __forceinline__ float wg_bits_to_f(uint32_t h) {
+  if constexpr (std::is_same_v<T, __half>)
+    return f16_bits_to_f(h);
+  else
+    return bf16_bits_to_f(h);
+}
+
 /// The lane's PRMT selector for wg_codes (byte c of the word into both halves).
 template <typename T>
 __device__ __forceinline__ uint32_t wg_sel(int c) {
@@ -158,40 +176,43 @@ __device__ __forceinline__ uint32_t wg_sel(int c) {
 /// Column of group i (0..7) of a 16-column chunk of the sums of x: lane c's
 /// A fragment holds k 2c, 2c + 1 and 2c + 8, 2c + 9, which carry the (hi, lo)
 /// sums of groups 2c and 2c + 1 (so a lane's biases are adjacent groups).
-__host__ __device__ constexpr int wg_sum_col(int i) { return 8 * (i & 1) + (i & ~1); }
+__host__ __device__ constexpr int wg_sum_col(int i) {
+  return 8 * (i & 1) + (i & ~1);
+}
 
 /// The pre-pass of the exact variant: per x row and group the float32 sum of
 /// x, split into T (hi, lo) = (T(sum), T(sum - hi)), at wg_sum_col's columns
-/// of rows of G2 (a multiple of 64; the slots of groups past G are zero). One warp per
-/// row, 16-byte loads, lanes of a group reduced by shuffles.
+/// of rows of G2 (a multiple of 64; the slots of groups past G are zero). One
+/// warp per 256 values of a row (a 16-byte load per lane, the lanes of a
+/// group reduced by shuffles): many warps, each one memory latency.
 template <typename T, int GS>
-__global__ void __launch_bounds__(256) wg_sums_kernel(const T* __restrict__ x, T* __restrict__ sums, int64_t rows,
-                                                      int K, int G2) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
+__global__ void __launch_bounds__(256)
+    wg_sums_kernel(const T* __restrict__ x, T* __restrict__ sums, int64_t rows, int K, int G2) {
+  const int chunks = (K + 255) / 256;
+  const int64_t wid = static_cast<int64_t>(blockIdx.x) * 8 + (threadIdx.x >> 5);
   const int lane = threadIdx.x & 31;
-  if (row >= rows) return;
-  const T* xr = x + row * K;
+  if (wid >= rows * chunks) return;
+  const int64_t row = wid / chunks;
+  const int k = static_cast<int>(wid % chunks) * 256 + lane * 8;
   uint32_t* sr = reinterpret_cast<uint32_t*>(sums + row * G2);
   constexpr int LPG = GS / 8;  // lanes per group
-  for (int k0 = 0; k0 < K; k0 += 256) {
-    const int k = k0 + lane * 8;
-    float s = 0.0f;
-    if (k < K) {
-      const uint4 v = *reinterpret_cast<const uint4*>(xr + k);
-      const T* e = reinterpret_cast<const T*>(&v);
+  float s = 0.0f;
+  if (k < K) {
+    const uint4 v = *reinterpret_cast<const uint4*>(x + row * K + k);
+    const T* e = reinterpret_cast<const T*>(&v);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) s += to_f<T>(e[i]);
-    }
+    for (int i = 0; i < 8; ++i) s += to_f<T>(e[i]);
+  }
 #pragma unroll
-    for (int o = 1; o < LPG; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (k < K && lane % LPG == 0) {
-      const int gi = k / GS;
-      const T pair[2] = {from_f<T>(s), from_f<T>(s - to_f<T>(from_f<T>(s)))};  // (hi, lo)
-      sr[(16 * (gi / 8) + wg_sum_col(gi % 8)) / 2] = *reinterpret_cast<const uint32_t*>(pair);
-    }
+  for (int o = 1; o < LPG; o <<= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+  if (k < K && lane % LPG == 0) {
+    const int gi = k / GS;
+    const T pair[2] = {from_f<T>(s), from_f<T>(s - to_f<T>(from_f<T>(s)))};  // (hi, lo)
+    sr[(16 * (gi / 8) + wg_sum_col(gi % 8)) / 2] = *reinterpret_cast<const uint32_t*>(pair);
   }
   // The slots of the groups past K / GS (a chunk's slots interleave: by group, not by column).
-  for (int gi = K / GS + lane; gi < G2 / 2; gi += 32) sr[(16 * (gi / 8) + wg_sum_col(gi % 8)) / 2] = 0u;
+  if (wid % chunks == 0)
+    for (int gi = K / GS + lane; gi < G2 / 2; gi += 32) sr[(16 * (gi / 8) + wg_sum_col(gi % 8)) / 2] = 0u;
 }
 
 /// The tensor maps of a dense call: x as (K, M, x batch) with 64 x BT boxes
@@ -216,8 +237,8 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
   unsigned char* smem = smem_raw + pad;
   const uint32_t smem_s = raw_s + pad;
   int64_t* a_off = reinterpret_cast<int64_t*>(smem + C::kMain);  // x element offset of each tile row
-  int64_t* o_off = a_off + BT;  // out element offset of each tile row
-  int64_t* s_off = o_off + BT;  // sums element offset of each tile row (grouped, exact)
+  int64_t* o_off = a_off + BT;                                   // out element offset of each tile row
+  int64_t* s_off = o_off + BT;                            // sums element offset of each tile row (grouped, exact)
   const uint32_t bar_s = smem_s + C::kMain + 3 * BT * 8;  // the stages' barriers (tensor copies)
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;
@@ -252,7 +273,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
     const int64_t wi = u.w;
     if constexpr (!GROUPED) {
       tma::proxy_fence();  // the previous unit's epilogue wrote the ring: before the copies refill it
-      __syncthreads();  // the previous unit's epilogue read the offsets
+      __syncthreads();     // the previous unit's epilogue read the offsets
       for (int r = tid; r < BT; r += kThreads) {
         a_off[r] = (u.x * M + m0 + r) * static_cast<int64_t>(K);
         o_off[r] = (l * M + m0 + r) * static_cast<int64_t>(N);
@@ -265,10 +286,24 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
     // (Not zeroed: the first MMA of the unit starts the sum; ptxas serializes
     // the MMAs when other instructions write their accumulators.)
     float acc[R][BT / 2];
-    // Exact, BT <= 128: the lo products into a second sum (the two MMAs of a
-    // step then do not wait on each other), added at the end.
-    constexpr bool TWO = EXACT && BT <= 128;
+    // Exact, group size 64 / 128, BT <= 128 (FOLD): codes as exact T values,
+    // one MMA per step into a per-k-tile sum P (two, alternating by tile),
+    // folded as acc += s * P a tile later (the tail's bias sums first, with
+    // s = 1): the MLX variant's MMA count. Else exact (hi, lo), BT <= 128
+    // (TWO): the lo products into a second sum, added at the end.
+    constexpr bool FOLD = EXACT && BT <= 128 && GS >= 64;
+    constexpr bool TWO = EXACT && !FOLD && BT <= 128;
     float acc2[R][TWO ? BT / 2 : 1];
+    float pacc[2][R][FOLD ? BT / 2 : 1];
+    float fsc[2][R][2];  // (FOLD) the scales of the two W rows of a lane, per tile parity
+    if constexpr (FOLD) {
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+#pragma unroll
+        for (int i = 0; i < BT / 2; ++i) acc[r][i] = 0.0f;
+        fsc[1][r][0] = fsc[1][r][1] = 1.0f;
+      }
+    }
 
     if (u.ok) {  // uniform over the block
       const uint32_t* wbase = p.w + (wi * N) * static_cast<int64_t>(words_per_row);
@@ -276,7 +311,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
       // The ring position of the unit's k-tile v (tail tiles first): stage
       // (gbase + v) % S, phase ((gbase + v) / S) % 2.
       const int g0 = static_cast<int>(gbase % S), q0 = static_cast<int>((gbase / S) & 1);
-      auto stage_of = [&](int v) { return (g0 + v) % S; };  // (prologue only: the steps count stages)
+      auto stage_of = [&](int v) { return (g0 + v) % S; };   // (prologue only: the steps count stages)
       auto wrap = [](int v) { return v >= S ? v - S : v; };  // (selects, not branches)
       // k-tile v's x rows (swizzled) and codes, or (tail) its sums of x, into stage st.
       auto issue = [&](int v, int st) {
@@ -333,7 +368,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
         b_row[i] = Bi + off;
       }
       // (Only the loads here: their first use is at the store, a step later.)
-      auto load_scales = [&](int t, uint32_t (&sreg)[2][C::SPT]) {
+      auto load_scales = [&](int t, uint32_t(&sreg)[2][C::SPT]) {
         const int gi = (max(min(t, tiles - 1), 0) * C::BK) / GS;
 #pragma unroll
         for (int i = 0; i < C::SPT; ++i) {
@@ -341,7 +376,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
           sreg[1][i] = __ldg(b_row[i] + gi);
         }
       };
-      auto store_scales = [&](int st, int t, const uint32_t (&sreg)[2][C::SPT]) {
+      auto store_scales = [&](int st, int t, const uint32_t(&sreg)[2][C::SPT]) {
         uint32_t* ss = reinterpret_cast<uint32_t*>(smem + st * C::kStage + C::kXBytes + C::kWBytes);
 #pragma unroll
         for (int i = 0; i < C::SPT; ++i) {
@@ -352,7 +387,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
       // The biases a lane's A fragments of tail k-tile v hold (exact): per
       // m64 tile r and k16 step j, rows ra / rb, groups 32 v + 8 j + 2 c (+ 1).
       const int ra0 = min(n0 + wrow0 + g, N - 1), rb0 = min(n0 + wrow0 + g + 8, N - 1);
-      auto load_biases = [&](int v, uint32_t (&bv)[R][16]) {
+      auto load_biases = [&](int v, uint32_t(&bv)[R][16]) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -414,7 +449,12 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
             for (int k = 0; k < 4; ++k) wg::fence_operand(af[j][r][k]);
           wg::fence();
 #pragma unroll
-          for (int r = 0; r < R; ++r) wg::mma_rs<BT, T>(acc[r], af[j][r], desc, v > 0 || j > 0);
+          for (int r = 0; r < R; ++r) {
+            if constexpr (FOLD)
+              wg::mma_rs<BT, T>(pacc[1][r], af[j][r], desc, v > 0 || j > 0);
+            else
+              wg::mma_rs<BT, T>(acc[r], af[j][r], desc, v > 0 || j > 0);
+          }
           wg::commit();
         }
       };
@@ -426,7 +466,9 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
       // tile v + P and waits for tile v. (Grouped per step, ptxas keeps the
       // MMAs asynchronous across the wait loop; one group per tile with two
       // fragment sets it serializes them.)
-      auto step = [&](int v, int st, int ph, uint32_t (&sr_next)[2][C::SPT], const uint32_t (&sr_prev)[2][C::SPT]) {
+      auto step = [&](int v, int st, int ph, uint32_t(&sr_next)[2][C::SPT], const uint32_t(&sr_prev)[2][C::SPT],
+                      auto& p_cur, auto& p_prev, auto& fs_cur, const auto& fs_prev, auto drain) {
+        [[maybe_unused]] constexpr bool DRAIN = decltype(drain)::value;
         const int t = v - tt;
         const unsigned char* base = smem + st * C::kStage;
         const uint32_t* ws = reinterpret_cast<const uint32_t*>(base + C::kXBytes);
@@ -437,7 +479,17 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
         uint32_t wa[R][8], wb[R][8], sa[R][GPS], ba[R][GPS], sb[R][GPS], bb[R][GPS], nsa[R][GPS], nsb[R][GPS];
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-          wg::wait<3>();
+          if constexpr (FOLD) {
+            // (Before the fold: ptxas serializes the MMAs unless it sees the
+            // previous tile's MMAs retired; across the loop it cannot count
+            // groups, so the first tile of a pair drains the pipe.)
+            if (j == 3 && DRAIN)
+              wg::wait<0>();
+            else
+              wg::wait<3>();
+          } else {
+            wg::wait<3>();
+          }
           if (j == 0) {
             if constexpr (!TMA) cp_async_wait<P - 1>();
             __syncthreads();  // (copies) tile v landed for every thread; every warpgroup is done with tile v - 2
@@ -463,12 +515,22 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
                 sb[r][q] = __byte_perm(vb, vb, 0x1010), bb[r][q] = __byte_perm(vb, vb, 0x3232);
                 nsa[r][q] = sa[r][q] ^ 0x80008000u, nsb[r][q] = sb[r][q] ^ 0x80008000u;
               }
+              if constexpr (FOLD) {  // (GPS = 1)
+                const uint32_t va = ss[ra], vb = ss[rb];
+                fs_cur[r][0] = wg_bits_to_f<T>(va & 0xFFFFu);
+                fs_cur[r][1] = wg_bits_to_f<T>(vb & 0xFFFFu);
+              }
             }
           }
-          const int q = GS >= 64 ? 0 : j / 2;  // the k16 step's group in the tile
+          [[maybe_unused]] const int q = GS >= 64 ? 0 : j / 2;  // the k16 step's group in the tile
 #pragma unroll
           for (int r = 0; r < R; ++r) {
-            if constexpr (EXACT) {
+            if constexpr (FOLD) {
+              af[j][r][0] = wg_codes<T>(wa[r][2 * j], sel);
+              af[j][r][1] = wg_codes<T>(wb[r][2 * j], sel);
+              af[j][r][2] = wg_codes<T>(wa[r][2 * j + 1], sel);
+              af[j][r][3] = wg_codes<T>(wb[r][2 * j + 1], sel);
+            } else if constexpr (EXACT) {
               wg_split<T>(wa[r][2 * j], sel, sa[r][q], nsa[r][q], af[j][r][0], al[j][r][0]);
               wg_split<T>(wb[r][2 * j], sel, sb[r][q], nsb[r][q], af[j][r][1], al[j][r][1]);
               wg_split<T>(wa[r][2 * j + 1], sel, sa[r][q], nsa[r][q], af[j][r][2], al[j][r][2]);
@@ -489,15 +551,33 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
               wg::fence_operand(af[j][r][k]);
-              if constexpr (EXACT) wg::fence_operand(al[j][r][k]);
+              if constexpr (EXACT && !FOLD) wg::fence_operand(al[j][r][k]);
             }
+          if constexpr (FOLD) {
+            if (j == 3) {
+              // The previous tile's sum is done (the wait above): acc += s * P.
+              // (Here, between the wait and the fence: moved after this step's
+              // MMAs, the read makes ptxas serialize them.)
+#pragma unroll
+              for (int r = 0; r < R; ++r)
+#pragma unroll
+                for (int i = 0; i < BT / 2; ++i) {
+                  wg::fence_operand(p_prev[r][i]);
+                  acc[r][i] = fmaf(fs_prev[r][(i & 2) >> 1], p_prev[r][i], acc[r][i]);
+                }
+            }
+          }
           wg::fence();
 #pragma unroll
           for (int r = 0; r < R; ++r) {
-            if constexpr (EXACT) {
+            if constexpr (FOLD) {
+              wg::mma_rs<BT, T>(p_cur[r], af[j][r], desc, j > 0);
+            } else if constexpr (EXACT) {
               wg::mma_rs_neg<BT, T>(acc[r], af[j][r], desc, true);  // (x * hi)
-              if constexpr (TWO) wg::mma_rs<BT, T>(acc2[r], al[j][r], desc, t > 0 || j > 0);
-              else wg::mma_rs<BT, T>(acc[r], al[j][r], desc, true);
+              if constexpr (TWO)
+                wg::mma_rs<BT, T>(acc2[r], al[j][r], desc, t > 0 || j > 0);
+              else
+                wg::mma_rs<BT, T>(acc[r], al[j][r], desc, true);
             } else {
               wg::mma_rs<BT, T>(acc[r], af[j][r], desc, t > 0 || j > 0);
             }
@@ -522,13 +602,22 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
         }
       }
       for (int v = tt; v < all; v += 2) {  // (tiles is even: K % 128 == 0)
-        step(v, st, ph, sr0, sr1);
+        step(v, st, ph, sr0, sr1, pacc[0], pacc[1], fsc[0], fsc[1], std::true_type{});
         advance();
-        step(v + 1, st, ph, sr1, sr0);
+        step(v + 1, st, ph, sr1, sr0, pacc[1], pacc[0], fsc[1], fsc[0], std::false_type{});
         advance();
       }
       wg::wait<0>();
       gbase += all;
+      if constexpr (FOLD) {  // the last tile's sum
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+          for (int i = 0; i < BT / 2; ++i) {
+            wg::fence_operand(pacc[1][r][i]);
+            acc[r][i] = fmaf(fsc[1][r][(i & 2) >> 1], pacc[1][r][i], acc[r][i]);
+          }
+      }
 #pragma unroll
       for (int r = 0; r < R; ++r)
 #pragma unroll
@@ -648,8 +737,7 @@ bool launch_cfg(const QmmKernelParams& p, int64_t units, WgMaps maps, const OpSc
   if (!GROUPED && !make_maps<T>(p, BT, Cf::BW, maps)) return false;
   static std::atomic<uint64_t> opted{0};
   opt_in_shared_memory(kernel, Cf::kSmem, opted, scope, "qmm_wg");
-  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, Cf::BW)),
-                  GROUPED ? 1u : static_cast<unsigned>(ceil_div(p.M, BT)),
+  const dim3 grid(static_cast<unsigned>(ceil_div(p.N, Cf::BW)), GROUPED ? 1u : static_cast<unsigned>(ceil_div(p.M, BT)),
                   static_cast<unsigned>(units < 65535 ? units : 65535));
   kernel<<<grid, Cf::kThreads, Cf::kSmem, scope.stream()>>>(p, maps);
   return true;
@@ -681,7 +769,8 @@ WgTile pick_wg_tile(int64_t M, int64_t N, int64_t units, int sms) {
     WgTile tile;
     int64_t bw, bt;
   };
-  const Cand cands[] = {{WgTile::big, 128, 256}, {WgTile::mid, 128, 128}, {WgTile::small, 64, 128}, {WgTile::tiny, 64, 64}};
+  const Cand cands[] = {
+      {WgTile::big, 128, 256}, {WgTile::mid, 128, 128}, {WgTile::small, 64, 128}, {WgTile::tiny, 64, 64}};
   WgTile best = WgTile::tiny;
   int64_t best_cost = -1;
   for (const Cand& c : cands) {
@@ -699,10 +788,14 @@ bool launch_tile(const QmmKernelParams& p, WgTile tile, int64_t units, const WgM
     return launch_cfg<T, GS, 1, 1, 64, 6, true, EXACT>(p, units, maps, scope);
   } else {
     switch (tile) {
-      case WgTile::big: return launch_cfg<T, GS, 2, 1, 256, 4, false, EXACT>(p, units, maps, scope);
-      case WgTile::mid: return launch_cfg<T, GS, 2, 1, 128, 6, false, EXACT>(p, units, maps, scope);
-      case WgTile::small: return launch_cfg<T, GS, 1, 1, 128, 6, false, EXACT>(p, units, maps, scope);
-      default: return launch_cfg<T, GS, 1, 1, 64, 8, false, EXACT>(p, units, maps, scope);
+      case WgTile::big:
+        return launch_cfg<T, GS, 2, 1, 256, 4, false, EXACT>(p, units, maps, scope);
+      case WgTile::mid:
+        return launch_cfg<T, GS, 2, 1, 128, 6, false, EXACT>(p, units, maps, scope);
+      case WgTile::small:
+        return launch_cfg<T, GS, 1, 1, 128, 6, false, EXACT>(p, units, maps, scope);
+      default:
+        return launch_cfg<T, GS, 1, 1, 64, 8, false, EXACT>(p, units, maps, scope);
     }
   }
 }
@@ -716,7 +809,7 @@ bool launch_mode(const QmmKernelParams& p, WgTile tile, int64_t units, int64_t x
   maps.g2 = static_cast<int>(ceil_div(2 * (p.K / GS), 64) * 64);
   const WgScratch sums(scope, static_cast<size_t>(x_rows) * static_cast<size_t>(maps.g2) * sizeof(T));
   maps.sums = sums.get();
-  wg_sums_kernel<T, GS><<<static_cast<unsigned>(ceil_div(x_rows, 8)), 256, 0, scope.stream()>>>(
+  wg_sums_kernel<T, GS><<<static_cast<unsigned>(ceil_div(x_rows * ceil_div(p.K, 256), 8)), 256, 0, scope.stream()>>>(
       static_cast<const T*>(p.x), static_cast<T*>(sums.get()), x_rows, p.K, maps.g2);
   scope.check_launch("qmm_wg (sums of x)");
   return launch_tile<T, GS, GROUPED, true>(p, tile, units, maps, scope);
@@ -726,9 +819,12 @@ template <typename T, bool GROUPED>
 bool launch_gs(int gs, const QmmKernelParams& p, WgTile tile, int64_t units, int64_t x_rows, bool exact,
                const OpScope& scope) {
   switch (gs) {
-    case 32: return launch_mode<T, 32, GROUPED>(p, tile, units, x_rows, exact, scope);
-    case 64: return launch_mode<T, 64, GROUPED>(p, tile, units, x_rows, exact, scope);
-    default: return launch_mode<T, 128, GROUPED>(p, tile, units, x_rows, exact, scope);
+    case 32:
+      return launch_mode<T, 32, GROUPED>(p, tile, units, x_rows, exact, scope);
+    case 64:
+      return launch_mode<T, 64, GROUPED>(p, tile, units, x_rows, exact, scope);
+    default:
+      return launch_mode<T, 128, GROUPED>(p, tile, units, x_rows, exact, scope);
   }
 }
 
@@ -787,8 +883,10 @@ bool qmm_wg_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpSc
   const int64_t items = plan.max_items();
   const bool exact = qmm_wg_mode() != QmmWgMode::mlx;
   const int64_t x_rows = d.x_batch * d.M;
-  if (d.dtype == Dtype::float16) launch_gs<__half, true>(d.format.group_size, p, tile, items, x_rows, exact, scope);
-  else launch_gs<__nv_bfloat16, true>(d.format.group_size, p, tile, items, x_rows, exact, scope);
+  if (d.dtype == Dtype::float16)
+    launch_gs<__half, true>(d.format.group_size, p, tile, items, x_rows, exact, scope);
+  else
+    launch_gs<__nv_bfloat16, true>(d.format.group_size, p, tile, items, x_rows, exact, scope);
   scope.check_launch("qmm_wg (grouped gather)");
   return true;
 }
