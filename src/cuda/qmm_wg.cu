@@ -410,6 +410,15 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
         load_scales(v - tt, sr1);  // (sr1 ends with tile P - 1's pairs: step 0 stores them again)
         store_scales(stage_of(v), v - tt, sr1);
       }
+      // The start of k-tile v in stage st (at its first step): (copies) wait
+      // until tile v landed for every thread, which also means every
+      // warpgroup is done with tile v - 2, then refill that stage with tile v + P.
+      auto begin_tile = [&](int v, int st) {
+        if constexpr (!TMA) cp_async_wait<P - 1>();
+        __syncthreads();
+        issue(v + P, wrap(st + P));
+        cp_async_commit();
+      };
       // Tail k-tile v (exact): A = the biases, one MMA per k16 step; the
       // ring, the waits and the refills as in step() below.
       auto tail_step = [&](int v, int st, int ph) {
@@ -423,10 +432,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
         for (int j = 0; j < 4; ++j) {
           wg::wait<3>();
           if (j == 0) {
-            if constexpr (!TMA) cp_async_wait<P - 1>();
-            __syncthreads();  // (copies) tile v landed for every thread; every warpgroup is done with tile v - 2
-            issue(v + P, wrap(st + P));
-            cp_async_commit();
+            begin_tile(v, st);
             // (The pairs loaded a tile ago into their stage, then the next ones.)
             store_scales(wrap(st + P - 1), v + P - 1 - tt, sr1);
             load_scales(v + P - tt, sr1);
@@ -491,10 +497,7 @@ __global__ void __launch_bounds__(128 * NWG, 1) qmm_wg_kernel(QmmKernelParams p,
             wg::wait<3>();
           }
           if (j == 0) {
-            if constexpr (!TMA) cp_async_wait<P - 1>();
-            __syncthreads();  // (copies) tile v landed for every thread; every warpgroup is done with tile v - 2
-            issue(v + P, wrap(st + P));
-            cp_async_commit();
+            begin_tile(v, st);
             load_scales(t + P, sr_next);
             if constexpr (TMA) tma::mbar_wait(bar_s + 8 * st, static_cast<uint32_t>(ph));
 #pragma unroll
