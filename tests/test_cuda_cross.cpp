@@ -708,7 +708,7 @@ void check_many_row_qmm(uint64_t& seed) {
 
 #ifdef MMKIT_WITH_CUDA
 /// Whether the current device is sm_90 (where cuda_qmm_w4_mma runs the
-/// warpgroup-MMA kernel, qmm_wg.cu, with MMKIT_QMM_WG=1).
+/// warpgroup-MMA kernel, qmm_wg.cu, unless MMKIT_QMM_WG=0).
 bool device_is_sm90() {
   int dev = 0, major = 0, minor = 0;
   if (cudaGetDevice(&dev) != cudaSuccess) return false;
@@ -722,7 +722,7 @@ bool device_is_sm90() { return false; }
 
 TEST(CudaCross, ManyRowQmmEveryTile) {
   MMKIT_REQUIRE_GPU();
-  // The mma.sync kernel (qmm_w4.cu; the default also on sm_90) under
+  // The mma.sync kernel (qmm_w4.cu; on sm_90 only with MMKIT_QMM_WG=0) under
   // each of its block tiles, forced with MMKIT_QMM_W4_TILE (defaults: the
   // largest of large / mid / small that makes about one wave of blocks;
   // large2 for grouped items).
