@@ -103,24 +103,20 @@ __global__ void __launch_bounds__(kThreads) gather_plan_kernel(PlanArgs a) {
 GatherPlan::GatherPlan(const OpScope& scope, const int64_t* lhs, const int64_t* rhs, int64_t L, int64_t M,
                        int64_t x_batch, int64_t w_batch, int rows_per_item, IndexGuard guard, void* out,
                        int out_elem_bytes, int64_t N)
-    : stream_(scope.stream()), device_(scope.device()) {
-  const int64_t total_rows = L * M;
-  max_items_ = (total_rows + rows_per_item - 1) / rows_per_item + (w_batch < L ? w_batch : L);
+    : max_items_((L * M + rows_per_item - 1) / rows_per_item + (w_batch < L ? w_batch : L)),
+      mem_(scope,
+           16 + static_cast<size_t>(max_items_) * sizeof(GatherItem) + static_cast<size_t>(L * M) * sizeof(GatherRow),
+           "allocating the gather plan") {
   const size_t items_bytes = static_cast<size_t>(max_items_) * sizeof(GatherItem);
-  const size_t rows_bytes = static_cast<size_t>(total_rows) * sizeof(GatherRow);
-  const size_t bytes = 16 + items_bytes + rows_bytes;
-  check_cuda(stream_alloc(&mem_, bytes, device_, stream_), scope.op(), "allocating the gather plan");
-  unsigned char* base = static_cast<unsigned char*>(mem_);
+  unsigned char* base = static_cast<unsigned char*>(mem_.get());
   view_.n_items = reinterpret_cast<const int32_t*>(base);
   view_.items = reinterpret_cast<const GatherItem*>(base + 16);
   view_.rows = reinterpret_cast<const GatherRow*>(base + 16 + items_bytes);
   PlanArgs a{lhs,   rhs, L, M, x_batch, w_batch, rows_per_item, guard, out, out_elem_bytes, N,
              const_cast<GatherItem*>(view_.items), const_cast<GatherRow*>(view_.rows),
              const_cast<int32_t*>(view_.n_items)};
-  gather_plan_kernel<<<1, kThreads, 0, stream_>>>(a);
+  gather_plan_kernel<<<1, kThreads, 0, scope.stream()>>>(a);
   scope.check_launch("gather_plan");
 }
-
-GatherPlan::~GatherPlan() { stream_free(mem_, device_, stream_); }
 
 }  // namespace mmkit::cuda

@@ -107,7 +107,6 @@ class GatherPlan {
   /// entries with a bad index are zeroed.
   GatherPlan(const OpScope& scope, const int64_t* lhs, const int64_t* rhs, int64_t L, int64_t M, int64_t x_batch,
              int64_t w_batch, int rows_per_item, IndexGuard guard, void* out, int out_elem_bytes, int64_t N);
-  ~GatherPlan();
   GatherPlan(const GatherPlan&) = delete;
   GatherPlan& operator=(const GatherPlan&) = delete;
   const GatherPlanView& view() const { return view_; }
@@ -115,11 +114,9 @@ class GatherPlan {
   int64_t max_items() const { return max_items_; }
 
  private:
-  void* mem_ = nullptr;
-  cudaStream_t stream_;
-  int device_;
+  int64_t max_items_;  // (before mem_: its size follows from it)
+  StreamScratch mem_;
   GatherPlanView view_;
-  int64_t max_items_ = 0;
 };
 
 }  // namespace mmkit::cuda

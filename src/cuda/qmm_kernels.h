@@ -2,6 +2,7 @@
 // qmm_sm80.cu, qmm_generic.cu) and their registration order (qmm.cpp).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -102,6 +103,13 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
 inline bool gather_grouping_pays(const detail::QmmDesc& d, int64_t max_m) {
   if (d.batch < 2 || d.w_batch < 2 || d.w_batch > kGatherPlanMaxExperts || d.M > max_m) return false;
   return d.batch * d.M >= 4 * d.w_batch && d.batch * d.M < (int64_t{1} << 31);
+}
+
+/// The grouping rule of the 4-bit many-row kernels (qmm_w4, qmm_wg), whose
+/// items hold 64 rows (128 in qmm_w4's forced large tile): grouping pays, and
+/// 64 rows per expert on average.
+inline bool affine4_many_rows_grouped(const detail::QmmDesc& d) {
+  return gather_grouping_pays(d, int64_t{1} << 31) && d.batch * d.M >= 64 * std::min(d.w_batch, d.batch);
 }
 
 /// gather_qmm whose entries share experts, 4-bit affine, float16/bfloat16: rows

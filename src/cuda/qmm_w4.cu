@@ -414,9 +414,7 @@ bool qmm_w4_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& sco
 }
 
 bool qmm_w4_grouped_supports(const detail::QmmDesc& d) {
-  // From 64 rows per expert on average (items of 64 rows, or 128 when forced).
-  if (!gather_grouping_pays(d, int64_t{1} << 31) || d.batch * d.M < 64 * std::min(d.w_batch, d.batch)) return false;
-  return w4_format_ok(d);
+  return affine4_many_rows_grouped(d) && w4_format_ok(d);
 }
 
 bool qmm_w4_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {

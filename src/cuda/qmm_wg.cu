@@ -720,24 +720,6 @@ bool make_maps(const QmmKernelParams& p, int BT, int BW, WgMaps& m) {
              CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
-/// Stream-ordered scratch memory, freed (after the launches that use it) when
-/// it goes out of scope.
-class WgScratch {
- public:
-  WgScratch(const OpScope& scope, size_t bytes) : stream_(scope.stream()), device_(scope.device()) {
-    check_cuda(stream_alloc(&mem_, bytes, device_, stream_), scope.op(), "allocating qmm_wg's sums of x");
-  }
-  ~WgScratch() { stream_free(mem_, device_, stream_); }
-  WgScratch(const WgScratch&) = delete;
-  WgScratch& operator=(const WgScratch&) = delete;
-  void* get() const { return mem_; }
-
- private:
-  void* mem_ = nullptr;
-  cudaStream_t stream_;
-  int device_;
-};
-
 /// Launches one configuration; false (nothing launched) if a dense call's
 /// tensor maps cannot be made.
 template <typename T, int GS, int NWG, int R, int BT, int S, bool GROUPED, bool EXACT>
@@ -817,7 +799,8 @@ bool launch_mode(const QmmKernelParams& p, WgTile tile, int64_t units, int64_t x
   if (!exact) return launch_tile<T, GS, GROUPED, false>(p, tile, units, WgMaps{}, scope);
   WgMaps maps{};
   maps.g2 = static_cast<int>(ceil_div(2 * (p.K / GS), 64) * 64);
-  const WgScratch sums(scope, static_cast<size_t>(x_rows) * static_cast<size_t>(maps.g2) * sizeof(T));
+  const StreamScratch sums(scope, static_cast<size_t>(x_rows) * static_cast<size_t>(maps.g2) * sizeof(T),
+                           "allocating qmm_wg's sums of x");
   maps.sums = sums.get();
   wg_sums_kernel<T, GS><<<static_cast<unsigned>(ceil_div(x_rows * ceil_div(p.K, 256), 8)), 256, 0, scope.stream()>>>(
       static_cast<const T*>(p.x), static_cast<T*>(sums.get()), x_rows, p.K, maps.g2);
@@ -872,9 +855,7 @@ bool qmm_wg_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& sco
 }
 
 bool qmm_wg_grouped_supports(const detail::QmmDesc& d) {
-  // From 64 rows per expert on average (items of 64 rows).
-  if (!gather_grouping_pays(d, int64_t{1} << 31) || d.batch * d.M < 64 * std::min(d.w_batch, d.batch)) return false;
-  return wg_format_ok(d);
+  return affine4_many_rows_grouped(d) && wg_format_ok(d);
 }
 
 bool qmm_wg_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {

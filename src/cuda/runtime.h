@@ -75,6 +75,26 @@ cudaError_t stream_alloc(void** p, size_t nbytes, int device, cudaStream_t s);
 /// Frees it on s, ordered after the launches that use it; never throws.
 void stream_free(void* p, int device, cudaStream_t s);
 
+/// `bytes` of stream_alloc scratch on scope's stream for an op's kernels,
+/// freed on that stream (after the launches that use it) when it goes out of
+/// scope; throws "[op] ... allocating <what>" when the pool is out of memory.
+class StreamScratch {
+ public:
+  StreamScratch(const OpScope& scope, size_t bytes, const char* what)
+      : stream_(scope.stream()), device_(scope.device()) {
+    check_cuda(stream_alloc(&mem_, bytes, device_, stream_), scope.op(), what);
+  }
+  ~StreamScratch() { stream_free(mem_, device_, stream_); }
+  StreamScratch(const StreamScratch&) = delete;
+  StreamScratch& operator=(const StreamScratch&) = delete;
+  void* get() const { return mem_; }
+
+ private:
+  void* mem_ = nullptr;
+  cudaStream_t stream_;
+  int device_;
+};
+
 /// Strided-to-contiguous copy with dtype conversion on the GPU (copy_cast.cu).
 void gpu_copy_cast(const Array& src, Array& dst);
 
