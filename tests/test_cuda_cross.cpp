@@ -301,6 +301,21 @@ TEST(CudaCross, QmmExactOneRowGemvSplitK) {
     }
   // A long K (x is 48 KB): many super-chunks per warp.
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) check_exact_qmm({{"affine", 4, 64}, dt, true, 1, 33, 24704}, seed++);
+  // K not a multiple of 128 (a partial last chunk; an odd number of groups
+  // at 192 / 64 and 2880 / 64), staged and (2 x 8768) from global memory.
+  for (int gs : {32, 64})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+      for (int64_t K : {64, 192, 2880, 4000}) {
+        if (K % gs) continue;
+        check_exact_qmm({{"affine", 4, gs}, dt, true, 1, 33, K}, seed++);
+        check_exact_qmm({{"affine", 4, gs}, dt, true, 2, 17, K}, seed++);
+      }
+      check_exact_qmm({{"affine", 4, gs}, dt, true, 2, 33, 8768}, seed++);
+    }
+  {
+    const ScopedEnv env("MMKIT_QMV1_TILES", "2");
+    for (int64_t K : {96, 2880}) check_exact_qmm({{"affine", 4, 32}, Dtype::bfloat16, true, 1, 130, K}, seed++);
+  }
 }
 
 TEST(CudaCross, QmmExactOneRowGemvTwoTilesPerWarp) {
@@ -336,6 +351,77 @@ TEST(CudaCross, QmmExactOneRowGemvTwoTilesPerWarp) {
   }
 }
 
+TEST(CudaCross, QmmExactOneRowGemvFp4) {
+  MMKIT_REQUIRE_GPU();
+  // cuda_qmv1_mma on FP4 codes (mxfp4: group 32, E8M0 scales, 1 - 2 rows;
+  // nvfp4: group 16, E4M3 scales, one row, each lane's 32-code slice spanning
+  // two groups): every code (exact_quantized draws all 16, -0 included) and
+  // scale kind, K from one chunk to split ranges, N around the tiles, both half
+  // dtypes, one and two tiles per warp, x staged and (K * rows > 16384) read
+  // from global memory. Bit-exact against the CPU (exact sums).
+  uint64_t seed = 8900;
+  for (const Fmt& f : {Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+      // (K = 32, 96, 2880, 4000: a partial last chunk; 4000 / 32 groups is odd.)
+      for (int64_t K : {32, 96, 128, 384, 1152, 2880, 4000, 8832})
+        for (int64_t N : {1, 33, 96}) check_exact_qmm({f, dt, true, 1, N, K}, seed++);
+      check_exact_qmm({f, dt, true, 1, 33, 24704}, seed++);
+      check_exact_qmm({f, dt, true, 1, 33, 24672}, seed++);  // (771 groups of 32)
+      {
+        const ScopedEnv env("MMKIT_QMV1_TILES", "2");
+        for (int64_t N : {17, 32, 33, 130})
+          for (int64_t K : {1152, 2880}) check_exact_qmm({f, dt, true, 1, N, K}, seed++);
+        check_exact_qmm({f, dt, true, 1, 33, 24704}, seed++);
+        if (f.gs == 32)
+          for (int64_t K : {128, 1152, 2880, 8832}) check_exact_qmm({f, dt, true, 2, 33, K}, seed++);
+      }
+      if (f.gs == 32)
+        for (int64_t K : {96, 128, 1152, 2880, 8832, 8800}) check_exact_qmm({f, dt, true, 2, 33, K}, seed++);
+    }
+  // A batch of entries (gather_qmm per entry, decode; gpt-oss's K = 2880):
+  // indices on the device.
+  for (const Fmt& f : {Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}}) {
+    const int64_t E = 5, N = 40, K = 2880;
+    QW q = exact_quantized(f, E * N, K, Dtype::bfloat16, seed++);
+    Array w = q.w.reshape({E, N, K / 8}), sc = q.scales.reshape({E, N, K / f.gs});
+    Array x = small_ints({3, 1, K}, Dtype::bfloat16, seed++);
+    Array lhs = Array::from_vector(std::vector<int64_t>{2, 0, 1, 2}, {4});
+    Array rhs = Array::from_vector(std::vector<int64_t>{4, 1, 1, 0}, {4});
+    Array yc = gather_qmm(x, w, sc, std::nullopt, lhs, rhs, true, f.gs, f.bits, f.mode);
+    Array yg = gather_qmm(gpu(x), gpu(w), gpu(sc), std::nullopt, gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+    EXPECT_TRUE(bit_equal(yg, yc)) << f.mode;
+  }
+  // Extreme scales: E8M0 255 (+Inf: x * (Inf * 0) is NaN, other codes give
+  // +-Inf) and 0 (2^-127, a float32 denormal); E4M3 0x7F / 0xFF (+-480); and
+  // large float16 x (group sums far beyond float16's range, exact in float32).
+  // Each output must match the reference rounded to T (NaN, +-Inf or value).
+  for (const Fmt& f : {Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+      SCOPED_TRACE(name(f, dt));
+      const int64_t N = 40, K = 1024;
+      QW q = exact_quantized(f, N, K, dt, seed++);
+      uint8_t* s = q.scales.data<uint8_t>();
+      if (f.gs == 32) {
+        s[3] = 255;                 // row 0, group 3
+        s[9 * (K / 32) + 1] = 0;    // row 9, group 1
+      } else {
+        s[3] = 0x7F;
+        s[6 * (K / 16) + 2] = 0xFF;  // row 6, group 2
+      }
+      Array xf = small_ints({1, K}, Dtype::float32, seed++);
+      if (dt == Dtype::float16)
+        for (int k = 0; k < 64; ++k) xf.data<float>()[k] = k % 3 ? 4096.0f : -4096.0f;
+      Array x = xf.astype(dt);
+      const ref::Tensor r64 = ref::quantized_matmul(x, q.w, q.scales, q.biases, true, f.gs, f.bits, f.mode);
+      const ref::Tensor r =
+          ref::to_tensor(Array::from_vector(std::vector<float>(r64.v.begin(), r64.v.end()), r64.shape).astype(dt));
+      Array yc = quantized_matmul(x, q.w, q.scales, q.biases, true, f.gs, f.bits, f.mode);
+      Array y = quantized_matmul(gpu(x), gpu(q.w), gpu(q.scales), std::nullopt, true, f.gs, f.bits, f.mode);
+      EXPECT_TRUE(all_close(y, r, rtol_for(dt), 0.0));
+      EXPECT_TRUE(all_close(yc, r, rtol_for(dt), 0.0)) << "cpu";
+    }
+}
+
 TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   MMKIT_REQUIRE_GPU();
   // Inf / NaN in x: every GPU path must give the reference's NaN or +-Inf per
@@ -344,9 +430,9 @@ TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   // float32 and the float64 reference agree on which products are Inf * 0.
   const float inf = std::numeric_limits<float>::infinity();
   uint64_t seed = 40;
-  for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"mxfp4", 4, 32}})
+  for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}})
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16, Dtype::float32})
-      for (int64_t M : {1, 3, 5, 20, 40}) {
+      for (int64_t M : {1, 2, 3, 5, 20, 40}) {
         SCOPED_TRACE(name(f, dt) + " M=" + std::to_string(M));
         const int64_t N = 24, K = 256;
         QW q = exact_quantized(f, N, K, dt, seed++);
@@ -564,8 +650,12 @@ void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int6
   const int64_t R = transpose ? N : K;  // rows of one expert's packed weights
   SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
                " N=" + std::to_string(N) + " K=" + std::to_string(K) + (transpose ? "" : " transpose=false"));
-  const bool gemv = M == 1 && L < 4 * E && transpose && std::string(f.mode) == "affine" && f.bits == 4 &&
-                    dt != Dtype::float32 && K % 128 == 0;
+  // One-row 4-bit affine entries below 4 rows per expert, and FP4 entries of
+  // up to gs / 16 rows at any count, run per entry on the tensor-core GEMV.
+  const bool fp4 = std::string(f.mode) == "mxfp4" || std::string(f.mode) == "nvfp4";
+  const bool gemv = transpose && dt != Dtype::float32 &&
+                    ((M == 1 && L < 4 * E && std::string(f.mode) == "affine" && f.bits == 4 && K % 128 == 0) ||
+                     (fp4 && M <= f.gs / 16));
   ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E, transpose), Device::Type::gpu).name,
             gemv ? "cuda_qmv1_mma" : "cuda_gather_grouped");
   QW q = exact_quantized(f, E * R, Q, dt, seed++);
@@ -597,7 +687,8 @@ TEST(CudaCross, GatherQmmGroupedEveryFormat) {
   // Every format and dtype through the grouped gather (cuda_gather_grouped):
   // 4-bit affine float16/bfloat16 with K % 128 == 0 run the tensor-core GEMV
   // per item, everything else the SIMT GEMV (qmv.cu) per item; items of 8 rows
-  // (E = 3) and of 4 rows (E = 4, M = 1).
+  // (E = 3) and of 4 rows (E = 4, M = 1). (FP4 float16/bfloat16 entries of
+  // one row run per entry instead: check_grouped_gather_qmm.)
   uint64_t seed = 9500;
   for (const Fmt& f : all_formats())
     for (Dtype dt : kFloats)
@@ -1140,7 +1231,17 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   q.w_batch = 8;
   seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   q.batch = q.w_batch = 1;
-  q.format = {fmt::Mode::mxfp4, 4, 32};  // not 4-bit affine: the SIMT GEMV
+  // FP4 codes at M = 1 (also gpt-oss's K = 2880, not a multiple of 128): the
+  // tensor-core GEMV; 8-bit codes: the SIMT GEMV.
+  q.format = {fmt::Mode::mxfp4, 4, 32};
+  EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
+  q.format = {fmt::Mode::nvfp4, 4, 16};
+  EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
+  q.format = {fmt::Mode::mxfp4, 4, 32};
+  q.K = 2880;
+  EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
+  q.K = 4096;
+  q.format = {fmt::Mode::mxfp8, 8, 32};
   seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   q.format = {fmt::Mode::affine, 4, 64};
   q.transpose = false;

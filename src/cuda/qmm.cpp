@@ -1,11 +1,13 @@
 // Registration of the GPU quantized-matmul family, in dispatch order:
-//   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average): rows grouped by
+//   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average; not FP4 entries that
+//                     cuda_qmv1_mma takes, which run per entry): rows grouped by
 //                     expert on the device (gather_plan.cu), then 4-bit affine float16/bfloat16 with
 //                     K % 128 == 0 on qmm_w4.cu from 64 rows per expert, else with M <= 32 on
 //                     qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0, every format and dtype) on qmv.cu, else (M > 8, float16/bfloat16, transpose,
 //                     K % 32 == 0, every format) on qmm_sm80.cu, else (float32 beyond 8 rows,
 //                     transpose=false, odd K; any alignment) on qmm_generic.cu
-//   cuda_qmv1_mma     M <= group size / 16 (8 at 128), 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv1_mma.cu)
+//   cuda_qmv1_mma     M <= group size / 16 (8 at 128), 4-bit affine / mxfp4 / nvfp4, float16/bfloat16,
+//                     K % 32 == 0 (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
 //   cuda_qmm_w4_mma   M > 32, 4-bit affine, float16/bfloat16, K % 128 == 0, group size 32/64/128: on an
@@ -45,6 +47,12 @@ void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   if (!qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
 }
 bool grouped_supports(const QmmDesc& d) {
+  // FP4 entries that the tensor-core GEMV takes run per entry: the grouped
+  // kernels for them are SIMT and slower at every size measured (H200, run 96,
+  // mxfp4 Qwen3-30B-A3B gate+up, T = 64 / 256 / 1024: 299 / 1148 / 4577 us per
+  // entry against 478 / 1866 / 7102 grouped; down 182 / 700 / 2748 against
+  // 378 / 1372 / 5200; docs/kernels/cuda.md).
+  if (d.format.mode != fmt::Mode::affine && qmv1_mma_supports(d)) return false;
   // (The widest of the grouped kernels' rules: from 4 rows per expert.) One-row
   // entries are grouped from there too: with the grouped kernel's x loads ahead
   // of its decode, Qwen3-30B-A3B at 4 rows per expert (T = 64, unsorted) runs

@@ -1,7 +1,9 @@
-// qmv1_mma: tensor-core GEMV for a few activation rows and 4-bit affine weights,
+// qmv1_mma: tensor-core GEMV for a few activation rows and 4-bit codes,
 //   out[l] (M, N) = x[lhs[l]] (M, K) @ dequantize(w[rhs[l]]) (N, K)^T,
-// float16 / bfloat16, transpose=true, K % 128 == 0, group size 32 / 64 / 128,
-// M <= 2 / 4 / 8 (gs / 16 rows, 8 at group size 128).
+// float16 / bfloat16, transpose=true, K % 32 == 0 (a partial last chunk of
+// 128 codes: its slices past K read zeros for x), 4-bit affine at group size
+// 32 / 64 / 128 with M <= 2 / 4 / 8 (gs / 16 rows, 8 at group size 128),
+// mxfp4 (M <= 2) and nvfp4 (M = 1; FP4 codes: see "FP4" below).
 // (M = 1 is the decode case: every batch entry of a gather_qmm at decode is one.)
 //
 // Why a separate kernel: with one activation row, 7 of the 8 columns of an
@@ -41,6 +43,12 @@
 // A lane whose sum is not finite (a non-finite x, scale or bias, or an
 // overflow) recomputes its groups element by element (x * (s * q + b)), so Inf
 // and NaN propagate like the reference.
+// FP4 (mxfp4, nvfp4): the same kernel with the codes decoded to their exact
+// T values by byte-table lookups (fp4_pairs, 15 instructions per word in
+// bfloat16 against 7 for affine nibbles), in natural pairs, so x is staged
+// unpermuted; byte scales (E8M0 / E4M3), no biases and no sums of x: the fold
+// is acc += s * dot. nvfp4's 16-code groups put two groups in a lane's
+// 32-code slice, so its B columns are chosen per word pair.
 // Measured (and the tilings that were slower): docs/kernels/cuda.md. Tests: tests/test_cuda_cross.cpp.
 #include <cuda_runtime.h>
 
@@ -123,23 +131,34 @@ __device__ __forceinline__ float bits_to_f(uint32_t b) {
   else return __half2float(__ushort_as_half(static_cast<unsigned short>(b & 0xFFFFu)));
 }
 
-/// x * (s * q + b) over one group, element by element (non-finite groups only).
-template <typename T, int GS>
+/// x * (s * q + b) (affine) or x * (s * value(q)) (FP4) over one group,
+/// element by element (non-finite groups only).
+template <typename T, QKind KIND, int GS>
 __device__ __noinline__ float exact_group1(const T* xg, const uint32_t* wg, float s, float b) {
   float e = 0.0f;
   for (int k = 0; k < GS; ++k) {
-    const float q = static_cast<float>((wg[k / 8] >> (4 * (k % 8))) & 15u);
-    e = fmaf(to_f<T>(xg[k]), fmaf(s, q, b), e);
+    const uint32_t c = (wg[k / 8] >> (4 * (k % 8))) & 15u;
+    const float w = KIND == QKind::affine ? fmaf(s, static_cast<float>(c), b) : __fmul_rn(s, code_value<KIND>(c));
+    e = fmaf(to_f<T>(xg[k]), w, e);
   }
   return e;
+}
+
+/// Scale (or bias) of a group from its raw bits: T bits (affine), an E8M0
+/// byte (mxfp4) or an E4M3 byte (nvfp4).
+template <typename T, QKind KIND, int GS>
+__device__ __forceinline__ float scale_f(uint32_t b) {
+  if constexpr (KIND == QKind::affine) return bits_to_f<T>(b);
+  else if constexpr (GS == 16) return fmt::e4m3_to_float(b & 0xFFu);
+  else return e8m0_f(b & 0xFFu);
 }
 
 /// The exact recomputation of lane (g, c)'s four terms (rows ra / rb x its
 /// two B columns n = 2c + e: group slot n / MR, x row n % MR of the entry)
 /// over its super-chunks (something was not finite): off the hot loop, so it
 /// costs the loop no registers. acc[2 * r + e].
-template <typename T, int GS, int MR>
-__device__ __noinline__ float4 redo_exact(const uint32_t* w, const unsigned short* S, const unsigned short* Bi,
+template <typename T, QKind KIND, int GS, int MR, typename SB>
+__device__ __noinline__ float4 redo_exact(const uint32_t* w, const SB* S, const SB* Bi,
                                           const T* xrows, int M, int64_t wi, int N, int K, int ra, int rb, int ub,
                                           int ue, int c) {
   constexpr int SG = 8 / MR;  // groups per super-chunk
@@ -156,9 +175,9 @@ __device__ __noinline__ float4 redo_exact(const uint32_t* w, const unsigned shor
       for (int u = ub; u < ue; ++u) {
         const int grp = u * SG + n / MR;
         if (grp >= G) continue;
-        acc[2 * r + e] += exact_group1<T, GS>(xrows + static_cast<int64_t>(m) * K + static_cast<int64_t>(grp) * GS,
-                                              wr + grp * (GS / 8), bits_to_f<T>(S[srow + grp]),
-                                              bits_to_f<T>(Bi[srow + grp]));
+        acc[2 * r + e] += exact_group1<T, KIND, GS>(
+            xrows + static_cast<int64_t>(m) * K + static_cast<int64_t>(grp) * GS, wr + grp * (GS / 8),
+            scale_f<T, KIND, GS>(S[srow + grp]), KIND == QKind::affine ? bits_to_f<T>(Bi[srow + grp]) : 0.0f);
       }
     }
   }
@@ -190,8 +209,21 @@ __device__ __forceinline__ void cp16(uint32_t dst, const void* src) {
 // per-warp overhead per weight byte; 128 registers, 16 warps per SM).
 // MINB: blocks per SM the registers are budgeted for (32 / W / TL, or 1 for
 // grids of at most one block per SM: no spills, addresses kept).
-template <typename T, int GS, int MR, bool XS, int D, int W, int CW, int TL, int MINB>
+// KP: K % 128 may be non-zero (a partial last chunk; groups per row may be
+// odd). With KP = false the kernel assumes K % 128 == 0 and needs none of
+// the checks (measured: they cost g32 / nvfp4 6 - 11%, run 96).
+template <typename T, QKind KIND, int GS, int MR, bool XS, int D, int W, int CW, int TL, int MINB, bool KP>
 __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
+  // KIND: affine (4 bits, T scales and biases, codes as kPairScale * (kPairOff
+  // + q) in nib_pair's pairs, x permuted, the sums of x staged for the fold) or
+  // e2m1 (mxfp4 at GS 32, nvfp4 at GS 16: byte scales, no biases, codes as
+  // their exact values in natural pairs (fp4_pairs), x in natural order, no
+  // sums). At GS 16 a lane's 32-code slice spans two groups: its words 0 - 1
+  // belong to the first, 2 - 3 to the second.
+  constexpr bool kAff = KIND == QKind::affine;
+  static_assert(kAff || KIND == QKind::e2m1, "4-bit codes: affine or FP4");
+  static_assert(GS >= 32 || (!kAff && GS == 16 && MR == 1), "group size 16: nvfp4, one row");
+  using SB = std::conditional_t<kAff, unsigned short, uint8_t>;  // raw scale / bias element
   constexpr int SG = 8 / MR;               // groups per super-chunk
   constexpr int CPS = SG * GS / 128;       // 128-code chunks per super-chunk
   constexpr int NG = 128 / GS;             // groups per chunk
@@ -205,7 +237,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   constexpr int kSlot = 1024 * TL;         // ring slot: one chunk of every tile of the warp
   // Codes become kPairScale * (kPairOff + q) (nib_pair); the fold takes the
   // offset out per group: dot(x, q) = dot(x, code) / kPairScale - kPairOff * sum(x).
-  constexpr float kOff = kPairOff<T>, kInv = 1.0f / kPairScale<T>;
+  constexpr float kOff = kPairOff<T>, kInv = 1.0f / kPairScale<T>;  // (affine)
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float red[W][kRowsW][MR];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -217,11 +249,12 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   const int n0 = (blockIdx.x * ntiles + tile) * kRowsW;
   const int words_per_row = K / 8;
   const int G = K / GS;  // groups per row
-  const int chunks = K / 128;
+  const int chunks = KP ? (K + 127) / 128 : K / 128;  // (KP: the last chunk may hold 32, 64 or 96 codes)
   const int supers = (chunks + CPS - 1) / CPS;
   const int ub = (supers * kpart) >> p.ks_log2;  // supers < 2^17 (K <= kMaxK)
   const int ue = (supers * (kpart + 1)) >> p.ks_log2;
   const int tb = ub * CPS, te = min(ue * CPS, chunks);
+  const int tfull = KP ? min(te, K / 128) : te;  // chunks before a partial one (windows copied whole)
   // Lane (g, c) holds rows n0 + 16 * tl + g (a) and + 8 (b) of tile tl.
   // Rows past N read row N - 1 (valid memory; their results are dropped).
   // (A tile wholly past N does no work; n0c keeps its addresses valid.)
@@ -239,7 +272,9 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
 #pragma unroll
     for (int m = 0; m < MR; ++m) gsum[m * gpad + G + threadIdx.x] = 0.0f;
   // The chunk-column of lane c's 32-code slice: slot (t % CPS) * NG + c * 32 / GS.
-  const int my_slot_c = (c * 32) / GS;
+  const int my_slot_c = (c * 32) / GS;  // (GS 16: the slot of words 0 - 1; + 1 for words 2 - 3)
+  // Chunks whose 32-code slice of lane c lies inside K (all but a partial last one's tail).
+  const int t_lane = (K - 32 * c + 127) >> 7;
   // Lane (g, c)'s B column: group slot g / MR, x row g % MR.
   const int col_slot = g / MR, col_m = g % MR;
 
@@ -272,7 +307,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
     auto issue_win = [&](int w) {
       const int t0 = tb + w * CW;
       if (t0 < te) {
-        if (full_rows && t0 + CW <= te) {
+        if (full_rows && t0 + CW <= tfull) {
           const uint32_t d = dlane + static_cast<uint32_t>(((t0 + piece / 4) & (D - 1)) * kSlot);
           const uint32_t* src = wlane + t0 * 16;
 #pragma unroll
@@ -282,7 +317,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
           for (int i = 0; i < 2 * CW * TL; ++i) {
             const int r = i * kRowStep + rsub;
             const int t = t0 + piece / 4;
-            if (t < te) {
+            if (t < te && (!KP || t * 16 + cc * 4 < words_per_row)) {  // (past K: old codes stay, x is 0 there)
               const int rr = min(n0 + r, N - 1) - n0c;
               const uint32_t dst = ring_w + static_cast<uint32_t>((t & (D - 1)) * kSlot + row_off(r) + cc * 16);
               cp16(dst, wblk + static_cast<int64_t>(rr) * words_per_row + t * 16 + cc * 4);
@@ -296,7 +331,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
     // ring fills: behind the fill they would wait for the whole first wave
     // of weight reads (measured: a fifth of all stall samples).
     constexpr int kXPre = 4;
-    const int xbeg = tb * 16 + tile * 32, xend = te * 16, xstep = 32 * ntiles;
+    const int xbeg = tb * 16 + tile * 32, xend = KP ? min(te * 16, words_per_row) : te * 16, xstep = 32 * ntiles;
     const bool x_in = xi >= 0 && xi < p.x_batch;
     uint4 xpre[kXPre];
     {
@@ -340,21 +375,25 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
             } else {
               v = __ldg(xv + i);
             }
-            if constexpr (XS) reinterpret_cast<uint4*>(xs)[m * (K / 8) + i] = permute8(v);
-            const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
+            if constexpr (XS) reinterpret_cast<uint4*>(xs)[m * (K / 8) + i] = kAff ? permute8(v) : v;
+            if constexpr (kAff) {
+              const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-            for (int j = 0; j < 4; ++j) sum += bits_to_f<T>(wv[j]) + bits_to_f<T>(wv[j] >> 16);
+              for (int j = 0; j < 4; ++j) sum += bits_to_f<T>(wv[j]) + bits_to_f<T>(wv[j] >> 16);
+            }
           }
+          if constexpr (kAff) {
 #pragma unroll
-          for (int o = 1; o < LPG; o *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-          if (i < xend && i % LPG == 0) gsum[m * gpad + i / LPG] = sum;
+            for (int o = 1; o < LPG; o *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+            if (i < xend && i % LPG == 0) gsum[m * gpad + i / LPG] = sum;
+          }
         }
       }
     __syncthreads();  // x, the sums and the zero line are written (and red of the last entry was read)
     if (work) {
       const int64_t sblk = ((ok ? wi : 0) * N + n0c) * static_cast<int64_t>(G);
-      const unsigned short* S = static_cast<const unsigned short*>(p.scales) + sblk;
-      const unsigned short* Bi = static_cast<const unsigned short*>(p.biases) + sblk;
+      const SB* S = static_cast<const SB*>(p.scales) + sblk;
+      const SB* Bi = kAff ? static_cast<const SB*>(p.biases) + sblk : S;  // (FP4: no biases, never read)
       // This lane's columns n = 2c + e: group slots (2c + e) / MR (two groups
       // for MR = 1, one for MR >= 2), x rows (2c + e) % MR.
       constexpr bool kTwoGroups = MR == 1;
@@ -369,8 +408,8 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
       const int g8 = 8 * G;
       auto srow = [&](int r) { return (min(n0 + r, N - 1) - n0c) * G + slot0; };
       const int so00 = srow(g);
-      const unsigned short* Sa = S + so00;
-      const unsigned short* Ba = Bi + so00;
+      const SB* Sa = S + so00;
+      const SB* Ba = Bi + so00;
       asm volatile("" : "+l"(Sa), "+l"(Ba));
       int soff[TL][2];
 #pragma unroll
@@ -387,14 +426,23 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
 #pragma unroll
           for (int r = 0; r < 2; ++r) {
             const int ia = soff[tl][r] + u * SG;
-            const unsigned short* S = Sa;
-            const unsigned short* Bi = Ba;
+            const SB* S = Sa;
+            const SB* Bi = Ba;
             if (grp < G) {
-              if constexpr (kTwoGroups) {
-                if (GS < 128 || G % 2 == 0) {  // K % 128 == 0: G is even below group size 128
+              if constexpr (!kAff) {  // one byte per group, two as a pair (2-byte aligned rows when G is even)
+                if (!kTwoGroups) {
+                  sc[tl][r] = __ldg(S + ia);
+                } else if (!KP || G % 2 == 0) {
+                  sc[tl][r] = __ldg(reinterpret_cast<const unsigned short*>(S + ia));
+                } else {
+                  sc[tl][r] = __ldg(S + ia) | (grp + 1 < G ? static_cast<uint32_t>(__ldg(S + ia + 1)) << 8 : 0u);
+                }
+                bc[tl][r] = 0u;
+              } else if constexpr (kTwoGroups) {
+                if ((!KP && GS < 128) || G % 2 == 0) {  // (K % 128 == 0: G is even below group size 128)
                   sc[tl][r] = __ldg(reinterpret_cast<const uint32_t*>(S + ia));
                   bc[tl][r] = __ldg(reinterpret_cast<const uint32_t*>(Bi + ia));
-                } else {  // odd G (group size 128 only): rows are not 4-byte aligned
+                } else {  // odd G: rows are not 4-byte aligned
                   const bool two = grp + 1 < G;
                   sc[tl][r] = __ldg(S + ia) | (two ? static_cast<uint32_t>(__ldg(S + ia + 1)) << 16 : 0u);
                   bc[tl][r] = __ldg(Bi + ia) | (two ? static_cast<uint32_t>(__ldg(Bi + ia + 1)) << 16 : 0u);
@@ -413,8 +461,9 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
       // Non-finite values are not tested here: they reach acc, which is
       // tested once at the end.
       auto fold = [&](int u) {
-        float2 xs2;  // the sums of x for columns 2c and 2c + 1
-        if constexpr (MR == 1) {  // groups 2c, 2c + 1 of row 0 (the row's sums are padded to a multiple of 4)
+        float2 xs2 = make_float2(0.0f, 0.0f);  // the sums of x for columns 2c and 2c + 1 (affine)
+        if constexpr (!kAff) {
+        } else if constexpr (MR == 1) {  // groups 2c, 2c + 1 of row 0 (the row's sums are padded to a multiple of 4)
           const int grp0 = u * SG + 2 * c;
           xs2 = grp0 < G ? *reinterpret_cast<const float2*>(gsum + grp0) : make_float2(0.0f, 0.0f);
         } else {  // one group, x rows (2c) % MR and (2c + 1) % MR
@@ -427,12 +476,17 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const float xsv = e ? xs2.y : xs2.x;
-            const int sh = kTwoGroups ? 16 * e : 0;
+            const int sh = kTwoGroups ? (kAff ? 16 : 8) * e : 0;
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
-              const float s_r = bits_to_f<T>(sc[tl][r] >> sh), b_r = bits_to_f<T>(bc[tl][r] >> sh);
-              acc[tl][2 * r + e] =
-                  fmaf(kInv * s_r, dacc[tl][2 * r + e], fmaf(fmaf(-kOff, s_r, b_r), xsv, acc[tl][2 * r + e]));
+              const float s_r = scale_f<T, KIND, GS>(sc[tl][r] >> sh);
+              if constexpr (kAff) {
+                const float b_r = bits_to_f<T>(bc[tl][r] >> sh);
+                acc[tl][2 * r + e] =
+                    fmaf(kInv * s_r, dacc[tl][2 * r + e], fmaf(fmaf(-kOff, s_r, b_r), xsv, acc[tl][2 * r + e]));
+              } else {
+                acc[tl][2 * r + e] = fmaf(s_r, dacc[tl][2 * r + e], acc[tl][2 * r + e]);
+              }
             }
           }
       };
@@ -455,26 +509,46 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
           cw[tl][0] = lds128(src + 1024 * tl);
           cw[tl][1] = lds128(src + 1024 * tl + 512);
         }
-        const bool active = col_slot == sub * NG + my_slot_c;
+        // (A slice past K, in a partial last chunk, reads the zero line.)
+        const bool in_k = !KP || t < t_lane;
+        const bool active = col_slot == sub * NG + my_slot_c && in_k;
         const uint32_t xb = active ? xs_lane + 256u * static_cast<uint32_t>(t) : zero_addr;
+        // GS 16: words 2 - 3 belong to the next group slot.
+        const bool active_hi = GS == 16 ? col_slot == sub * NG + my_slot_c + 1 && in_k : active;
+        const uint32_t xb_hi = GS == 16 ? (active_hi ? xs_lane + 256u * static_cast<uint32_t>(t) : zero_addr) : xb;
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
+          const bool act = j < 2 ? active : active_hi;
           uint4 xp;
           if constexpr (XS) {
-            xp = lds128(xb + 16 * j);
+            xp = lds128((j < 2 ? xb : xb_hi) + 16 * j);
           } else {
             xp = make_uint4(0u, 0u, 0u, 0u);
-            if (active) xp = permute8(__ldg(reinterpret_cast<const uint4*>(xcol + t * 128 + 32 * c) + j));
+            if (act) {
+              const uint4 v = __ldg(reinterpret_cast<const uint4*>(xcol + t * 128 + 32 * c) + j);
+              xp = kAff ? permute8(v) : v;
+            }
           }
 #pragma unroll
           for (int tl = 0; tl < TL; ++tl) {
             const uint32_t w_a = (&cw[tl][0].x)[j], w_b = (&cw[tl][1].x)[j];
+            if constexpr (kAff) {
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int i = 2 * h;
-              const uint32_t af[4] = {nib_pair<T>(w_a, i), nib_pair<T>(w_b, i), nib_pair<T>(w_a, i + 1),
-                                      nib_pair<T>(w_b, i + 1)};
-              mma16816<T>(dacc[tl], af, h ? xp.z : xp.x, h ? xp.w : xp.y);
+              for (int h = 0; h < 2; ++h) {
+                const int i = 2 * h;
+                const uint32_t af[4] = {nib_pair<T>(w_a, i), nib_pair<T>(w_b, i), nib_pair<T>(w_a, i + 1),
+                                        nib_pair<T>(w_b, i + 1)};
+                mma16816<T>(dacc[tl], af, h ? xp.z : xp.x, h ? xp.w : xp.y);
+              }
+            } else {
+              uint32_t pa[4], pb[4];
+              fp4_pairs<T>(w_a, pa);
+              fp4_pairs<T>(w_b, pb);
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const uint32_t af[4] = {pa[2 * h], pb[2 * h], pa[2 * h + 1], pb[2 * h + 1]};
+                mma16816<T>(dacc[tl], af, h ? xp.z : xp.x, h ? xp.w : xp.y);
+              }
             }
           }
         }
@@ -516,9 +590,9 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
         if (!finite) {
           // A non-finite sum, dot, scale or bias (or an overflow) somewhere in
           // this lane's groups: recompute them element by element.
-          const float4 r = redo_exact<T, GS, MR>(p.w, static_cast<const unsigned short*>(p.scales),
-                                                 static_cast<const unsigned short*>(p.biases), xrows, M, wi, N, K,
-                                                 n0 + 16 * tl + g, n0 + 16 * tl + g + 8, ub, ue, c);
+          const float4 r = redo_exact<T, KIND, GS, MR, SB>(
+              p.w, static_cast<const SB*>(p.scales), static_cast<const SB*>(kAff ? p.biases : p.scales), xrows, M,
+              wi, N, K, n0 + 16 * tl + g, n0 + 16 * tl + g + 8, ub, ue, c);
           acc[tl][0] = r.x;
           acc[tl][1] = r.y;
           acc[tl][2] = r.z;
@@ -582,38 +656,53 @@ void launch_kernel(dim3 grid, size_t smem, cudaStream_t stream, const Qmv1Params
   Kernel<<<grid, kWarps * 32, smem, stream>>>(p);
 }
 
-template <typename T, int GS, int MR, bool XS, int TL>
+template <typename T, QKind KIND, int GS, int MR, bool XS, int TL, bool KP>
 void launch_one(const Qmv1Params& p, const OpScope& scope) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * TL * (kWarps >> p.ks_log2))), 1,
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
   const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps, TL);
   if constexpr (MR == 1 && TL == 2) {
     if (static_cast<int64_t>(grid.x) * grid.z <= device_info(scope.device()).sm_count) {
-      launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kWindow, TL, 1>>(grid, smem, scope.stream(), p);
+      launch_kernel<qmv1_mma_kernel<T, KIND, GS, MR, XS, kDepth, kWarps, kWindow, TL, 1, KP>>(grid, smem,
+                                                                                             scope.stream(), p);
       return;
     }
   }
-  launch_kernel<qmv1_mma_kernel<T, GS, MR, XS, kDepth, kWarps, kWindow, TL, 32 / kWarps / TL>>(grid, smem,
-                                                                                                scope.stream(), p);
+  launch_kernel<qmv1_mma_kernel<T, KIND, GS, MR, XS, kDepth, kWarps, kWindow, TL, 32 / kWarps / TL, KP>>(
+      grid, smem, scope.stream(), p);
 }
 
-template <typename T, int GS, int MR>
-void launch_rows(const Qmv1Params& p, int tl, const OpScope& scope) {
+template <typename T, int GS, int MR, QKind KIND, bool KP>
+void launch_rows_k(const Qmv1Params& p, int tl, const OpScope& scope) {
   const bool xs = static_cast<int64_t>(MR) * p.K <= max_staged_k();
   if constexpr (MR <= 4) {
     if (tl == 2) {
-      if (xs) launch_one<T, GS, MR, true, 2>(p, scope);
-      else launch_one<T, GS, MR, false, 2>(p, scope);
+      if (xs) launch_one<T, KIND, GS, MR, true, 2, KP>(p, scope);
+      else launch_one<T, KIND, GS, MR, false, 2, KP>(p, scope);
       return;
     }
   }
-  if (xs) launch_one<T, GS, MR, true, 1>(p, scope);
-  else launch_one<T, GS, MR, false, 1>(p, scope);
+  if (xs) launch_one<T, KIND, GS, MR, true, 1, KP>(p, scope);
+  else launch_one<T, KIND, GS, MR, false, 1, KP>(p, scope);
+}
+
+template <typename T, int GS, int MR, QKind KIND = QKind::affine>
+void launch_rows(const Qmv1Params& p, int tl, const OpScope& scope) {
+  if constexpr (GS < 128) {  // (K % GS == 0: at group size 128 K is a multiple of 128)
+    if (p.K % 128 != 0) return launch_rows_k<T, GS, MR, KIND, true>(p, tl, scope);
+  }
+  launch_rows_k<T, GS, MR, KIND, false>(p, tl, scope);
 }
 
 template <typename T>
 void launch(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope) {
   const int mr = rows_built(d.M);
+  if (d.format.mode == fmt::Mode::nvfp4) return launch_rows<T, 16, 1, QKind::e2m1>(p, tl, scope);
+  if (d.format.mode == fmt::Mode::mxfp4) {
+    if (mr == 1) launch_rows<T, 32, 1, QKind::e2m1>(p, tl, scope);
+    else launch_rows<T, 32, 2, QKind::e2m1>(p, tl, scope);
+    return;
+  }
   switch (d.format.group_size) {
     case 32:
       if (mr == 1) launch_rows<T, 32, 1>(p, tl, scope);
@@ -663,7 +752,8 @@ int tiles_per_warp(const detail::QmmDesc& d, int ks_log2, int sm_count) {
 /// On 14336 x 4096 (H100) a split of 2 (112 blocks, 0.85 per SM) took
 /// 18.3 - 18.4 us against 19.4 - 19.7 us at 4 (224 blocks): hence 0.8, not 0.9.
 int narrow_split(const detail::QmmDesc& d, int ks_log2, int sm_count) {
-  const double row_bytes = static_cast<double>(d.K) * (d.format.bits / 8.0 + 4.0 / d.format.group_size);
+  const double scale_bytes = d.format.mode == fmt::Mode::affine ? 4.0 : 1.0;  // per group: scale (+ bias)
+  const double row_bytes = static_cast<double>(d.K) * (d.format.bits / 8.0 + scale_bytes / d.format.group_size);
   auto load = [&](int k) {
     const int64_t blocks = grid_blocks(d, k, 2);
     const double block_rows = std::min<double>(static_cast<double>(d.N), kRows * 2.0 * (kWarps >> k));
@@ -680,19 +770,27 @@ int narrow_split(const detail::QmmDesc& d, int ks_log2, int sm_count) {
 }  // namespace
 
 bool qmv1_mma_supports(const detail::QmmDesc& d) {
-  return d.M >= 1 && d.M <= max_rows(d.format.group_size) && d.K <= kMaxK && affine4_tensor_core_ok(d);
+  const fmt::Mode m = d.format.mode;
+  if (!d.transpose || d.format.bits != 4 || (m != fmt::Mode::affine && m != fmt::Mode::mxfp4 && m != fmt::Mode::nvfp4))
+    return false;
+  if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
+  // K a multiple of 32 (and of the group size): a partial last chunk of 128 codes is fine.
+  if (d.K % 32 != 0 || d.K % d.format.group_size != 0 || d.K <= 0 || d.K > kMaxK || d.N >= (int64_t{1} << 31))
+    return false;
+  return d.M >= 1 && d.M <= max_rows(d.format.group_size) && device_info(current_device()).cc_major >= 8;
 }
 
 bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
-  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), 16) || !aligned(a.scales.raw_data(), 4) ||
-      !aligned(a.biases.raw_data(), 4))
+  const bool affine = d.format.mode == fmt::Mode::affine;
+  if (!aligned(a.x.raw_data(), 16) || !aligned(a.w.raw_data(), 16) || !aligned(a.scales.raw_data(), affine ? 4 : 2) ||
+      (affine && !aligned(a.biases.raw_data(), 4)))
     return false;
   Qmv1Params p{};
   copy_common_params(p, qmm_kernel_params(d, a, scope));
   if (d.batch == 1 && !std::strcmp(d.op, "quantized_matmul")) p.lhs = p.rhs = nullptr;  // no indices to read
   // Split K over as many warps as leave each at least one super-chunk (8 / MR groups).
   const int mr = rows_built(d.M);
-  const int64_t supers = ceil_div(d.K / 128, (8 / mr) * d.format.group_size / 128);
+  const int64_t supers = ceil_div(ceil_div(d.K, int64_t{128}), (8 / mr) * d.format.group_size / 128);
   p.ks_log2 = 3;
   while (p.ks_log2 > 0 && supers < (int64_t{1} << p.ks_log2)) --p.ks_log2;
   const char* ks_env = std::getenv("MMKIT_QMV1_KS_LOG2");

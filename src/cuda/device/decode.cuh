@@ -158,6 +158,59 @@ inline constexpr float kPairOff = std::is_same_v<T, __nv_bfloat16> ? 128.0f : 64
 template <typename T>
 inline constexpr float kPairScale = std::is_same_v<T, __nv_bfloat16> ? 1.0f : 1.0f / 64.0f;
 
+/// prmt.b32 in its default mode: byte n of the result is byte (c >> 4n) & 7
+/// of {b, a} (a = bytes 0-3), or, when bit 3 of that selector nibble is set,
+/// the sign (bit 7) of that byte replicated over all 8 bits.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t r;
+  asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(c));
+  return r;
+}
+
+/// The eight FP4 E2M1 codes of a word (nibble i = code i) as exact T values,
+/// in natural pairs: out[i] = (code 2i, code 2i + 1) (x then needs no
+/// permutation). Byte-table lookups, no offset to take out:
+///   m = w & 0x77777777: the magnitude indices {0, .5, 1, 1.5, 2, 3, 4, 6};
+///   one PRMT per 4 codes looks up the high byte of each magnitude's T bits
+///   (bfloat16 also its low byte: the exponent's last bit and the mantissa);
+///   one PRMT in sign-replicate mode spreads the 4 sign bits to byte masks
+///   (odd codes' signs are the msbs of w's bytes, even codes' of w << 4's),
+///   ORed into the high bytes; two PRMTs interleave the bytes into T pairs.
+/// 15 instructions per word for bfloat16, 13 for float16 (whose low bytes
+/// are all zero).
+template <typename T>
+__device__ __forceinline__ void fp4_pairs(uint32_t w, uint32_t (&out)[4]) {
+  constexpr bool kBf16 = std::is_same_v<T, __nv_bfloat16>;
+  // High bytes of 0, .5, 1, 1.5 | 2, 3, 4, 6 (bfloat16 0x0000 3F00 3F80 3FC0
+  // 4000 4040 4080 40C0; float16 0x0000 3800 3C00 3E00 4000 4200 4400 4600).
+  constexpr uint32_t kH0 = kBf16 ? 0x3F3F3F00u : 0x3E3C3800u, kH1 = kBf16 ? 0x40404040u : 0x46444240u;
+  constexpr uint32_t kL0 = 0xC0800000u, kL1 = 0xC0804000u;  // bfloat16's low bytes
+  const uint32_t m = w & 0x77777777u;
+  const uint32_t mh = m >> 16;
+  const uint32_t w4 = w << 4;
+  // Codes 0-3 / 4-7: high bytes with their signs.
+  const uint32_t h0 = prmt(kH0, kH1, m) | (prmt(w4, w, 0xD9C8u) & 0x80808080u);
+  const uint32_t h1 = prmt(kH0, kH1, mh) | (prmt(w4, w, 0xFBEAu) & 0x80808080u);
+  if constexpr (kBf16) {
+    const uint32_t l0 = prmt(kL0, kL1, m), l1 = prmt(kL0, kL1, mh);
+    out[0] = prmt(l0, h0, 0x5140u);
+    out[1] = prmt(l0, h0, 0x7362u);
+    out[2] = prmt(l1, h1, 0x5140u);
+    out[3] = prmt(l1, h1, 0x7362u);
+  } else {
+    out[0] = prmt(h0, 0u, 0x1404u);
+    out[1] = prmt(h0, 0u, 0x3424u);
+    out[2] = prmt(h1, 0u, 0x1404u);
+    out[3] = prmt(h1, 0u, 0x3424u);
+  }
+}
+
+/// E8M0 scale byte as float32: 2^(s - 127) (0 -> 2^-127, a float32 denormal;
+/// 255 -> +Inf), as fmt::e8m0_to_float.
+__device__ __forceinline__ float e8m0_f(uint32_t s) {
+  return s ? __uint_as_float(s << 23) : __uint_as_float(0x00400000u);
+}
+
 /// Byte alignment load_pack needs.
 __host__ __device__ constexpr int pack_align(int bits) { return bits % 4 == 0 ? 16 : (bits % 2 == 0 ? 8 : 4); }
 

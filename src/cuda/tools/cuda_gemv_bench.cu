@@ -116,6 +116,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> only_m, only_t;
   bool have_m = false, have_t = false, sorted_routing = false;
   std::vector<int64_t> nk = {8192, 8192};
+  std::vector<std::string> only_fmt;  // --fmt: format labels containing one of these
   auto parse_list = [](const char* a) {
     std::vector<int64_t> v;
     for (const char* p = a; *p;) {
@@ -137,8 +138,16 @@ int main(int argc, char** argv) {
     else if (!std::strcmp(argv[i], "--t") && i + 1 < argc) have_t = true, only_t = parse_list(argv[++i]);
     else if (!std::strcmp(argv[i], "--sorted")) sorted_routing = true;
     else if (!std::strcmp(argv[i], "--nk") && i + 1 < argc) nk = parse_list(argv[++i]);
-    else {
-      std::fprintf(stderr, "usage: cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4] [--sorted] [--nk N,K]\n");
+    else if (!std::strcmp(argv[i], "--fmt") && i + 1 < argc) {
+      for (std::string a = argv[++i]; !a.empty();) {
+        const size_t c = a.find(',');
+        only_fmt.push_back(a.substr(0, c));
+        a = c == std::string::npos ? std::string() : a.substr(c + 1);
+      }
+    } else {
+      std::fprintf(stderr,
+                   "usage: cuda_gemv_bench [--json out.json] [--quick] [--m 1,2,4] [--t 1,4] [--sorted] [--nk N,K] "
+                   "[--fmt mxfp4,b4 g64]\n");
       return 2;
     }
   }
@@ -206,7 +215,14 @@ int main(int argc, char** argv) {
                             {"mxfp4", fmt::Mode::mxfp4, 4, 32},           {"nvfp4", fmt::Mode::nvfp4, 4, 16},
                             {"mxfp8", fmt::Mode::mxfp8, 8, 32}};
   if (quick) fmts.resize(1);
+  auto fmt_wanted = [&](const char* label) {
+    if (only_fmt.empty()) return true;
+    for (const std::string& o : only_fmt)
+      if (std::string(label).find(o) != std::string::npos) return true;
+    return false;
+  };
   for (const QFmt& f : fmts) {
+    if (!fmt_wanted(f.label)) continue;
     const bool headline = f.mode == fmt::Mode::affine && f.bits == 4 && f.gs == 64;
     std::vector<int64_t> Ms = {1};
     if (headline) Ms = quick ? std::vector<int64_t>{1, 8, 256} : std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 2048};
@@ -313,30 +329,38 @@ int main(int argc, char** argv) {
   // ---- MoE decode: gather_qmm over routed tokens ------------------------------------------
   // Qwen3-30B-A3B's expert projections (128 experts, top-8, hidden 2048,
   // expert width 768): gate and up stacked as one (E, 1536, 2048) weight, and
-  // down (E, 2048, 768). T tokens, each routed to 8 distinct random experts;
+  // down (E, 2048, 768); for mxfp4 also gpt-oss-120b's (128 experts, top-4,
+  // hidden and expert width 2880: (E, 5760, 2880) and (E, 2880, 2880)).
+  // T tokens, each routed to top-k distinct random experts;
   // 16 routings rotate so consecutive calls touch different experts (cold-ish
   // L2). GB/s counts the distinct active experts' bytes once per call.
   {
     struct MoeShape {
       const char* label;
       int64_t E, N, K, topk;
+      bool fp4_only;
     };
-    const MoeShape shapes[] = {{"qwen3-30b-a3b gate+up", 128, 1536, 2048, 8}, {"qwen3-30b-a3b down", 128, 2048, 768, 8}};
-    // 4-bit affine g64 (per entry: the one-row tensor-core GEMV), and mxfp4
-    // (gpt-oss's format; per entry: the SIMT GEMV) at the larger T.
+    const MoeShape shapes[] = {{"qwen3-30b-a3b gate+up", 128, 1536, 2048, 8, false},
+                               {"qwen3-30b-a3b down", 128, 2048, 768, 8, false},
+                               {"gpt-oss-120b gate+up", 128, 5760, 2880, 4, true},
+                               {"gpt-oss-120b down", 128, 2880, 2880, 4, true}};
+    // 4-bit affine g64 and mxfp4 (gpt-oss's format); per entry both run the
+    // one-row tensor-core GEMV, and mxfp4 also times the SIMT GEMV beside it.
     struct MoeFmt {
       QFmt f;
       const char* suffix;
-      const char* per_entry;
+      std::vector<std::string> per_entry;  // per-entry kernels timed beside the registry's choice
       std::vector<int64_t> Ts;
     };
     const std::vector<MoeFmt> moe_fmts = {
-        {{"affine b4 g64", fmt::Mode::affine, 4, 64}, "", "cuda_qmv1_mma",
+        {{"affine b4 g64", fmt::Mode::affine, 4, 64}, "", {"cuda_qmv1_mma"},
          quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 4, 16, 64, 256}},
-        {{"mxfp4", fmt::Mode::mxfp4, 4, 32}, " mxfp4", "cuda_qmv", quick ? std::vector<int64_t>{} : std::vector<int64_t>{16, 64, 256}}};
+        {{"mxfp4", fmt::Mode::mxfp4, 4, 32}, " mxfp4", {"cuda_qmv1_mma", "cuda_qmv"},
+         quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}}};
     for (const MoeFmt& mf : moe_fmts)
-    if (!have_m || have_t)
+    if ((!have_m || have_t) && fmt_wanted(mf.f.label))
     for (const MoeShape& sh : shapes) {
+      if (sh.fp4_only && mf.f.mode != fmt::Mode::mxfp4) continue;
       const QFmt& f = mf.f;
       const bool affine = f.mode == fmt::Mode::affine;
       const int64_t words = sh.K / 8, groups = sh.K / f.gs;
@@ -346,6 +370,7 @@ int main(int argc, char** argv) {
       if (affine) base.biases = random_scales(f, sh.E * sh.N, groups, 79, true).reshape({sh.E, sh.N, groups});
       const double expert_bytes = double(sh.N) * words * 4 + double(sh.N) * groups * (affine ? 4 : 1);
       for (int64_t T : have_t ? only_t : mf.Ts) {
+        if (sh.fp4_only && T > 64 && !have_t) continue;  // (gpt-oss: decode sizes only)
         const int64_t L = T * sh.topk;
         std::mt19937 g(1234 + static_cast<uint32_t>(T));
         const int kSets = 16;
@@ -403,16 +428,19 @@ int main(int argc, char** argv) {
         d.rhs_sorted = sorted_routing;
         const auto& sel = reg.qmm.select(d, Device::Type::gpu);
         const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* generic = nullptr;
-        const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* per_entry = nullptr;
+        std::vector<const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>*> per_entry;
         const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>* grouped = nullptr;
+        for (const std::string& name : mf.per_entry)
+          for (const auto& e : reg.qmm.entries())
+            if (e.device == Device::Type::gpu && e.name == name && e.supports(d)) per_entry.push_back(&e);
         for (const auto& e : reg.qmm.entries()) {
           if (e.device != Device::Type::gpu) continue;
           if (e.name == "cuda_qmm_generic") generic = &e;
-          if (e.name == mf.per_entry) per_entry = &e;
           if (e.name == "cuda_gather_grouped") grouped = &e;
         }
         std::vector<const detail::KernelEntry<detail::QmmDesc, detail::QmmArgs>*> runs = {&sel};
-        if (per_entry && sel.name != per_entry->name) runs.push_back(per_entry);  // ungrouped, same run
+        for (const auto* e : per_entry)
+          if (sel.name != e->name) runs.push_back(e);  // ungrouped, same run
         // Grouped by expert, same run, where the registry keeps the entries
         // apart although experts are shared (>= 4 rows per expert).
         if (grouped && sel.name != grouped->name && L >= 4 * sh.E) runs.push_back(grouped);
