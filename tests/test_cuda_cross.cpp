@@ -651,11 +651,13 @@ void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int6
   SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
                " N=" + std::to_string(N) + " K=" + std::to_string(K) + (transpose ? "" : " transpose=false"));
   // One-row 4-bit affine entries below 4 rows per expert, and FP4 entries of
-  // up to gs / 16 rows at any count, run per entry on the tensor-core GEMV.
+  // up to gs / 16 rows below 12 rows per expert, run per entry on the
+  // tensor-core GEMV (FP4 from 12 rows per expert: grouped, on the tiled kernel).
   const bool fp4 = std::string(f.mode) == "mxfp4" || std::string(f.mode) == "nvfp4";
+  const int64_t rows_per_expert = (L * M + std::min(E, L) - 1) / std::min(E, L);
   const bool gemv = transpose && dt != Dtype::float32 &&
                     ((M == 1 && L < 4 * E && std::string(f.mode) == "affine" && f.bits == 4 && K % 128 == 0) ||
-                     (fp4 && M <= f.gs / 16));
+                     (fp4 && M <= f.gs / 16 && rows_per_expert < 12));
   ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E, transpose), Device::Type::gpu).name,
             gemv ? "cuda_qmv1_mma" : "cuda_gather_grouped");
   QW q = exact_quantized(f, E * R, Q, dt, seed++);
@@ -911,11 +913,14 @@ TEST(CudaCross, GatherQmmGroupedTiledEveryFormat) {
   // (qmm_sm80.cu) per item of one 64-row tile (4-bit affine up to 32 rows:
   // the tensor-core GEMV); M = 12 (items mixing entries) and M = 70 (an
   // entry's rows over two items).
+  // FP4 one-row entries from 12 rows per expert take it too (E = 3, L = 100).
   uint64_t seed = 9600;
   for (const Fmt& f : all_formats())
-    for (Dtype dt : {Dtype::float16, Dtype::bfloat16})
+    for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
       for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 8, 12}, {3, 4, 70}})
         check_grouped_gather_qmm(f, dt, E, L, M, seed);
+      if (!f.affine() && f.bits == 4) check_grouped_gather_qmm(f, dt, 3, 100, 1, seed);
+    }
 }
 
 TEST(CudaCross, GatherQmmGroupedSimtReportsABadDeviceIndexAndZerosOnlyItsEntry) {

@@ -1,6 +1,6 @@
 // Registration of the GPU quantized-matmul family, in dispatch order:
-//   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average; not FP4 entries that
-//                     cuda_qmv1_mma takes, which run per entry): rows grouped by
+//   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average; FP4 entries that
+//                     cuda_qmv1_mma takes from 12, on qmm_sm80.cu): rows grouped by
 //                     expert on the device (gather_plan.cu), then 4-bit affine float16/bfloat16 with
 //                     K % 128 == 0 on qmm_w4.cu from 64 rows per expert, else with M <= 32 on
 //                     qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0, every format and dtype) on qmv.cu, else (M > 8, float16/bfloat16, transpose,
@@ -18,6 +18,9 @@
 //   cuda_qmm_generic  everything else (qmm_generic.cu)
 // A fast path whose pointers are not aligned for its vector loads (views
 // with odd offsets) hands the call to the generic kernel.
+#include <algorithm>
+#include <cstdlib>
+
 #include "cuda/qmm_kernels.h"
 
 namespace mmkit::cuda {
@@ -47,12 +50,11 @@ void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   if (!qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
 }
 bool grouped_supports(const QmmDesc& d) {
-  // FP4 entries that the tensor-core GEMV takes run per entry: the grouped
-  // kernels for them are SIMT and slower at every size measured (H200, run 96,
-  // mxfp4 Qwen3-30B-A3B gate+up, T = 64 / 256 / 1024: 299 / 1148 / 4577 us per
-  // entry against 478 / 1866 / 7102 grouped; down 182 / 700 / 2748 against
-  // 378 / 1372 / 5200; docs/kernels/cuda.md).
-  if (d.format.mode != fmt::Mode::affine && qmv1_mma_supports(d)) return false;
+  // FP4 entries that the tensor-core GEMV takes run per entry below
+  // fp4_group_from() rows per expert, grouped on the tiled kernel from there
+  // (run_grouped; never on the grouped SIMT GEMV, slower than per entry at
+  // every size measured; docs/kernels/cuda.md, session 12).
+  if (fp4_gemv_entries(d) && gather_rows_per_expert(d) < fp4_group_from()) return false;
   // (The widest of the grouped kernels' rules: from 4 rows per expert.) One-row
   // entries are grouped from there too: with the grouped kernel's x loads ahead
   // of its decode, Qwen3-30B-A3B at 4 rows per expert (T = 64, unsorted) runs
@@ -62,6 +64,7 @@ bool grouped_supports(const QmmDesc& d) {
 }
 void run_grouped(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
+  if (fp4_gemv_entries(d) && qmm_mma_grouped_supports(d) && qmm_mma_grouped_run(d, a, scope)) return;
   if (qmm_wg_mode() != QmmWgMode::off && qmm_wg_grouped_supports(d) && qmm_wg_grouped_run(d, a, scope)) return;
   if (qmm_w4_grouped_supports(d) && qmm_w4_grouped_run(d, a, scope)) return;
   if (gather_grouped_supports(d) && gather_grouped_run(d, a, scope)) return;
@@ -75,6 +78,21 @@ void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
 }
 
 }  // namespace
+
+// Rows per expert from which FP4 one-row gather entries are grouped (on the
+// tiled tensor-core kernel) instead of run per entry on the GEMV. Measured
+// (H200, run 98, mxfp4 Qwen3-30B-A3B gate+up / down): at 4 rows per expert
+// per entry 284 / 173 us against tiled 798 / 408; at 16 rows tiled 805 / 422
+// against 1124 / 662; the tiled time is flat up to 16 rows and the per-entry
+// time linear in the rows, so they cross near 11 / 9.5 rows per expert.
+constexpr int64_t kFp4GroupFrom = 12;
+
+bool fp4_gemv_entries(const QmmDesc& d) { return d.format.mode != fmt::Mode::affine && qmv1_mma_supports(d); }
+
+int64_t fp4_group_from() {
+  if (const char* e = std::getenv("MMKIT_FP4_GROUP_FROM")) return std::max<int64_t>(1, std::atoll(e));
+  return kFp4GroupFrom;
+}
 
 QmmKernelParams qmm_kernel_params(const QmmDesc& d, QmmArgs& a, const OpScope& scope) {
   QmmKernelParams p;

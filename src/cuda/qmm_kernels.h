@@ -105,6 +105,23 @@ inline bool gather_grouping_pays(const detail::QmmDesc& d, int64_t max_m) {
   return d.batch * d.M >= 4 * d.w_batch && d.batch * d.M < (int64_t{1} << 31);
 }
 
+/// Average rows per distinct expert of a gather (at most min(experts, entries)
+/// experts are used).
+inline int64_t gather_rows_per_expert(const detail::QmmDesc& d) {
+  const int64_t e = std::max<int64_t>(1, std::min(d.w_batch, d.batch));
+  return (d.batch * d.M + e - 1) / e;
+}
+
+/// FP4 (mxfp4 / nvfp4) gather entries that the one-row tensor-core GEMV takes
+/// (qmv1_mma_supports): they run per entry below fp4_group_from() rows per
+/// expert on average (12), and from there grouped by expert on the tiled
+/// tensor-core kernel (qmm_sm80, items of 64 rows), never on the grouped SIMT
+/// GEMV (slower than per entry at every size measured; docs/kernels/cuda.md).
+bool fp4_gemv_entries(const detail::QmmDesc& d);
+/// The threshold above: MMKIT_FP4_GROUP_FROM (a tuning knob, read per call;
+/// docs/kernels/cuda.md) or the measured default.
+int64_t fp4_group_from();
+
 /// The grouping rule of the 4-bit many-row kernels (qmm_w4, qmm_wg), whose
 /// items hold 64 rows (128 in qmm_w4's forced large tile): grouping pays, and
 /// 64 rows per expert on average.
