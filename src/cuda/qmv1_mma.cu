@@ -461,12 +461,11 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
       // Non-finite values are not tested here: they reach acc, which is
       // tested once at the end.
       auto fold = [&](int u) {
-        float2 xs2 = make_float2(0.0f, 0.0f);  // the sums of x for columns 2c and 2c + 1 (affine)
-        if constexpr (!kAff) {
-        } else if constexpr (MR == 1) {  // groups 2c, 2c + 1 of row 0 (the row's sums are padded to a multiple of 4)
+        float2 xs2 = make_float2(0.0f, 0.0f);  // the sums of x for columns 2c and 2c + 1 (affine only)
+        if constexpr (kAff && MR == 1) {  // groups 2c, 2c + 1 of row 0 (the row's sums are padded to a multiple of 4)
           const int grp0 = u * SG + 2 * c;
           xs2 = grp0 < G ? *reinterpret_cast<const float2*>(gsum + grp0) : make_float2(0.0f, 0.0f);
-        } else {  // one group, x rows (2c) % MR and (2c + 1) % MR
+        } else if constexpr (kAff) {  // one group, x rows (2c) % MR and (2c + 1) % MR
           const int grp = u * SG + slot0;
           xs2 = grp < G ? make_float2(gsum[((2 * c) % MR) * gpad + grp], gsum[((2 * c + 1) % MR) * gpad + grp])
                         : make_float2(0.0f, 0.0f);
