@@ -145,11 +145,12 @@ __device__ __noinline__ float exact_group1(const T* xg, const uint32_t* wg, floa
 }
 
 /// Scale (or bias) of a group from its raw bits: T bits (affine), an E8M0
-/// byte (mxfp4) or an E4M3 byte (nvfp4).
+/// byte (mxfp4) or an E4M3 byte (nvfp4; code_value's shift and one exact
+/// multiply, equal to fmt::e4m3_to_float for every byte, 0x7F = 480 included).
 template <typename T, QKind KIND, int GS>
 __device__ __forceinline__ float scale_f(uint32_t b) {
   if constexpr (KIND == QKind::affine) return bits_to_f<T>(b);
-  else if constexpr (GS == 16) return fmt::e4m3_to_float(b & 0xFFu);
+  else if constexpr (GS == 16) return code_value<QKind::e4m3>(b & 0xFFu);
   else return e8m0_f(b & 0xFFu);
 }
 
