@@ -412,9 +412,8 @@ bool qmv_grouped_supports(const detail::QmmDesc& d) {
 bool qmv_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   if (!qmv_aligned(d, a)) return false;
   const QmvParams u = qmv_params(d, a, scope);
-  // Rows per item from the average rows per distinct expert (at most min(E, L) experts).
-  const int64_t experts = d.w_batch < d.batch ? d.w_batch : d.batch;
-  const int64_t avg = (d.batch * d.M + experts - 1) / experts;
+  // Rows per item from the average rows per distinct expert.
+  const int64_t avg = gather_rows_per_expert(d);
   const int rows_per_item = avg <= 4 ? 4 : kQmvMaxM;
   GatherPlan plan(scope, u.lhs, u.rhs, d.batch, d.M, d.x_batch, d.w_batch, rows_per_item, u.guard, u.out,
                   static_cast<int>(itemsize(d.dtype)), d.N);

@@ -144,7 +144,7 @@ __device__ __noinline__ float exact_group1(const T* xg, const uint32_t* wg, floa
   return e;
 }
 
-/// Scale (or bias) of a group from its raw bits: T bits (affine), an E8M0
+/// Scale of a group from its raw bits: T bits (affine), an E8M0
 /// byte (mxfp4) or an E4M3 byte (nvfp4; code_value's shift and one exact
 /// multiply, equal to fmt::e4m3_to_float for every byte, 0x7F = 480 included).
 template <typename T, QKind KIND, int GS>

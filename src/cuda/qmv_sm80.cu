@@ -455,9 +455,8 @@ bool gather_grouped_supports(const detail::QmmDesc& d) {
 bool gather_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
   if (!qmv_mma_aligned(a)) return false;
   QmvMmaParams p = qmm_kernel_params(d, a, scope);
-  // Rows per item from the average rows per distinct expert (at most min(E, L) experts).
-  const int64_t experts = d.w_batch < d.batch ? d.w_batch : d.batch;
-  const int64_t avg = (d.batch * d.M + experts - 1) / experts;
+  // Rows per item from the average rows per distinct expert.
+  const int64_t avg = gather_rows_per_expert(d);
   const int mt = avg <= 8 ? 1 : (avg <= 16 ? 2 : 4);
   GatherPlan plan(scope, p.lhs, p.rhs, d.batch, d.M, d.x_batch, d.w_batch, 8 * mt, p.guard, p.out, 2, d.N);
   p.plan = plan.view();

@@ -160,7 +160,9 @@ inline constexpr float kPairScale = std::is_same_v<T, __nv_bfloat16> ? 1.0f : 1.
 
 /// prmt.b32 in its default mode: byte n of the result is byte (c >> 4n) & 7
 /// of {b, a} (a = bytes 0-3), or, when bit 3 of that selector nibble is set,
-/// the sign (bit 7) of that byte replicated over all 8 bits.
+/// the sign (bit 7) of that byte replicated over all 8 bits. (Inline PTX:
+/// __byte_perm documents only the 3-bit byte selector, and fp4_pairs needs
+/// the sign-replicate mode.)
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t r;
   asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(c));
