@@ -422,6 +422,86 @@ TEST(CudaCross, QmmExactOneRowGemvFp4) {
     }
 }
 
+TEST(CudaCross, QmmExactOneRowGemv8Bit) {
+  MMKIT_REQUIRE_GPU();
+  // cuda_qmv1_mma on 8-bit codes (64-code chunks): affine (each byte as a low
+  // and a high nibble pair; exact_quantized draws all 256 codes) and mxfp8
+  // (E4M3 pairs by the hardware conversion), every group size and row count
+  // the kernel is built for (M <= gs / 16, 8 at group size 128), K from one
+  // chunk to split ranges and partial last chunks (K % 64 == 32 at group
+  // size 32), odd group counts, N around the tiles, both half dtypes, one and
+  // two tiles per warp, x staged and (M * K > 16384) read from global memory.
+  // Bit-exact against the CPU (exact sums).
+  auto& reg = detail::registries();
+  uint64_t seed = 9100;
+  for (const Fmt& f : {Fmt{"affine", 8, 32}, Fmt{"affine", 8, 64}, Fmt{"affine", 8, 128}, Fmt{"mxfp8", 8, 32}})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+      const int gs = f.gs;
+      for (int64_t K : {32, 64, 96, 128, 384, 1152, 2880, 8832}) {
+        if (K % gs) continue;
+        for (int64_t N : {1, 33, 96}) check_exact_qmm({f, dt, true, 1, N, K}, seed++);
+        for (int64_t M : {2, 3, 4, 8})
+          if (M <= (gs == 128 ? 8 : gs / 16)) check_exact_qmm({f, dt, true, M, 33, K}, seed++);
+      }
+      check_exact_qmm({f, dt, true, 1, 33, 24704 / gs * gs}, seed++);
+      if (gs == 32) check_exact_qmm({f, dt, true, 2, 33, 8800}, seed++);  // (from global memory, a partial chunk)
+      {
+        const ScopedEnv env("MMKIT_QMV1_TILES", "2");
+        for (int64_t N : {17, 32, 33, 130})
+          for (int64_t K : {128, 1152, 2880}) {
+            if (K % gs) continue;
+            check_exact_qmm({f, dt, true, 1, N, K}, seed++);
+            if (N % 2) check_exact_qmm({f, dt, true, 2, N, K}, seed++);
+          }
+      }
+      detail::QmmDesc q;
+      q.op = "quantized_matmul";
+      q.format = {std::string(f.mode) == "mxfp8" ? fmt::Mode::mxfp8 : fmt::Mode::affine, 8, gs};
+      q.dtype = dt;
+      q.transpose = true;
+      q.M = 1;
+      q.N = 4096;
+      q.K = 4096;
+      EXPECT_EQ(reg.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma") << gs;
+    }
+  // A batch of one-row entries (gather_qmm per entry, decode), indices on the device.
+  for (const Fmt& f : {Fmt{"affine", 8, 32}, Fmt{"affine", 8, 128}, Fmt{"mxfp8", 8, 32}}) {
+    const int64_t E = 5, N = 40, K = 1152;
+    QW q = exact_quantized(f, E * N, K, Dtype::bfloat16, seed++);
+    Array w = q.w.reshape({E, N, K / 4}), sc = q.scales.reshape({E, N, K / f.gs});
+    std::optional<Array> bi;
+    if (q.biases) bi = q.biases->reshape({E, N, K / f.gs});
+    Array x = small_ints({3, 1, K}, Dtype::bfloat16, seed++);
+    Array lhs = Array::from_vector(std::vector<int64_t>{2, 0, 1, 2}, {4});
+    Array rhs = Array::from_vector(std::vector<int64_t>{4, 1, 1, 0}, {4});
+    Array yc = gather_qmm(x, w, sc, bi, lhs, rhs, true, f.gs, f.bits, f.mode);
+    Array yg = gather_qmm(gpu(x), gpu(w), gpu(sc), opt_gpu(bi), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+    EXPECT_TRUE(bit_equal(yg, yc)) << name(f, Dtype::bfloat16);
+  }
+  // mxfp8: every E4M3 byte, subnormals, +-0 and 0x7F / 0xFF included (they
+  // decode to +-480 (SPEC) where the hardware conversion gives NaN: those
+  // groups take the element-wise path). Row r draws its bytes from exponents
+  // r % 13 .. r % 13 + 3 (every byte is in some row), so its sums stay exact
+  // in float32; bit-exact against the CPU.
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
+    for (int64_t M : {1, 2}) {
+      const Fmt f{"mxfp8", 8, 32};
+      const int64_t N = 52, K = 1024;
+      QW q = exact_quantized(f, N, K, dt, seed++);
+      std::mt19937_64 g(seed++);
+      uint8_t* wb = reinterpret_cast<uint8_t*>(q.w.data<uint32_t>());
+      for (int64_t r = 0; r < N; ++r)
+        for (int64_t k = 0; k < K; ++k) {
+          const uint32_t e = static_cast<uint32_t>(r % 13) + static_cast<uint32_t>(g() % 4);
+          wb[r * K + k] = static_cast<uint8_t>(((g() % 2) << 7) | (e << 3) | (k < 16 ? k % 8 : g() % 8));
+        }
+      Array x = small_ints({M, K}, dt, seed++);
+      Array yc = quantized_matmul(x, q.w, q.scales, std::nullopt, true, f.gs, f.bits, f.mode);
+      Array y = quantized_matmul(gpu(x), gpu(q.w), gpu(q.scales), std::nullopt, true, f.gs, f.bits, f.mode);
+      EXPECT_TRUE(bit_equal(y, yc)) << dtype_name(dt) << " M=" << M;
+    }
+}
+
 TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   MMKIT_REQUIRE_GPU();
   // Inf / NaN in x: every GPU path must give the reference's NaN or +-Inf per
@@ -430,7 +510,9 @@ TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   // float32 and the float64 reference agree on which products are Inf * 0.
   const float inf = std::numeric_limits<float>::infinity();
   uint64_t seed = 40;
-  for (const Fmt& f : {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16}})
+  for (const Fmt& f :
+       {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"affine", 8, 64}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16},
+        Fmt{"mxfp8", 8, 32}})
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16, Dtype::float32})
       for (int64_t M : {1, 2, 3, 5, 20, 40}) {
         SCOPED_TRACE(name(f, dt) + " M=" + std::to_string(M));
@@ -650,14 +732,16 @@ void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int6
   const int64_t R = transpose ? N : K;  // rows of one expert's packed weights
   SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
                " N=" + std::to_string(N) + " K=" + std::to_string(K) + (transpose ? "" : " transpose=false"));
-  // One-row 4-bit affine entries below 4 rows per expert, and FP4 entries of
-  // up to gs / 16 rows below 12 rows per expert, run per entry on the
-  // tensor-core GEMV (FP4 from 12 rows per expert: grouped, on the tiled kernel).
-  const bool fp4 = std::string(f.mode) == "mxfp4" || std::string(f.mode) == "nvfp4";
+  // 4-bit affine entries below 4 rows per expert, and solo entries (mxfp4,
+  // nvfp4, 8-bit affine, mxfp8) below 12 / 12 / 5 / 9 rows per expert, of up
+  // to gs / 16 rows, run per entry on the tensor-core GEMV (solo ones from
+  // there: grouped, on the tiled kernel).
+  const bool solo = std::string(f.mode) != "affine" || f.bits == 8;
+  const int64_t solo_from = std::string(f.mode) == "affine" ? 5 : std::string(f.mode) == "mxfp8" ? 9 : 12;
   const int64_t rows_per_expert = (L * M + std::min(E, L) - 1) / std::min(E, L);
-  const bool gemv = transpose && dt != Dtype::float32 &&
-                    ((M == 1 && L < 4 * E && std::string(f.mode) == "affine" && f.bits == 4 && K % 128 == 0) ||
-                     (fp4 && M <= f.gs / 16 && rows_per_expert < 12));
+  const bool affine4 = std::string(f.mode) == "affine" && f.bits == 4;
+  const bool gemv = transpose && dt != Dtype::float32 && K % 32 == 0 && M <= (f.gs == 128 ? 8 : f.gs / 16) &&
+                    ((affine4 && L * M < 4 * E) || (solo && rows_per_expert < solo_from));
   ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E, transpose), Device::Type::gpu).name,
             gemv ? "cuda_qmv1_mma" : "cuda_gather_grouped");
   QW q = exact_quantized(f, E * R, Q, dt, seed++);
@@ -689,8 +773,8 @@ TEST(CudaCross, GatherQmmGroupedEveryFormat) {
   // Every format and dtype through the grouped gather (cuda_gather_grouped):
   // 4-bit affine float16/bfloat16 with K % 128 == 0 run the tensor-core GEMV
   // per item, everything else the SIMT GEMV (qmv.cu) per item; items of 8 rows
-  // (E = 3) and of 4 rows (E = 4, M = 1). (FP4 float16/bfloat16 entries of
-  // one row run per entry instead: check_grouped_gather_qmm.)
+  // (E = 3) and of 4 rows (E = 4, M = 1). (Solo float16/bfloat16 entries of
+  // few rows run per entry instead: check_grouped_gather_qmm.)
   uint64_t seed = 9500;
   for (const Fmt& f : all_formats())
     for (Dtype dt : kFloats)
@@ -913,13 +997,14 @@ TEST(CudaCross, GatherQmmGroupedTiledEveryFormat) {
   // (qmm_sm80.cu) per item of one 64-row tile (4-bit affine up to 32 rows:
   // the tensor-core GEMV); M = 12 (items mixing entries) and M = 70 (an
   // entry's rows over two items).
-  // FP4 one-row entries from 12 rows per expert take it too (E = 3, L = 100).
+  // Solo one-row entries (mxfp4, nvfp4, 8-bit affine, mxfp8) from 12 / 12 /
+  // 5 / 9 rows per expert take it too (E = 3, L = 100).
   uint64_t seed = 9600;
   for (const Fmt& f : all_formats())
     for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
       for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 8, 12}, {3, 4, 70}})
         check_grouped_gather_qmm(f, dt, E, L, M, seed);
-      if (!f.affine() && f.bits == 4) check_grouped_gather_qmm(f, dt, 3, 100, 1, seed);
+      if (!f.affine() || f.bits == 8) check_grouped_gather_qmm(f, dt, 3, 100, 1, seed);
     }
 }
 
@@ -1237,7 +1322,7 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   q.batch = q.w_batch = 1;
   // FP4 codes at M = 1 (also gpt-oss's K = 2880, not a multiple of 128): the
-  // tensor-core GEMV; 8-bit codes: the SIMT GEMV.
+  // tensor-core GEMV, and so are mxfp8 codes; 3-bit codes: the SIMT GEMV.
   q.format = {fmt::Mode::mxfp4, 4, 32};
   EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
   q.format = {fmt::Mode::nvfp4, 4, 16};
@@ -1247,6 +1332,8 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
   q.K = 4096;
   q.format = {fmt::Mode::mxfp8, 8, 32};
+  EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
+  q.format = {fmt::Mode::affine, 3, 64};
   seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   q.format = {fmt::Mode::affine, 4, 64};
   q.transpose = false;

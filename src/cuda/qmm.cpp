@@ -1,12 +1,12 @@
 // Registration of the GPU quantized-matmul family, in dispatch order:
-//   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average; FP4 entries that
-//                     cuda_qmv1_mma takes from 12, on qmm_sm80.cu): rows grouped by
+//   cuda_gather_grouped gather_qmm with shared experts (>= 4 rows per expert on average; solo entries of
+//                     cuda_qmv1_mma (all but 4-bit affine) from 5 - 12, on qmm_sm80.cu): rows grouped by
 //                     expert on the device (gather_plan.cu), then 4-bit affine float16/bfloat16 with
 //                     K % 128 == 0 on qmm_w4.cu from 64 rows per expert, else with M <= 32 on
 //                     qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0, every format and dtype) on qmv.cu, else (M > 8, float16/bfloat16, transpose,
 //                     K % 32 == 0, every format) on qmm_sm80.cu, else (float32 beyond 8 rows,
 //                     transpose=false, odd K; any alignment) on qmm_generic.cu
-//   cuda_qmv1_mma     M <= group size / 16 (8 at 128), 4-bit affine / mxfp4 / nvfp4, float16/bfloat16,
+//   cuda_qmv1_mma     M <= group size / 16 (8 at 128), 4/8-bit affine, mxfp4, nvfp4, mxfp8, float16/bfloat16,
 //                     K % 32 == 0 (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
@@ -50,11 +50,12 @@ void run_mma(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   if (!qmm_mma_run(d, a, scope)) qmm_generic_run(d, a, scope);
 }
 bool grouped_supports(const QmmDesc& d) {
-  // FP4 entries that the tensor-core GEMV takes run per entry below
-  // fp4_group_from() rows per expert, grouped on the tiled kernel from there
+  // Solo entries (formats the one-row tensor-core GEMV takes, without a
+  // grouped tensor-core GEMV: all but 4-bit affine) run per entry below
+  // solo_group_from(d) rows per expert, grouped on the tiled kernel from there
   // (run_grouped; never on the grouped SIMT GEMV, slower than per entry at
   // every size measured; docs/kernels/cuda.md, session 12).
-  if (fp4_gemv_entries(d) && gather_rows_per_expert(d) < fp4_group_from()) return false;
+  if (solo_gemv_entries(d) && gather_rows_per_expert(d) < solo_group_from(d)) return false;
   // (The widest of the grouped kernels' rules: from 4 rows per expert.) One-row
   // entries are grouped from there too: with the grouped kernel's x loads ahead
   // of its decode, Qwen3-30B-A3B at 4 rows per expert (T = 64, unsorted) runs
@@ -64,7 +65,7 @@ bool grouped_supports(const QmmDesc& d) {
 }
 void run_grouped(const QmmDesc& d, QmmArgs& a, const Stream& s) {
   OpScope scope(s, d.op);
-  if (fp4_gemv_entries(d) && qmm_mma_grouped_supports(d) && qmm_mma_grouped_run(d, a, scope)) return;
+  if (solo_gemv_entries(d) && qmm_mma_grouped_supports(d) && qmm_mma_grouped_run(d, a, scope)) return;
   if (qmm_wg_mode() != QmmWgMode::off && qmm_wg_grouped_supports(d) && qmm_wg_grouped_run(d, a, scope)) return;
   if (qmm_w4_grouped_supports(d) && qmm_w4_grouped_run(d, a, scope)) return;
   if (gather_grouped_supports(d) && gather_grouped_run(d, a, scope)) return;
@@ -79,19 +80,29 @@ void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
 
 }  // namespace
 
-// Rows per expert from which FP4 one-row gather entries are grouped (on the
-// tiled tensor-core kernel) instead of run per entry on the GEMV. Measured
-// (H200, run 98, mxfp4 Qwen3-30B-A3B gate+up / down): at 4 rows per expert
-// per entry 284 / 173 us against tiled 798 / 408; at 16 rows tiled 805 / 422
-// against 1124 / 662; the tiled time is flat up to 16 rows and the per-entry
-// time linear in the rows, so they cross near 11 / 9.5 rows per expert.
-constexpr int64_t kFp4GroupFrom = 12;
+// Rows per expert from which solo gather entries are grouped (on the tiled
+// tensor-core kernel) instead of run per entry on the GEMV. On Qwen3-30B-A3B
+// (H200) the tiled time is flat up to 16 rows per expert and the per-entry
+// time linear in the rows; they cross (gate+up / down) near:
+//   mxfp4 / nvfp4: 11 / 9.5 rows (run 98: at 4 rows per entry 284 / 173 us
+//     against tiled 798 / 408; at 16 rows tiled 805 / 422 against 1124 / 662);
+//   mxfp8: 8.5 / 8.6 (run 105: at 8 rows per entry 774 / 383 us against
+//     tiled 824 / 414);
+//   8-bit affine: 5.3 / 4.3 (run 104: at 4 rows per entry 431 / 264 us
+//     against tiled 577 / 278; run 105: at 8 rows 858 / 515 against 572 / 291).
+int64_t solo_group_default(const QmmDesc& d) {
+  if (d.format.mode == fmt::Mode::affine) return 5;
+  if (d.format.mode == fmt::Mode::mxfp8) return 9;
+  return 12;
+}
 
-bool fp4_gemv_entries(const QmmDesc& d) { return d.format.mode != fmt::Mode::affine && qmv1_mma_supports(d); }
+bool solo_gemv_entries(const QmmDesc& d) {
+  return !(d.format.mode == fmt::Mode::affine && d.format.bits == 4) && qmv1_mma_supports(d);
+}
 
-int64_t fp4_group_from() {
-  if (const char* e = std::getenv("MMKIT_FP4_GROUP_FROM")) return std::max<int64_t>(1, std::atoll(e));
-  return kFp4GroupFrom;
+int64_t solo_group_from(const QmmDesc& d) {
+  if (const char* e = std::getenv("MMKIT_SOLO_GROUP_FROM")) return std::max<int64_t>(1, std::atoll(e));
+  return solo_group_default(d);
 }
 
 QmmKernelParams qmm_kernel_params(const QmmDesc& d, QmmArgs& a, const OpScope& scope) {

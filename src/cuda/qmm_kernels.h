@@ -112,15 +112,18 @@ inline int64_t gather_rows_per_expert(const detail::QmmDesc& d) {
   return (d.batch * d.M + e - 1) / e;
 }
 
-/// FP4 (mxfp4 / nvfp4) gather entries that the one-row tensor-core GEMV takes
-/// (qmv1_mma_supports): they run per entry below fp4_group_from() rows per
-/// expert on average (12), and from there grouped by expert on the tiled
-/// tensor-core kernel (qmm_sm80, items of 64 rows), never on the grouped SIMT
-/// GEMV (slower than per entry at every size measured; docs/kernels/cuda.md).
-bool fp4_gemv_entries(const detail::QmmDesc& d);
-/// The threshold above: MMKIT_FP4_GROUP_FROM (a tuning knob, read per call;
+/// Gather entries that the one-row tensor-core GEMV takes (qmv1_mma_supports)
+/// in a format without a grouped tensor-core GEMV (all but 4-bit affine:
+/// mxfp4, nvfp4, 8-bit affine, mxfp8): they run per entry below
+/// solo_group_from() rows per expert on average (FP4 12, mxfp8 9, 8-bit
+/// affine 5: where the two cross), and from there grouped
+/// by expert on the tiled tensor-core kernel (qmm_sm80, items of 64 rows),
+/// never on the grouped SIMT GEMV (slower than per entry at every size
+/// measured; docs/kernels/cuda.md).
+bool solo_gemv_entries(const detail::QmmDesc& d);
+/// The threshold above: MMKIT_SOLO_GROUP_FROM (a tuning knob, read per call;
 /// docs/kernels/cuda.md) or the measured default.
-int64_t fp4_group_from();
+int64_t solo_group_from(const detail::QmmDesc& d);
 
 /// The grouping rule of the 4-bit many-row kernels (qmm_w4, qmm_wg), whose
 /// items hold 64 rows (128 in qmm_w4's forced large tile): grouping pays, and

@@ -331,9 +331,9 @@ bool qmm_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& sc
 
 bool qmm_mma_grouped_supports(const detail::QmmDesc& d) {
   if (!d.transpose || (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16)) return false;
-  // More than 8 rows per entry, or FP4 entries of the one-row GEMV (grouped
-  // here from kFp4GroupFrom rows per expert, qmm.cpp).
-  if ((d.M <= kQmvMaxM && !fp4_gemv_entries(d)) || d.K % 32 != 0 || d.K == 0) return false;
+  // More than 8 rows per entry, or solo entries of the one-row GEMV (grouped
+  // here from solo_group_from(d) rows per expert, qmm.cpp).
+  if ((d.M <= kQmvMaxM && !solo_gemv_entries(d)) || d.K % 32 != 0 || d.K == 0) return false;
   if (d.N >= (int64_t{1} << 31) || d.K >= (int64_t{1} << 31)) return false;
   if (!gather_grouping_pays(d, int64_t{1} << 31)) return false;
   return device_info(current_device()).cc_major >= 8;

@@ -406,7 +406,7 @@ bool qmv_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope)
 }
 
 bool qmv_grouped_supports(const detail::QmmDesc& d) {
-  return qmv_supports(d) && gather_grouping_pays(d, kQmvMaxM) && !fp4_gemv_entries(d);
+  return qmv_supports(d) && gather_grouping_pays(d, kQmvMaxM) && !solo_gemv_entries(d);
 }
 
 bool qmv_grouped_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {

@@ -11,6 +11,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include <cstdint>
 #include <type_traits>
@@ -145,18 +146,26 @@ __device__ __forceinline__ uint32_t and_or(uint32_t v, uint32_t magic) {
 /// (The offset is taken out per group in the fold. Float16 does not use
 /// 1024 + q at bits 0-3: its offset is 16 times larger relative to q, and
 /// the cancellation in the fold then costs float16 results about 7 bits.)
-template <typename T>
+/// HI: the pair at 16 times the weight, 16 * kPairScale * (kPairOff + q)
+/// (the exponent 4 higher: 2048 + 16 q in bfloat16, 16 + q / 4 in float16),
+/// for the high nibbles of 8-bit codes: a byte's two nibbles then sum to
+/// kPairScale * (17 * kPairOff + code), code_off<T, 8> + code.
+template <typename T, bool HI = false>
 __device__ __forceinline__ uint32_t nib_pair(uint32_t w, int i) {
   if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return and_or<0x000F000Fu>(w >> (4 * i), 0x43004300u);
+    return and_or<0x000F000Fu>(w >> (4 * i), HI ? 0x45004500u : 0x43004300u);
   } else {
-    return and_or<0x00F000F0u>(i == 0 ? w << 4 : w >> (4 * i - 4), 0x3C003C00u);
+    return and_or<0x00F000F0u>(i == 0 ? w << 4 : w >> (4 * i - 4), HI ? 0x4C004C00u : 0x3C003C00u);
   }
 }
 template <typename T>
 inline constexpr float kPairOff = std::is_same_v<T, __nv_bfloat16> ? 128.0f : 64.0f;
 template <typename T>
 inline constexpr float kPairScale = std::is_same_v<T, __nv_bfloat16> ? 1.0f : 1.0f / 64.0f;
+/// The offset of BITS-bit codes in pairs: kPairOff (4 bits), 17 kPairOff (8
+/// bits, a low and a high nibble pair).
+template <typename T, int BITS>
+inline constexpr float code_off = BITS == 8 ? 17.0f * kPairOff<T> : kPairOff<T>;
 
 /// prmt.b32 in its default mode: byte n of the result is byte (c >> 4n) & 7
 /// of {b, a} (a = bytes 0-3), or, when bit 3 of that selector nibble is set,
@@ -204,6 +213,26 @@ __device__ __forceinline__ void fp4_pairs(uint32_t w, uint32_t (&out)[4]) {
     out[1] = prmt(h0, 0u, 0x3424u);
     out[2] = prmt(h1, 0u, 0x1404u);
     out[3] = prmt(h1, 0u, 0x3424u);
+  }
+}
+
+/// The four FP8 E4M3 codes of a word (byte i = code i) as exact T values in
+/// natural pairs: out[0] = (code 0, code 1), out[1] = (code 2, code 3). The
+/// hardware converts a byte pair to a float16 pair (sm_89+; cuda_fp8.h
+/// decodes in software below that), exact: every E4M3 value is a normal
+/// float16; bfloat16 takes them through float32 (exact: 4 significant bits).
+template <typename T>
+__device__ __forceinline__ void e4m3_pairs(uint32_t w, uint32_t (&out)[2]) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i) {
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(w >> (16 * i)), __NV_E4M3);
+    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+      const __half2 hh = *reinterpret_cast<const __half2*>(&h);
+      const __nv_bfloat162 b = __floats2bfloat162_rn(__low2float(hh), __high2float(hh));
+      out[i] = *reinterpret_cast<const uint32_t*>(&b);
+    } else {
+      out[i] = static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+    }
   }
 }
 

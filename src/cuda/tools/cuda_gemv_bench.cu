@@ -81,10 +81,18 @@ struct QFmt {
   int bits, gs;
 };
 
-Array random_codes(int64_t rows, int64_t words, uint64_t seed) {
+/// Uniform random codes; for mxfp8 without the bytes 0x7F / 0xFF, which MLX's
+/// encoder never writes (it saturates at 0x7E) and which the tensor-core
+/// GEMV decodes on its slow exact path.
+Array random_codes(int64_t rows, int64_t words, uint64_t seed, bool fp8 = false) {
   std::mt19937 g(static_cast<uint32_t>(seed));
   std::vector<uint32_t> v(static_cast<size_t>(rows * words));
-  for (auto& x : v) x = g();
+  for (auto& x : v) {
+    x = g();
+    if (fp8)
+      for (int b = 0; b < 4; ++b)
+        if (((x >> (8 * b)) & 0x7Fu) == 0x7Fu) x ^= 1u << (8 * b);  // 0x7F -> 0x7E, 0xFF -> 0xFE
+  }
   return Array::from_vector(v, {1, rows, words}).to(Device::gpu());
 }
 
@@ -212,6 +220,7 @@ int main(int argc, char** argv) {
   std::vector<QFmt> fmts = {{"affine b4 g64", fmt::Mode::affine, 4, 64},  {"affine b4 g128", fmt::Mode::affine, 4, 128},
                             {"affine b4 g32", fmt::Mode::affine, 4, 32},  {"affine b2 g64", fmt::Mode::affine, 2, 64},
                             {"affine b3 g64", fmt::Mode::affine, 3, 64},  {"affine b8 g64", fmt::Mode::affine, 8, 64},
+                            {"affine b8 g128", fmt::Mode::affine, 8, 128}, {"affine b8 g32", fmt::Mode::affine, 8, 32},
                             {"mxfp4", fmt::Mode::mxfp4, 4, 32},           {"nvfp4", fmt::Mode::nvfp4, 4, 16},
                             {"mxfp8", fmt::Mode::mxfp8, 8, 32}};
   if (quick) fmts.resize(1);
@@ -235,7 +244,7 @@ int main(int argc, char** argv) {
     const int copies = static_cast<int>(std::max<int64_t>(2, kRotateBytes / static_cast<int64_t>(wbytes) + 1));
     std::vector<detail::QmmArgs> sets(copies);
     for (int c = 0; c < copies; ++c) {
-      sets[c].w = random_codes(N, words, 10 + c);
+      sets[c].w = random_codes(N, words, 10 + c, f.mode == fmt::Mode::mxfp8);
       sets[c].scales = random_scales(f, N, groups, 100 + c, false);
       if (f.mode == fmt::Mode::affine) sets[c].biases = random_scales(f, N, groups, 200 + c, true);
       sets[c].lhs = Array::from_vector(std::vector<int64_t>{0}, {1}).to(Device::gpu());
@@ -344,8 +353,9 @@ int main(int argc, char** argv) {
                                {"qwen3-30b-a3b down", 128, 2048, 768, 8, false},
                                {"gpt-oss-120b gate+up", 128, 5760, 2880, 4, true},
                                {"gpt-oss-120b down", 128, 2880, 2880, 4, true}};
-    // 4-bit affine g64 and mxfp4 (gpt-oss's format); per entry both run the
-    // one-row tensor-core GEMV, and mxfp4 also times the SIMT GEMV beside it.
+    // 4-bit affine g64, mxfp4 (gpt-oss's format), 8-bit affine g64 and
+    // mxfp8; per entry all run the one-row tensor-core GEMV, and all but
+    // 4-bit affine also time the SIMT GEMV beside it.
     struct MoeFmt {
       QFmt f;
       const char* suffix;
@@ -356,6 +366,10 @@ int main(int argc, char** argv) {
         {{"affine b4 g64", fmt::Mode::affine, 4, 64}, "", {"cuda_qmv1_mma"},
          quick ? std::vector<int64_t>{1, 64} : std::vector<int64_t>{1, 4, 16, 64, 256}},
         {{"mxfp4", fmt::Mode::mxfp4, 4, 32}, " mxfp4", {"cuda_qmv1_mma", "cuda_qmv"},
+         quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}},
+        {{"affine b8 g64", fmt::Mode::affine, 8, 64}, " b8", {"cuda_qmv1_mma", "cuda_qmv"},
+         quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}},
+        {{"mxfp8", fmt::Mode::mxfp8, 8, 32}, " mxfp8", {"cuda_qmv1_mma", "cuda_qmv"},
          quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}}};
     for (const MoeFmt& mf : moe_fmts)
     if ((!have_m || have_t) && fmt_wanted(mf.f.label))
@@ -363,9 +377,9 @@ int main(int argc, char** argv) {
       if (sh.fp4_only && mf.f.mode != fmt::Mode::mxfp4) continue;
       const QFmt& f = mf.f;
       const bool affine = f.mode == fmt::Mode::affine;
-      const int64_t words = sh.K / 8, groups = sh.K / f.gs;
+      const int64_t words = sh.K * f.bits / 32, groups = sh.K / f.gs;
       detail::QmmArgs base;
-      base.w = random_codes(sh.E * sh.N, words, 77).reshape({sh.E, sh.N, words});
+      base.w = random_codes(sh.E * sh.N, words, 77, f.mode == fmt::Mode::mxfp8).reshape({sh.E, sh.N, words});
       base.scales = random_scales(f, sh.E * sh.N, groups, 78, false).reshape({sh.E, sh.N, groups});
       if (affine) base.biases = random_scales(f, sh.E * sh.N, groups, 79, true).reshape({sh.E, sh.N, groups});
       const double expert_bytes = double(sh.N) * words * 4 + double(sh.N) * groups * (affine ? 4 : 1);
