@@ -502,6 +502,65 @@ TEST(CudaCross, QmmExactOneRowGemv8Bit) {
     }
 }
 
+TEST(CudaCross, QmmExactOneRowGemv2Bit) {
+  MMKIT_REQUIRE_GPU();
+  // cuda_qmv1_mma on 2-bit affine codes (crumb pairs, 256-code chunks, a
+  // lane's slice of 64 codes spanning two groups at group size 32): every
+  // group size and row count the kernel is built for (M <= gs / 32), K from
+  // one slice to split ranges and partial last chunks (K % 256 != 0), odd
+  // group counts, N around the tiles, both half dtypes, one and two tiles
+  // per warp, x staged and (M * K > 16384) read from global memory; K % 64
+  // != 0 stays on the SIMT GEMV. Bit-exact against the CPU.
+  auto& reg = detail::registries();
+  uint64_t seed = 9300;
+  for (int gs : {32, 64, 128})
+    for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+      const Fmt f{"affine", 2, gs};
+      for (int64_t K : {64, 128, 192, 256, 384, 1152, 2880, 8832}) {
+        if (K % gs) continue;
+        for (int64_t N : {1, 33, 96}) check_exact_qmm({f, dt, true, 1, N, K}, seed++);
+        for (int64_t M : {2, 3, 4})
+          if (M <= gs / 32) check_exact_qmm({f, dt, true, M, 33, K}, seed++);
+      }
+      check_exact_qmm({f, dt, true, 1, 33, 24704}, seed++);
+      if (gs == 128) check_exact_qmm({f, dt, true, 4, 33, 8832}, seed++);  // (from global memory)
+      {
+        const ScopedEnv env("MMKIT_QMV1_TILES", "2");
+        for (int64_t N : {17, 32, 33, 130})
+          for (int64_t K : {256, 1152, 2880}) {
+            if (K % gs) continue;
+            check_exact_qmm({f, dt, true, 1, N, K}, seed++);
+            if (N % 2 && gs >= 64) check_exact_qmm({f, dt, true, 2, N, K}, seed++);
+          }
+      }
+      detail::QmmDesc q;
+      q.op = "quantized_matmul";
+      q.format = {fmt::Mode::affine, 2, gs};
+      q.dtype = dt;
+      q.transpose = true;
+      q.M = 1;
+      q.N = 4096;
+      q.K = 4096;
+      EXPECT_EQ(reg.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma") << gs;
+      if (gs == 32) {
+        q.K = 96;
+        EXPECT_EQ(reg.qmm.select(q, Device::Type::gpu).name, "cuda_qmv");
+        check_exact_qmm({f, dt, true, 1, 33, 96}, seed++);
+      }
+    }
+  // A batch of one-row entries (gather_qmm per entry, decode).
+  const Fmt f{"affine", 2, 64};
+  const int64_t E = 5, N = 40, K = 1152;
+  QW q = exact_quantized(f, E * N, K, Dtype::float16, seed++);
+  Array w = q.w.reshape({E, N, K / 16}), sc = q.scales.reshape({E, N, K / f.gs}), bi = q.biases->reshape({E, N, K / f.gs});
+  Array x = small_ints({3, 1, K}, Dtype::float16, seed++);
+  Array lhs = Array::from_vector(std::vector<int64_t>{2, 0, 1, 2}, {4});
+  Array rhs = Array::from_vector(std::vector<int64_t>{4, 1, 1, 0}, {4});
+  Array yc = gather_qmm(x, w, sc, bi, lhs, rhs, true, f.gs, f.bits, f.mode);
+  Array yg = gather_qmm(gpu(x), gpu(w), gpu(sc), gpu(bi), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+  EXPECT_TRUE(bit_equal(yg, yc));
+}
+
 TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   MMKIT_REQUIRE_GPU();
   // Inf / NaN in x: every GPU path must give the reference's NaN or +-Inf per
@@ -511,8 +570,8 @@ TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   const float inf = std::numeric_limits<float>::infinity();
   uint64_t seed = 40;
   for (const Fmt& f :
-       {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"affine", 8, 64}, Fmt{"mxfp4", 4, 32}, Fmt{"nvfp4", 4, 16},
-        Fmt{"mxfp8", 8, 32}})
+       {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"affine", 8, 64}, Fmt{"affine", 2, 64}, Fmt{"mxfp4", 4, 32},
+        Fmt{"nvfp4", 4, 16}, Fmt{"mxfp8", 8, 32}})
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16, Dtype::float32})
       for (int64_t M : {1, 2, 3, 5, 20, 40}) {
         SCOPED_TRACE(name(f, dt) + " M=" + std::to_string(M));
@@ -732,15 +791,18 @@ void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int6
   const int64_t R = transpose ? N : K;  // rows of one expert's packed weights
   SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
                " N=" + std::to_string(N) + " K=" + std::to_string(K) + (transpose ? "" : " transpose=false"));
-  // 4-bit affine entries below 4 rows per expert, and solo entries (mxfp4,
-  // nvfp4, 8-bit affine, mxfp8) below 12 / 12 / 5 / 9 rows per expert, of up
-  // to gs / 16 rows, run per entry on the tensor-core GEMV (solo ones from
-  // there: grouped, on the tiled kernel).
-  const bool solo = std::string(f.mode) != "affine" || f.bits == 8;
-  const int64_t solo_from = std::string(f.mode) == "affine" ? 5 : std::string(f.mode) == "mxfp8" ? 9 : 12;
+  // 4-bit affine entries below 4 rows per expert, and solo entries below
+  // 12 (mxfp4, nvfp4, 2-bit affine), 9 (mxfp8) or 5 (8-bit affine) rows per
+  // expert, of up to gs / 16 rows (2-bit: gs / 32, K % 64 == 0), run per
+  // entry on the tensor-core GEMV (solo ones from there: grouped, on the
+  // tiled kernel).
+  const bool solo = std::string(f.mode) != "affine" || f.bits == 8 || f.bits == 2;
+  const int64_t solo_from =
+      std::string(f.mode) == "affine" && f.bits == 8 ? 5 : std::string(f.mode) == "mxfp8" ? 9 : 12;
   const int64_t rows_per_expert = (L * M + std::min(E, L) - 1) / std::min(E, L);
   const bool affine4 = std::string(f.mode) == "affine" && f.bits == 4;
-  const bool gemv = transpose && dt != Dtype::float32 && K % 32 == 0 && M <= (f.gs == 128 ? 8 : f.gs / 16) &&
+  const bool gemv = transpose && dt != Dtype::float32 && K % (f.bits == 2 ? 64 : 32) == 0 &&
+                    M <= (f.bits == 2 ? f.gs / 32 : f.gs == 128 ? 8 : f.gs / 16) &&
                     ((affine4 && L * M < 4 * E) || (solo && rows_per_expert < solo_from));
   ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E, transpose), Device::Type::gpu).name,
             gemv ? "cuda_qmv1_mma" : "cuda_gather_grouped");
@@ -997,14 +1059,14 @@ TEST(CudaCross, GatherQmmGroupedTiledEveryFormat) {
   // (qmm_sm80.cu) per item of one 64-row tile (4-bit affine up to 32 rows:
   // the tensor-core GEMV); M = 12 (items mixing entries) and M = 70 (an
   // entry's rows over two items).
-  // Solo one-row entries (mxfp4, nvfp4, 8-bit affine, mxfp8) from 12 / 12 /
-  // 5 / 9 rows per expert take it too (E = 3, L = 100).
+  // Solo one-row entries (mxfp4, nvfp4, 8- and 2-bit affine, mxfp8) from 12 /
+  // 12 / 5 and 12 / 9 rows per expert take it too (E = 3, L = 100).
   uint64_t seed = 9600;
   for (const Fmt& f : all_formats())
     for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
       for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 8, 12}, {3, 4, 70}})
         check_grouped_gather_qmm(f, dt, E, L, M, seed);
-      if (!f.affine() || f.bits == 8) check_grouped_gather_qmm(f, dt, 3, 100, 1, seed);
+      if (!f.affine() || f.bits == 8 || f.bits == 2) check_grouped_gather_qmm(f, dt, 3, 100, 1, seed);
     }
 }
 

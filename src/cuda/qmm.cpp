@@ -6,8 +6,8 @@
 //                     qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0, every format and dtype) on qmv.cu, else (M > 8, float16/bfloat16, transpose,
 //                     K % 32 == 0, every format) on qmm_sm80.cu, else (float32 beyond 8 rows,
 //                     transpose=false, odd K; any alignment) on qmm_generic.cu
-//   cuda_qmv1_mma     M <= group size / 16 (8 at 128), 4/8-bit affine, mxfp4, nvfp4, mxfp8, float16/bfloat16,
-//                     K % 32 == 0 (qmv1_mma.cu)
+//   cuda_qmv1_mma     M <= group size / 16 (8 at 128; 2-bit: / 32), 2/4/8-bit affine, mxfp4, nvfp4, mxfp8,
+//                     float16/bfloat16, K % 32 == 0 (2-bit: % 64) (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
 //   cuda_qmm_w4_mma   M > 32, 4-bit affine, float16/bfloat16, K % 128 == 0, group size 32/64/128: on an
@@ -89,9 +89,11 @@ void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
 //   mxfp8: 8.5 / 8.6 (run 105: at 8 rows per entry 774 / 383 us against
 //     tiled 824 / 414);
 //   8-bit affine: 5.3 / 4.3 (run 104: at 4 rows per entry 431 / 264 us
-//     against tiled 577 / 278; run 105: at 8 rows 858 / 515 against 572 / 291).
+//     against tiled 577 / 278; run 105: at 8 rows 858 / 515 against 572 / 291);
+//   2-bit affine: 14.1 / 9.1 (run 106: at 16 rows per entry 645 / 511 us
+//     against tiled 569 / 290; at 4 rows 171 / 133 against 561 / 276).
 int64_t solo_group_default(const QmmDesc& d) {
-  if (d.format.mode == fmt::Mode::affine) return 5;
+  if (d.format.mode == fmt::Mode::affine) return d.format.bits == 8 ? 5 : 12;
   if (d.format.mode == fmt::Mode::mxfp8) return 9;
   return 12;
 }

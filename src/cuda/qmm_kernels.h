@@ -114,9 +114,9 @@ inline int64_t gather_rows_per_expert(const detail::QmmDesc& d) {
 
 /// Gather entries that the one-row tensor-core GEMV takes (qmv1_mma_supports)
 /// in a format without a grouped tensor-core GEMV (all but 4-bit affine:
-/// mxfp4, nvfp4, 8-bit affine, mxfp8): they run per entry below
+/// mxfp4, nvfp4, 8- and 2-bit affine, mxfp8): they run per entry below
 /// solo_group_from() rows per expert on average (FP4 12, mxfp8 9, 8-bit
-/// affine 5: where the two cross), and from there grouped
+/// affine 5, 2-bit 12: where the two cross), and from there grouped
 /// by expert on the tiled tensor-core kernel (qmm_sm80, items of 64 rows),
 /// never on the grouped SIMT GEMV (slower than per entry at every size
 /// measured; docs/kernels/cuda.md).

@@ -11,6 +11,7 @@ template <typename T>
 void launch(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope) {
   const int mr = rows_built(d.M);
   if (d.format.bits == 8) return launch_b8<T>(d, p, tl, scope);
+  if (d.format.bits == 2) return launch_b2<T>(d, p, tl, scope);
   if (d.format.mode == fmt::Mode::nvfp4) return launch_rows<T, 16, 1, QKind::e2m1>(p, tl, scope);
   if (d.format.mode == fmt::Mode::mxfp4) {
     if (mr == 1) launch_rows<T, 32, 1, QKind::e2m1>(p, tl, scope);
@@ -90,12 +91,15 @@ bool qmv1_mma_supports(const detail::QmmDesc& d) {
   const fmt::Mode m = d.format.mode;
   const bool four = d.format.bits == 4 && (m == fmt::Mode::affine || m == fmt::Mode::mxfp4 || m == fmt::Mode::nvfp4);
   const bool eight = d.format.bits == 8 && (m == fmt::Mode::affine || m == fmt::Mode::mxfp8);
-  if (!d.transpose || !(four || eight)) return false;
+  // (2-bit: a lane's slice is 64 codes, so K % 64 == 0 keeps every slice inside K.)
+  const bool two = d.format.bits == 2 && m == fmt::Mode::affine && d.K % 64 == 0;
+  if (!d.transpose || !(four || eight || two)) return false;
   if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
   // K a multiple of 32 (and of the group size): a partial last chunk (128 codes at 4 bits, 64 at 8) is fine.
   if (d.K % 32 != 0 || d.K % d.format.group_size != 0 || d.K <= 0 || d.K > kMaxK || d.N >= (int64_t{1} << 31))
     return false;
-  return d.M >= 1 && d.M <= max_rows(d.format.group_size) && device_info(current_device()).cc_major >= 8;
+  return d.M >= 1 && d.M <= max_rows(d.format.group_size, d.format.bits) &&
+         device_info(current_device()).cc_major >= 8;
 }
 
 bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope) {
@@ -118,9 +122,10 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   const DeviceInfo& dev = device_info(scope.device());
   int tl = tiles_per_warp(d, p.ks_log2, dev.sm_count);
   const bool xs = mr * d.K <= max_staged_k();
-  if (tl == 2 && smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, 2) > dev.smem_optin) tl = 1;
+  const int bits = d.format.bits;
+  if (tl == 2 && smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, 2, bits) > dev.smem_optin) tl = 1;
   if (tl == 2 && mr == 1 && !ks_env) p.ks_log2 = narrow_split(d, p.ks_log2, dev.sm_count);
-  if (smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, tl) > dev.smem_optin) return false;
+  if (smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, tl, bits) > dev.smem_optin) return false;
   if (d.dtype == Dtype::float16) launch<__half>(d, p, tl, scope);
   else launch<__nv_bfloat16>(d, p, tl, scope);
   scope.check_launch("qmv1_mma");

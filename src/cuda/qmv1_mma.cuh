@@ -1,12 +1,14 @@
-// qmv1_mma: tensor-core GEMV for a few activation rows and 4- or 8-bit codes,
+// qmv1_mma: tensor-core GEMV for a few activation rows and 2-, 4- or 8-bit
+// codes,
 //   out[l] (M, N) = x[lhs[l]] (M, K) @ dequantize(w[rhs[l]]) (N, K)^T,
 // float16 / bfloat16, transpose=true, K % 32 == 0 (a partial last chunk of
 // 128 codes: its slices past K read zeros for x), 4- and 8-bit affine at
 // group size 32 / 64 / 128 with M <= 2 / 4 / 8 (gs / 16 rows, 8 at group
 // size 128), mxfp4 and mxfp8 (M <= 2) and nvfp4 (M = 1; FP4 codes: see "FP4"
-// below; FP8 codes: "8-bit").
-// (The kernel is here, its host side in qmv1_mma.cu, the 8-bit launches in
-// qmv1_mma_b8.cu.)
+// below; FP8 codes: "8-bit"), 2-bit affine with M <= gs / 32 and K % 64 ==
+// 0 ("2-bit" below).
+// (The kernel is here, its host side in qmv1_mma.cu, the 8- and 2-bit
+// launches in qmv1_mma_b8.cu and qmv1_mma_b2.cu.)
 // (M = 1 is the decode case: every batch entry of a gather_qmm at decode is one.)
 //
 // Why a separate kernel: with one activation row, 7 of the 8 columns of an
@@ -63,6 +65,11 @@
 // the hardware's E4M3 -> float16 conversion (e4m3_pairs; bfloat16 through
 // float32), exact, in natural order: one mma per word, E8M0 scales, the
 // FP4 fold.
+// 2-bit affine: chunks of 256 codes (a lane's slice 64, spanning two groups
+// at group size 32 like nvfp4's), codes (i, i + 8) of a word as a pair
+// (4 + q) / 4 with one LOP3 (crumb_pair), 4 mmas per word against x
+// interleaved across 16 values (permute16: lanes 2k and 2k + 1 swap their
+// vectors when staging).
 // Measured (and the tilings that were slower): docs/kernels/cuda.md. Tests: tests/test_cuda_cross.cpp.
 #pragma once
 
@@ -85,7 +92,8 @@ namespace mmkit::cuda::qmv1 {
 constexpr int kWarps = 8;            // warps per block (split-K inside a block; 16: docs/kernels/cuda.md)
 constexpr int kRows = 16;            // weight rows per block
 constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to MR * K = this (32 KB)
-constexpr int kZeroBytes = 64;       // the zero line inactive lanes read
+/// The zero line inactive lanes read: a lane's slice of x (64 bytes; 128 for 2-bit codes).
+constexpr int zero_bytes(int bits) { return bits == 2 ? 128 : 64; }
 #ifndef MMKIT_QMV1_DEPTH
 #define MMKIT_QMV1_DEPTH 4
 #endif
@@ -107,17 +115,17 @@ inline int64_t max_staged_k() {
 }
 
 /// Dynamic shared memory of one block (mr activation rows).
-inline size_t smem_bytes(int64_t K, int gs, int mr, bool xs, int depth, int warps, int tl) {
+inline size_t smem_bytes(int64_t K, int gs, int mr, bool xs, int depth, int warps, int tl, int bits) {
   const int64_t G = K / gs;
   return static_cast<size_t>(mr) * (static_cast<size_t>((G + 3) & ~int64_t{3}) * sizeof(float) +
                                     (xs ? static_cast<size_t>(K) * 2 : 0)) +
-         kZeroBytes + static_cast<size_t>(warps) * depth * 1024 * tl;
+         zero_bytes(bits) + static_cast<size_t>(warps) * depth * 1024 * tl;
 }
 /// Activation rows per entry the kernel is built for: M rounded up to a power of two.
 inline int rows_built(int64_t M) { return M <= 1 ? 1 : M <= 2 ? 2 : M <= 4 ? 4 : 8; }
 /// The most rows per entry for a group size (a super-chunk of 8 / MR groups
-/// must hold a 128-code chunk).
-inline int max_rows(int gs) { return gs >= 128 ? 8 : gs / 16; }
+/// must hold a chunk: 128 codes at 4 bits (8 rows at most), 256 at 2 bits).
+inline int max_rows(int gs, int bits = 4) { return bits == 2 ? gs / 32 : gs >= 128 ? 8 : gs / 16; }
 
 struct Qmv1Params {
   const void* x;
@@ -144,6 +152,32 @@ __device__ __forceinline__ uint4 permute8(uint4 v) {
 __device__ __forceinline__ uint4 permute4x2(uint4 v) {
   return make_uint4(__byte_perm(v.x, v.y, 0x5410), __byte_perm(v.x, v.y, 0x7632), __byte_perm(v.z, v.w, 0x5410),
                     __byte_perm(v.z, v.w, 0x7632));
+}
+/// 2-bit codes (i, i + 8) of a word (16 codes) as a T pair with one LOP3 (and
+/// a shift), exact: the code at the top two mantissa bits of 1.0 (bits 5-6
+/// in bfloat16, 8-9 in float16), 1 + q / 4 = (4 + q) / 4, so the fold's
+/// offset is small against the codes (2-bit: kCodeOff 4, kCodeScale 1 / 4).
+template <typename T>
+__device__ __forceinline__ uint32_t crumb_pair(uint32_t w, int i) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return and_or<0x00600060u>(i <= 2 ? w << (5 - 2 * i) : w >> (2 * i - 5), 0x3F803F80u);
+  } else {
+    return and_or<0x03000300u>(i <= 4 ? w << (8 - 2 * i) : w >> (2 * i - 8), 0x3C003C00u);
+  }
+}
+/// What the codes of BITS-bit affine pairs are: kCodeScale * (kCodeOff + q).
+template <typename T, int BITS>
+inline constexpr float kCodeOff = BITS == 2 ? 4.0f : code_off<T, BITS>;
+template <typename T, int BITS>
+inline constexpr float kCodeScale = BITS == 2 ? 0.25f : kPairScale<T>;
+/// 16 activations held by lanes 2k and 2k + 1 (v: the lane's 8, o: its
+/// partner's) as the B order of 2-bit crumb pairs (i, i + 8):
+/// [x0 x8 x1 x9 x2 x10 x3 x11] (even lane), [x4 x12 .. x7 x15] (odd lane).
+__device__ __forceinline__ uint4 permute16(uint4 v, uint4 o, bool odd) {
+  const uint4 lo = odd ? o : v, hi = odd ? v : o;
+  const uint32_t a0 = odd ? lo.z : lo.x, a1 = odd ? lo.w : lo.y, b0 = odd ? hi.z : hi.x, b1 = odd ? hi.w : hi.y;
+  return make_uint4(__byte_perm(a0, b0, 0x5410), __byte_perm(a0, b0, 0x7632), __byte_perm(a1, b1, 0x5410),
+                    __byte_perm(a1, b1, 0x7632));
 }
 /// x as the B order of BITS-bit codes (affine; FP4 codes are in natural pairs).
 template <QKind KIND, int BITS>
@@ -256,9 +290,9 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   // At GS 16 a lane's 32-code slice spans two groups: its words 0 - 1 belong
   // to the first, 2 - 3 to the second.
   constexpr bool kAff = KIND == QKind::affine;
-  static_assert((BITS == 4 && (kAff || KIND == QKind::e2m1)) || (BITS == 8 && (kAff || KIND == QKind::e4m3)),
-                "4-bit affine / FP4 or 8-bit affine / FP8 codes");
-  static_assert(GS >= 32 || (!kAff && GS == 16 && MR == 1), "group size 16: nvfp4, one row");
+  static_assert((BITS == 4 && (kAff || KIND == QKind::e2m1)) || (BITS == 8 && (kAff || KIND == QKind::e4m3)) ||
+                    (BITS == 2 && kAff),
+                "4-bit affine / FP4, 8-bit affine / FP8 or 2-bit affine codes");
   using SB = std::conditional_t<kAff, unsigned short, uint8_t>;  // raw scale / bias element
   constexpr int CC = 512 / BITS;           // codes per chunk (64 bytes of a row)
   constexpr int LC = CC / 4;               // codes per lane slice (16 bytes)
@@ -267,15 +301,20 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   constexpr int CPS = SG * GS / CC;        // chunks per super-chunk
   constexpr int LPG = GS / 8;              // 16-byte x vectors (lanes) per group
   static_assert(CPS >= 1 && (SG * GS) % CC == 0, "a super-chunk holds whole chunks (MR <= GS * 8 / CC)");
+  // A lane's slice lies in one group, or (nvfp4's GS 16, 2-bit GS 32) spans
+  // two: words 0 - 1 in one, 2 - 3 in the next (one row only).
+  static_assert(GS >= LC || (2 * GS == LC && MR == 1), "a slice spans at most two groups (then one row)");
+  constexpr bool kSplitSlice = 2 * GS == LC;
   static_assert(D == 4 || D == 8, "ring depth: a power of two, slots of 1 KB per warp");
   static_assert(D % CW == 0 && D / CW >= 2, "the ring holds two or more windows");
   constexpr int NW = D / CW;               // windows in the ring
   static_assert(TL == 1 || TL == 2, "one or two 16-row tiles per warp");
   constexpr int kRowsW = kRows * TL;       // weight rows per warp
   constexpr int kSlot = 1024 * TL;         // ring slot: one chunk of every tile of the warp
-  // Codes become kPairScale * (kPairOff + q) (nib_pair); the fold takes the
-  // offset out per group: dot(x, q) = dot(x, code) / kPairScale - kPairOff * sum(x).
-  constexpr float kOff = code_off<T, BITS>, kInv = 1.0f / kPairScale<T>;  // (affine)
+  // Affine codes become kCodeScale * (kCodeOff + q) (nib_pair, crumb_pair);
+  // the fold takes the offset out per group:
+  // dot(x, q) = dot(x, code) / kCodeScale - kCodeOff * sum(x).
+  constexpr float kOff = kCodeOff<T, BITS>, kInv = 1.0f / kCodeScale<T, BITS>;  // (affine)
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float red[W][kRowsW][MR];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -303,6 +342,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   const int gpad = (G + 3) & ~3;
   T* xs = reinterpret_cast<T*>(smem + MR * gpad * sizeof(float));
   unsigned char* zero_line = smem + MR * gpad * sizeof(float) + (XS ? static_cast<size_t>(MR) * K * sizeof(T) : 0);
+  constexpr int kZeroBytes = zero_bytes(BITS);
   const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line + kZeroBytes)) +
                         static_cast<uint32_t>(warp * D * kSlot + lane * 16);
   if (threadIdx.x < kZeroBytes / 4) reinterpret_cast<uint32_t*>(zero_line)[threadIdx.x] = 0u;
@@ -313,7 +353,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   // = (t % CPS) * CC / GS + my_slot_c (GS | CC or CC | GS).
   const int my_slot_c = (c * LC) / GS;  // (GS 16: the slot of words 0 - 1; + 1 for words 2 - 3)
   // Chunks whose slice of lane c lies inside K (all but a partial last one's tail).
-  const int t_lane = (K - LC * c + CC - 1) >> (BITS == 4 ? 7 : 6);  // (/ CC: K - LC * c > 0)
+  const int t_lane = (K - LC * c + CC - 1) >> (BITS == 4 ? 7 : BITS == 8 ? 6 : 8);  // (/ CC: K - LC * c > 0)
   // Lane (g, c)'s B column: group slot g / MR, x row g % MR.
   const int col_slot = g / MR, col_m = g % MR;
 
@@ -405,7 +445,31 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
         for (int base = xbeg; base < xend; base += xstep, ++q) {
           const int i = base + lane;
           float sum = 0.0f;
-          if (i < xend) {
+          if constexpr (BITS == 2) {
+            // The B order interleaves 16 values: lanes 2k and 2k + 1 swap
+            // their vectors (xend is even: K % 64 == 0).
+            uint4 v = make_uint4(0u, 0u, 0u, 0u);
+            if (i < xend) {
+              if (m == 0 && q < kXPre) {
+#pragma unroll
+                for (int r = 0; r < kXPre; ++r)
+                  if (r == q) v = xpre[r];
+              } else {
+                v = __ldg(xv + i);
+              }
+            }
+            uint4 o;
+            o.x = __shfl_xor_sync(0xffffffffu, v.x, 1);
+            o.y = __shfl_xor_sync(0xffffffffu, v.y, 1);
+            o.z = __shfl_xor_sync(0xffffffffu, v.z, 1);
+            o.w = __shfl_xor_sync(0xffffffffu, v.w, 1);
+            if (i < xend) {
+              if constexpr (XS) reinterpret_cast<uint4*>(xs)[m * (K / 8) + i] = permute16(v, o, lane & 1);
+              const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+              for (int j = 0; j < 4; ++j) sum += bits_to_f<T>(wv[j]) + bits_to_f<T>(wv[j] >> 16);
+            }
+          } else if (i < xend) {
             uint4 v;
             if (m == 0 && q < kXPre) {  // (q < kXPre: unrolled selects, xpre stays in registers)
 #pragma unroll
@@ -591,8 +655,42 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
           return;
         }
         // GS 16: words 2 - 3 belong to the next group slot.
-        const bool active_hi = GS == 16 ? col_slot == sub * CC / GS + my_slot_c + 1 && in_k : active;
-        const uint32_t xb_hi = GS == 16 ? (active_hi ? xs_lane + (2u * CC) * static_cast<uint32_t>(t) : zero_addr) : xb;
+        const bool active_hi = kSplitSlice ? col_slot == sub * CC / GS + my_slot_c + 1 && in_k : active;
+        const uint32_t xb_hi =
+            kSplitSlice ? (active_hi ? xs_lane + (2u * CC) * static_cast<uint32_t>(t) : zero_addr) : xb;
+        if constexpr (BITS == 2) {
+          // A word is 16 codes: crumb pairs (i, i + 8), 4 mmas against two x
+          // vectors ([x0 x8 x1 x9 ..] [x4 x12 ..], permute16).
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            const bool act = j < 2 ? active : active_hi;
+            uint4 xp[2];
+            if constexpr (XS) {
+              xp[0] = lds128((j < 2 ? xb : xb_hi) + 32 * j);
+              xp[1] = lds128((j < 2 ? xb : xb_hi) + 32 * j + 16);
+            } else {
+              xp[0] = xp[1] = make_uint4(0u, 0u, 0u, 0u);
+              if (act) {
+                const uint4* src = reinterpret_cast<const uint4*>(xcol + t * CC + LC * c) + 2 * j;
+                const uint4 v0 = __ldg(src), v1 = __ldg(src + 1);
+                xp[0] = permute16(v0, v1, false);
+                xp[1] = permute16(v1, v0, true);
+              }
+            }
+#pragma unroll
+            for (int tl = 0; tl < TL; ++tl) {
+              const uint32_t w_a = (&cw[tl][0].x)[j], w_b = (&cw[tl][1].x)[j];
+#pragma unroll
+              for (int h = 0; h < 4; ++h) {
+                const int i = 2 * h;
+                const uint32_t af[4] = {crumb_pair<T>(w_a, i), crumb_pair<T>(w_b, i), crumb_pair<T>(w_a, i + 1),
+                                        crumb_pair<T>(w_b, i + 1)};
+                const uint4& xv = xp[h / 2];
+                mma16816<T>(dacc[tl], af, h % 2 ? xv.z : xv.x, h % 2 ? xv.w : xv.y);
+              }
+            }
+          }
+        } else {
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
           const bool act = j < 2 ? active : active_hi;
@@ -628,6 +726,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
             }
           }
         }
+        }  // (BITS == 2)
       };
 
       int wcount = 0;  // chunks consumed (windows are counted from tb)
@@ -736,7 +835,7 @@ template <typename T, QKind KIND, int BITS, int GS, int MR, bool XS, int TL, boo
 void launch_one(const Qmv1Params& p, const OpScope& scope) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * TL * (kWarps >> p.ks_log2))), 1,
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
-  const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps, TL);
+  const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps, TL, BITS);
   if constexpr (MR == 1 && TL == 2) {
     if (static_cast<int64_t>(grid.x) * grid.z <= device_info(scope.device()).sm_count) {
       launch_kernel<qmv1_mma_kernel<T, KIND, BITS, GS, MR, XS, kDepth, kWarps, kWindow, TL, 1, KP>>(
@@ -773,9 +872,14 @@ void launch_rows(const Qmv1Params& p, int tl, const OpScope& scope) {
   launch_rows_k<T, BITS, GS, MR, KIND, false>(p, tl, scope);
 }
 
-/// 8-bit launches, affine and mxfp8 (qmv1_mma_b8.cu, a translation unit of their own).
+/// 8-bit launches, affine and mxfp8 (qmv1_mma_b8.cu), and 2-bit ones
+/// (qmv1_mma_b2.cu): translation units of their own.
 template <typename T>
 void launch_b8(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope);
+template <typename T>
+void launch_b2(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope);
+extern template void launch_b2<__half>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
+extern template void launch_b2<__nv_bfloat16>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
 extern template void launch_b8<__half>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
 extern template void launch_b8<__nv_bfloat16>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
 

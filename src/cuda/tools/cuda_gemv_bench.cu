@@ -221,6 +221,7 @@ int main(int argc, char** argv) {
                             {"affine b4 g32", fmt::Mode::affine, 4, 32},  {"affine b2 g64", fmt::Mode::affine, 2, 64},
                             {"affine b3 g64", fmt::Mode::affine, 3, 64},  {"affine b8 g64", fmt::Mode::affine, 8, 64},
                             {"affine b8 g128", fmt::Mode::affine, 8, 128}, {"affine b8 g32", fmt::Mode::affine, 8, 32},
+                            {"affine b2 g128", fmt::Mode::affine, 2, 128}, {"affine b2 g32", fmt::Mode::affine, 2, 32},
                             {"mxfp4", fmt::Mode::mxfp4, 4, 32},           {"nvfp4", fmt::Mode::nvfp4, 4, 16},
                             {"mxfp8", fmt::Mode::mxfp8, 8, 32}};
   if (quick) fmts.resize(1);
@@ -370,6 +371,8 @@ int main(int argc, char** argv) {
         {{"affine b8 g64", fmt::Mode::affine, 8, 64}, " b8", {"cuda_qmv1_mma", "cuda_qmv"},
          quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}},
         {{"mxfp8", fmt::Mode::mxfp8, 8, 32}, " mxfp8", {"cuda_qmv1_mma", "cuda_qmv"},
+         quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}},
+        {{"affine b2 g64", fmt::Mode::affine, 2, 64}, " b2", {"cuda_qmv1_mma", "cuda_qmv"},
          quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}}};
     for (const MoeFmt& mf : moe_fmts)
     if ((!have_m || have_t) && fmt_wanted(mf.f.label))
