@@ -422,6 +422,27 @@ TEST(CudaCross, QmmExactOneRowGemvFp4) {
     }
 }
 
+fmt::Mode mode_of(const Fmt& f) {
+  const std::string m = f.mode;
+  return m == "affine" ? fmt::Mode::affine
+         : m == "mxfp4" ? fmt::Mode::mxfp4
+         : m == "nvfp4" ? fmt::Mode::nvfp4
+                        : fmt::Mode::mxfp8;
+}
+
+/// A quantized_matmul descriptor as the front end builds it (for registry selection).
+detail::QmmDesc matmul_desc(const Fmt& f, Dtype dt, int64_t M, int64_t N, int64_t K) {
+  detail::QmmDesc d;
+  d.op = "quantized_matmul";
+  d.format = {mode_of(f), f.bits, f.gs};
+  d.dtype = dt;
+  d.transpose = true;
+  d.M = M;
+  d.N = N;
+  d.K = K;
+  return d;
+}
+
 TEST(CudaCross, QmmExactOneRowGemv8Bit) {
   MMKIT_REQUIRE_GPU();
   // cuda_qmv1_mma on 8-bit codes (64-code chunks): affine (each byte as a low
@@ -454,15 +475,7 @@ TEST(CudaCross, QmmExactOneRowGemv8Bit) {
             if (N % 2) check_exact_qmm({f, dt, true, 2, N, K}, seed++);
           }
       }
-      detail::QmmDesc q;
-      q.op = "quantized_matmul";
-      q.format = {std::string(f.mode) == "mxfp8" ? fmt::Mode::mxfp8 : fmt::Mode::affine, 8, gs};
-      q.dtype = dt;
-      q.transpose = true;
-      q.M = 1;
-      q.N = 4096;
-      q.K = 4096;
-      EXPECT_EQ(reg.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma") << gs;
+      EXPECT_EQ(reg.qmm.select(matmul_desc(f, dt, 1, 4096, 4096), Device::Type::gpu).name, "cuda_qmv1_mma") << gs;
     }
   // A batch of one-row entries (gather_qmm per entry, decode), indices on the device.
   for (const Fmt& f : {Fmt{"affine", 8, 32}, Fmt{"affine", 8, 128}, Fmt{"mxfp8", 8, 32}}) {
@@ -533,18 +546,9 @@ TEST(CudaCross, QmmExactOneRowGemv2Bit) {
             if (N % 2 && gs >= 64) check_exact_qmm({f, dt, true, 2, N, K}, seed++);
           }
       }
-      detail::QmmDesc q;
-      q.op = "quantized_matmul";
-      q.format = {fmt::Mode::affine, 2, gs};
-      q.dtype = dt;
-      q.transpose = true;
-      q.M = 1;
-      q.N = 4096;
-      q.K = 4096;
-      EXPECT_EQ(reg.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma") << gs;
+      EXPECT_EQ(reg.qmm.select(matmul_desc(f, dt, 1, 4096, 4096), Device::Type::gpu).name, "cuda_qmv1_mma") << gs;
       if (gs == 32) {
-        q.K = 96;
-        EXPECT_EQ(reg.qmm.select(q, Device::Type::gpu).name, "cuda_qmv");
+        EXPECT_EQ(reg.qmm.select(matmul_desc(f, dt, 1, 4096, 96), Device::Type::gpu).name, "cuda_qmv");
         check_exact_qmm({f, dt, true, 1, 33, 96}, seed++);
       }
     }
@@ -708,12 +712,7 @@ detail::QmmDesc gather_desc(const Fmt& f, Dtype dt, int64_t M, int64_t N, int64_
                             bool transpose = true) {
   detail::QmmDesc d;
   d.transpose = transpose;
-  const std::string m = f.mode;
-  const fmt::Mode mode = m == "affine"  ? fmt::Mode::affine
-                         : m == "mxfp4" ? fmt::Mode::mxfp4
-                         : m == "nvfp4" ? fmt::Mode::nvfp4
-                                        : fmt::Mode::mxfp8;
-  d.format = {mode, f.bits, f.gs};
+  d.format = {mode_of(f), f.bits, f.gs};
   d.M = M;
   d.N = N;
   d.K = K;

@@ -54,7 +54,7 @@ bool grouped_supports(const QmmDesc& d) {
   // grouped tensor-core GEMV: all but 4-bit affine) run per entry below
   // solo_group_from(d) rows per expert, grouped on the tiled kernel from there
   // (run_grouped; never on the grouped SIMT GEMV, slower than per entry at
-  // every size measured; docs/kernels/cuda.md, session 12).
+  // every size measured; docs/kernels/cuda.md, sessions 12 - 13).
   if (solo_gemv_entries(d) && gather_rows_per_expert(d) < solo_group_from(d)) return false;
   // (The widest of the grouped kernels' rules: from 4 rows per expert.) One-row
   // entries are grouped from there too: with the grouped kernel's x loads ahead

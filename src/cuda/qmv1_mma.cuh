@@ -692,40 +692,40 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
           }
         } else {
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const bool act = j < 2 ? active : active_hi;
-          uint4 xp;
-          if constexpr (XS) {
-            xp = lds128((j < 2 ? xb : xb_hi) + 16 * j);
-          } else {
-            xp = make_uint4(0u, 0u, 0u, 0u);
-            if (act) {
-              xp = permute_x<KIND, BITS>(__ldg(reinterpret_cast<const uint4*>(xcol + t * CC + LC * c) + j));
-            }
-          }
-#pragma unroll
-          for (int tl = 0; tl < TL; ++tl) {
-            const uint32_t w_a = (&cw[tl][0].x)[j], w_b = (&cw[tl][1].x)[j];
-            if constexpr (kAff) {
-#pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const int i = 2 * h;
-                const uint32_t af[4] = {nib_pair<T>(w_a, i), nib_pair<T>(w_b, i), nib_pair<T>(w_a, i + 1),
-                                        nib_pair<T>(w_b, i + 1)};
-                mma16816<T>(dacc[tl], af, h ? xp.z : xp.x, h ? xp.w : xp.y);
-              }
+          for (int j = 0; j < 4; ++j) {
+            const bool act = j < 2 ? active : active_hi;
+            uint4 xp;
+            if constexpr (XS) {
+              xp = lds128((j < 2 ? xb : xb_hi) + 16 * j);
             } else {
-              uint32_t pa[4], pb[4];
-              fp4_pairs<T>(w_a, pa);
-              fp4_pairs<T>(w_b, pb);
+              xp = make_uint4(0u, 0u, 0u, 0u);
+              if (act) {
+                xp = permute_x<KIND, BITS>(__ldg(reinterpret_cast<const uint4*>(xcol + t * CC + LC * c) + j));
+              }
+            }
 #pragma unroll
-              for (int h = 0; h < 2; ++h) {
-                const uint32_t af[4] = {pa[2 * h], pb[2 * h], pa[2 * h + 1], pb[2 * h + 1]};
-                mma16816<T>(dacc[tl], af, h ? xp.z : xp.x, h ? xp.w : xp.y);
+            for (int tl = 0; tl < TL; ++tl) {
+              const uint32_t w_a = (&cw[tl][0].x)[j], w_b = (&cw[tl][1].x)[j];
+              if constexpr (kAff) {
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int i = 2 * h;
+                  const uint32_t af[4] = {nib_pair<T>(w_a, i), nib_pair<T>(w_b, i), nib_pair<T>(w_a, i + 1),
+                                          nib_pair<T>(w_b, i + 1)};
+                  mma16816<T>(dacc[tl], af, h ? xp.z : xp.x, h ? xp.w : xp.y);
+                }
+              } else {
+                uint32_t pa[4], pb[4];
+                fp4_pairs<T>(w_a, pa);
+                fp4_pairs<T>(w_b, pb);
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const uint32_t af[4] = {pa[2 * h], pb[2 * h], pa[2 * h + 1], pb[2 * h + 1]};
+                  mma16816<T>(dacc[tl], af, h ? xp.z : xp.x, h ? xp.w : xp.y);
+                }
               }
             }
           }
-        }
         }  // (BITS == 2)
       };
 
