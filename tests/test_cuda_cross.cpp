@@ -710,17 +710,12 @@ TEST(CudaCross, GatherQmmGroupedByExpertOnTheDevice) {
 /// A gather_qmm descriptor as the front end builds it (for registry selection).
 detail::QmmDesc gather_desc(const Fmt& f, Dtype dt, int64_t M, int64_t N, int64_t K, int64_t L, int64_t Bx, int64_t E,
                             bool transpose = true) {
-  detail::QmmDesc d;
+  detail::QmmDesc d = matmul_desc(f, dt, M, N, K);
+  d.op = "gather_qmm";
   d.transpose = transpose;
-  d.format = {mode_of(f), f.bits, f.gs};
-  d.M = M;
-  d.N = N;
-  d.K = K;
   d.batch = L;
   d.x_batch = Bx;
   d.w_batch = E;
-  d.dtype = dt;
-  d.op = "gather_qmm";
   return d;
 }
 

@@ -90,7 +90,8 @@ void copy_common_params(P& p, const QmmKernelParams& c) {
   p.M = c.M, p.N = c.N, p.K = c.K, p.x_batch = c.x_batch, p.w_batch = c.w_batch, p.L = c.L, p.guard = c.guard;
 }
 
-/// M <= group size / 16 (8 at 128), 4-bit affine, mxfp4 or nvfp4, float16/bfloat16 (qmv1_mma.cu).
+/// M <= group size / 16 (8 at 128; 2-bit: / 32), 2/4/8-bit affine, mxfp4, nvfp4 or mxfp8,
+/// float16/bfloat16 (qmv1_mma.cuh / .cu).
 bool qmv1_mma_supports(const detail::QmmDesc& d);
 bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& scope);
 

@@ -153,23 +153,6 @@ __device__ __forceinline__ uint4 permute4x2(uint4 v) {
   return make_uint4(__byte_perm(v.x, v.y, 0x5410), __byte_perm(v.x, v.y, 0x7632), __byte_perm(v.z, v.w, 0x5410),
                     __byte_perm(v.z, v.w, 0x7632));
 }
-/// 2-bit codes (i, i + 8) of a word (16 codes) as a T pair with one LOP3 (and
-/// a shift), exact: the code at the top two mantissa bits of 1.0 (bits 5-6
-/// in bfloat16, 8-9 in float16), 1 + q / 4 = (4 + q) / 4, so the fold's
-/// offset is small against the codes (2-bit: kCodeOff 4, kCodeScale 1 / 4).
-template <typename T>
-__device__ __forceinline__ uint32_t crumb_pair(uint32_t w, int i) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-    return and_or<0x00600060u>(i <= 2 ? w << (5 - 2 * i) : w >> (2 * i - 5), 0x3F803F80u);
-  } else {
-    return and_or<0x03000300u>(i <= 4 ? w << (8 - 2 * i) : w >> (2 * i - 8), 0x3C003C00u);
-  }
-}
-/// What the codes of BITS-bit affine pairs are: kCodeScale * (kCodeOff + q).
-template <typename T, int BITS>
-inline constexpr float kCodeOff = BITS == 2 ? 4.0f : code_off<T, BITS>;
-template <typename T, int BITS>
-inline constexpr float kCodeScale = BITS == 2 ? 0.25f : kPairScale<T>;
 /// 16 activations held by lanes 2k and 2k + 1 (v: the lane's 8, o: its
 /// partner's) as the B order of 2-bit crumb pairs (i, i + 8):
 /// [x0 x8 x1 x9 x2 x10 x3 x11] (even lane), [x4 x12 .. x7 x15] (odd lane).
@@ -311,10 +294,10 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   static_assert(TL == 1 || TL == 2, "one or two 16-row tiles per warp");
   constexpr int kRowsW = kRows * TL;       // weight rows per warp
   constexpr int kSlot = 1024 * TL;         // ring slot: one chunk of every tile of the warp
-  // Affine codes become kCodeScale * (kCodeOff + q) (nib_pair, crumb_pair);
+  // Affine codes become code_scale * (code_off + q) (nib_pair, crumb_pair);
   // the fold takes the offset out per group:
-  // dot(x, q) = dot(x, code) / kCodeScale - kCodeOff * sum(x).
-  constexpr float kOff = kCodeOff<T, BITS>, kInv = 1.0f / kCodeScale<T, BITS>;  // (affine)
+  // dot(x, q) = dot(x, code) / code_scale - code_off * sum(x).
+  constexpr float kOff = code_off<T, BITS>, kInv = 1.0f / code_scale<T, BITS>;  // (affine)
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ float red[W][kRowsW][MR];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;

@@ -162,10 +162,25 @@ template <typename T>
 inline constexpr float kPairOff = std::is_same_v<T, __nv_bfloat16> ? 128.0f : 64.0f;
 template <typename T>
 inline constexpr float kPairScale = std::is_same_v<T, __nv_bfloat16> ? 1.0f : 1.0f / 64.0f;
-/// The offset of BITS-bit codes in pairs: kPairOff (4 bits), 17 kPairOff (8
-/// bits, a low and a high nibble pair).
+/// 2-bit codes (i, i + 8) of a word (16 codes) as a T pair with one LOP3 (and
+/// a shift), exact: the code at the top two mantissa bits of 1.0 (bits 5-6
+/// in bfloat16, 8-9 in float16), 1 + q / 4 = (4 + q) / 4, so the fold's
+/// offset stays small against the codes.
+template <typename T>
+__device__ __forceinline__ uint32_t crumb_pair(uint32_t w, int i) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    return and_or<0x00600060u>(i <= 2 ? w << (5 - 2 * i) : w >> (2 * i - 5), 0x3F803F80u);
+  } else {
+    return and_or<0x03000300u>(i <= 4 ? w << (8 - 2 * i) : w >> (2 * i - 8), 0x3C003C00u);
+  }
+}
+/// BITS-bit affine codes in pairs are code_scale * (code_off + q): nib_pair's
+/// kPairScale * (kPairOff + q) at 4 bits, a low and a high nibble pair
+/// summing to kPairScale * (17 kPairOff + q) at 8, crumb_pair's (4 + q) / 4 at 2.
 template <typename T, int BITS>
-inline constexpr float code_off = BITS == 8 ? 17.0f * kPairOff<T> : kPairOff<T>;
+inline constexpr float code_off = BITS == 2 ? 4.0f : BITS == 8 ? 17.0f * kPairOff<T> : kPairOff<T>;
+template <typename T, int BITS>
+inline constexpr float code_scale = BITS == 2 ? 0.25f : kPairScale<T>;
 
 /// prmt.b32 in its default mode: byte n of the result is byte (c >> 4n) & 7
 /// of {b, a} (a = bytes 0-3), or, when bit 3 of that selector nibble is set,
