@@ -565,6 +565,66 @@ TEST(CudaCross, QmmExactOneRowGemv2Bit) {
   EXPECT_TRUE(bit_equal(yg, yc));
 }
 
+TEST(CudaCross, QmmExactOneRowGemv3And6Bit) {
+  MMKIT_REQUIRE_GPU();
+  // cuda_qmv1_mma on 3- and 6-bit affine codes (tri_pair: 3-bit fields from
+  // 96-bit packs by funnel shifts, chunks of 192 bytes, a lane's slice of 4
+  // packs spanning two groups at 3-bit g64 and 6-bit g32, the weighted sums
+  // of x): every group size and row count the kernel is built for (M <= gs /
+  // 64 at 3 bits, gs / 32 at 6), K from one slice to split ranges and partial
+  // last chunks (K % 512 / 256 != 0), odd group counts, N around the tiles,
+  // both half dtypes, one and two tiles per warp, x staged and (M * K >
+  // 16384) read from global memory; K % 128 (3-bit) or % 64 (6-bit) != 0
+  // and 3-bit g32 stay on the SIMT GEMV.
+  // Bit-exact against the CPU.
+  auto& reg = detail::registries();
+  uint64_t seed = 9600;
+  for (int bits : {3, 6})
+    for (int gs : {32, 64, 128})
+      for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+        SCOPED_TRACE("bits " + std::to_string(bits) + " gs " + std::to_string(gs));
+        const Fmt f{"affine", bits, gs};
+        const int64_t slice = bits == 3 ? 128 : 64, max_m = bits == 3 ? gs / 64 : gs / 32;
+        if (max_m == 0) {
+          EXPECT_EQ(reg.qmm.select(matmul_desc(f, dt, 1, 4096, 4096), Device::Type::gpu).name, "cuda_qmv");
+          check_exact_qmm({f, dt, true, 1, 33, 4096}, seed++);
+          continue;
+        }
+        for (int64_t K : {64, 128, 256, 384, 640, 1152, 2944, 8832}) {
+          if (K % gs || K % slice) continue;
+          for (int64_t N : {1, 17, 33, 96}) check_exact_qmm({f, dt, true, 1, N, K}, seed++);
+          for (int64_t M = 2; M <= max_m; ++M) check_exact_qmm({f, dt, true, M, 33, K}, seed++);
+        }
+        check_exact_qmm({f, dt, true, 1, 33, 24704}, seed++);  // (a partial last chunk)
+        if (max_m >= 2) check_exact_qmm({f, dt, true, max_m, 33, 8832}, seed++);  // (from global memory)
+        {
+          const ScopedEnv env("MMKIT_QMV1_TILES", "2");  // (two 16-row tiles per warp, one row)
+          for (int64_t N : {17, 33, 130})
+            for (int64_t K : {1152, 2944, 24704}) check_exact_qmm({f, dt, true, 1, N, K}, seed++);
+        }
+        EXPECT_EQ(reg.qmm.select(matmul_desc(f, dt, 1, 4096, 4096), Device::Type::gpu).name, "cuda_qmv1_mma");
+        const int64_t odd_k = slice + slice / 2;  // (K % slice != 0: the SIMT GEMV)
+        if (odd_k % gs == 0) {
+          EXPECT_EQ(reg.qmm.select(matmul_desc(f, dt, 1, 4096, odd_k), Device::Type::gpu).name, "cuda_qmv");
+          check_exact_qmm({f, dt, true, 1, 33, odd_k}, seed++);
+        }
+      }
+  // Batches of one-row entries (gather_qmm per entry, decode).
+  for (int bits : {3, 6}) {
+    const Fmt f{"affine", bits, 64};
+    const int64_t E = 5, N = 40, K = 1152;
+    QW q = exact_quantized(f, E * N, K, Dtype::float16, seed++);
+    Array w = q.w.reshape({E, N, K * bits / 32}), sc = q.scales.reshape({E, N, K / f.gs}),
+          bi = q.biases->reshape({E, N, K / f.gs});
+    Array x = small_ints({3, 1, K}, Dtype::float16, seed++);
+    Array lhs = Array::from_vector(std::vector<int64_t>{2, 0, 1, 2}, {4});
+    Array rhs = Array::from_vector(std::vector<int64_t>{4, 1, 1, 0}, {4});
+    Array yc = gather_qmm(x, w, sc, bi, lhs, rhs, true, f.gs, f.bits, f.mode);
+    Array yg = gather_qmm(gpu(x), gpu(w), gpu(sc), gpu(bi), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+    EXPECT_TRUE(bit_equal(yg, yc)) << bits;
+  }
+}
+
 TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   MMKIT_REQUIRE_GPU();
   // Inf / NaN in x: every GPU path must give the reference's NaN or +-Inf per
@@ -574,7 +634,8 @@ TEST(CudaCross, QmmNonFiniteActivationsPropagateLikeTheReference) {
   const float inf = std::numeric_limits<float>::infinity();
   uint64_t seed = 40;
   for (const Fmt& f :
-       {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"affine", 8, 64}, Fmt{"affine", 2, 64}, Fmt{"mxfp4", 4, 32},
+       {Fmt{"affine", 4, 64}, Fmt{"affine", 3, 32}, Fmt{"affine", 3, 64}, Fmt{"affine", 6, 32}, Fmt{"affine", 8, 64},
+        Fmt{"affine", 2, 64}, Fmt{"mxfp4", 4, 32},
         Fmt{"nvfp4", 4, 16}, Fmt{"mxfp8", 8, 32}})
     for (Dtype dt : {Dtype::bfloat16, Dtype::float16, Dtype::float32})
       for (int64_t M : {1, 2, 3, 5, 20, 40}) {
@@ -786,17 +847,22 @@ void check_grouped_gather_qmm(const Fmt& f, Dtype dt, int64_t E, int64_t L, int6
   SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " M=" + std::to_string(M) +
                " N=" + std::to_string(N) + " K=" + std::to_string(K) + (transpose ? "" : " transpose=false"));
   // 4-bit affine entries below 4 rows per expert, and solo entries below
-  // 12 (mxfp4, nvfp4, 2-bit affine), 9 (mxfp8) or 5 (8-bit affine) rows per
-  // expert, of up to gs / 16 rows (2-bit: gs / 32, K % 64 == 0), run per
-  // entry on the tensor-core GEMV (solo ones from there: grouped, on the
-  // tiled kernel).
-  const bool solo = std::string(f.mode) != "affine" || f.bits == 8 || f.bits == 2;
-  const int64_t solo_from =
-      std::string(f.mode) == "affine" && f.bits == 8 ? 5 : std::string(f.mode) == "mxfp8" ? 9 : 12;
+  // 12 (mxfp4, nvfp4, 2-bit affine), 9 (mxfp8), 7 (3-bit affine) or 5 (8-
+  // and 6-bit affine) rows per expert, of up to gs / 16 rows (2- and 6-bit:
+  // gs / 32, 3-bit: gs / 64; K % 64 == 0 at 2 and 6 bits, K % 128 == 0 at 3),
+  // run per entry on the tensor-core GEMV (solo ones from there: grouped, on
+  // the tiled kernel).
+  const bool aff = std::string(f.mode) == "affine";
+  const bool solo = !aff || f.bits != 4;
+  const int64_t solo_from = aff && (f.bits == 8 || f.bits == 6) ? 5
+                            : aff && f.bits == 3               ? 7
+                            : std::string(f.mode) == "mxfp8"   ? 9
+                                                               : 12;
   const int64_t rows_per_expert = (L * M + std::min(E, L) - 1) / std::min(E, L);
-  const bool affine4 = std::string(f.mode) == "affine" && f.bits == 4;
-  const bool gemv = transpose && dt != Dtype::float32 && K % (f.bits == 2 ? 64 : 32) == 0 &&
-                    M <= (f.bits == 2 ? f.gs / 32 : f.gs == 128 ? 8 : f.gs / 16) &&
+  const bool affine4 = aff && f.bits == 4;
+  const int64_t k_multiple = f.bits == 2 || f.bits == 6 ? 64 : f.bits == 3 ? 128 : 32;
+  const int64_t max_m = f.bits == 2 || f.bits == 6 ? f.gs / 32 : f.bits == 3 ? f.gs / 64 : f.gs == 128 ? 8 : f.gs / 16;
+  const bool gemv = transpose && dt != Dtype::float32 && K % k_multiple == 0 && M <= max_m && f.bits != 5 &&
                     ((affine4 && L * M < 4 * E) || (solo && rows_per_expert < solo_from));
   ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, M, N, K, L, Bx, E, transpose), Device::Type::gpu).name,
             gemv ? "cuda_qmv1_mma" : "cuda_gather_grouped");
@@ -1053,14 +1119,14 @@ TEST(CudaCross, GatherQmmGroupedTiledEveryFormat) {
   // (qmm_sm80.cu) per item of one 64-row tile (4-bit affine up to 32 rows:
   // the tensor-core GEMV); M = 12 (items mixing entries) and M = 70 (an
   // entry's rows over two items).
-  // Solo one-row entries (mxfp4, nvfp4, 8- and 2-bit affine, mxfp8) from 12 /
-  // 12 / 5 and 12 / 9 rows per expert take it too (E = 3, L = 100).
+  // Solo one-row entries (mxfp4, nvfp4, 8-, 6-, 3- and 2-bit affine, mxfp8)
+  // from 12 / 12 / 5 / 5 / 7 / 12 / 9 rows per expert take it too (E = 3, L = 100).
   uint64_t seed = 9600;
   for (const Fmt& f : all_formats())
     for (Dtype dt : {Dtype::float16, Dtype::bfloat16}) {
       for (auto [E, L, M] : {std::tuple<int64_t, int64_t, int64_t>{3, 8, 12}, {3, 4, 70}})
         check_grouped_gather_qmm(f, dt, E, L, M, seed);
-      if (!f.affine() || f.bits == 8 || f.bits == 2) check_grouped_gather_qmm(f, dt, 3, 100, 1, seed);
+      if (!f.affine() || (f.bits != 4 && f.bits != 5)) check_grouped_gather_qmm(f, dt, 3, 100, 1, seed);
     }
 }
 
@@ -1378,7 +1444,8 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   q.batch = q.w_batch = 1;
   // FP4 codes at M = 1 (also gpt-oss's K = 2880, not a multiple of 128): the
-  // tensor-core GEMV, and so are mxfp8 codes; 3-bit codes: the SIMT GEMV.
+  // tensor-core GEMV, and so are mxfp8, 3- and 6-bit codes; 5-bit codes and
+  // 3-bit ones at group size 32: the SIMT GEMV.
   q.format = {fmt::Mode::mxfp4, 4, 32};
   EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
   q.format = {fmt::Mode::nvfp4, 4, 16};
@@ -1390,6 +1457,12 @@ TEST(CudaCross, EveryGpuKernelIsSelectedBySomeCase) {
   q.format = {fmt::Mode::mxfp8, 8, 32};
   EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
   q.format = {fmt::Mode::affine, 3, 64};
+  EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
+  q.format = {fmt::Mode::affine, 6, 64};
+  EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv1_mma");
+  q.format = {fmt::Mode::affine, 3, 32};
+  EXPECT_EQ(r.qmm.select(q, Device::Type::gpu).name, "cuda_qmv");
+  q.format = {fmt::Mode::affine, 5, 64};
   seen.insert(r.qmm.select(q, Device::Type::gpu).name);
   q.format = {fmt::Mode::affine, 4, 64};
   q.transpose = false;

@@ -91,9 +91,14 @@ void run_generic(const QmmDesc& d, QmmArgs& a, const Stream& s) {
 //   8-bit affine: 5.3 / 4.3 (run 104: at 4 rows per entry 431 / 264 us
 //     against tiled 577 / 278; run 105: at 8 rows 858 / 515 against 572 / 291);
 //   2-bit affine: 14.1 / 9.1 (run 106: at 16 rows per entry 645 / 511 us
-//     against tiled 569 / 290; at 4 rows 171 / 133 against 561 / 276).
+//     against tiled 569 / 290; at 4 rows 171 / 133 against 561 / 276);
+//   3-bit affine (H100): 8.0 / 5.5 (run 110: at 4 rows per entry 282 / 199
+//     us against tiled 565 / 275; at 16 rows 1098 / 777 against 572 / 289);
+//   6-bit affine (H100): 5.4 / 4.8 (run 110: at 4 rows 423 / 233 against
+//     tiled 567 / 278).
 int64_t solo_group_default(const QmmDesc& d) {
-  if (d.format.mode == fmt::Mode::affine) return d.format.bits == 8 ? 5 : 12;
+  if (d.format.mode == fmt::Mode::affine)
+    return d.format.bits == 8 || d.format.bits == 6 ? 5 : d.format.bits == 3 ? 7 : 12;
   if (d.format.mode == fmt::Mode::mxfp8) return 9;
   return 12;
 }

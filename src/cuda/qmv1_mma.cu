@@ -12,6 +12,8 @@ void launch(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope
   const int mr = rows_built(d.M);
   if (d.format.bits == 8) return launch_b8<T>(d, p, tl, scope);
   if (d.format.bits == 2) return launch_b2<T>(d, p, tl, scope);
+  if (d.format.bits == 3) return launch_b3<T>(d, p, tl, scope);
+  if (d.format.bits == 6) return launch_b6<T>(d, p, tl, scope);
   if (d.format.mode == fmt::Mode::nvfp4) return launch_rows<T, 16, 1, QKind::e2m1>(p, tl, scope);
   if (d.format.mode == fmt::Mode::mxfp4) {
     if (mr == 1) launch_rows<T, 32, 1, QKind::e2m1>(p, tl, scope);
@@ -48,12 +50,15 @@ int64_t grid_blocks(const detail::QmmDesc& d, int ks_log2, int tl) {
 /// is faster with one tile per warp; docs/kernels/cuda.md.)
 /// MMKIT_QMV1_TILES=1|2 forces it (tests and tuning; docs/kernels/cuda.md).
 int tiles_per_warp(const detail::QmmDesc& d, int ks_log2, int sm_count) {
-  if (rows_built(d.M) > 4) return 1;
+  const bool u3 = chunk_units(d.format.bits) == 3;  // (3- and 6-bit codes: two tiles only for one row)
+  if (rows_built(d.M) > (u3 ? 1 : 4)) return 1;
   if (const char* e = std::getenv("MMKIT_QMV1_TILES")) return std::atoi(e) == 2 ? 2 : 1;
+  if (u3) return 1;
   return 2 * grid_blocks(d, ks_log2, 2) >= 3 * int64_t{sm_count} ? 2 : 1;
 }
 
-/// Fewer warps per K split on large one-row two-tile grids. Every warp pays a fixed
+/// Fewer warps per K split on large one-row two-tile grids (and one-tile ones
+/// of 3- and 6-bit codes, tl = 1). Every warp pays a fixed
 /// setup (indices, addresses, staging its part of x, the ring's first fill,
 /// the reduction), about what streaming 2.3 KB of weights costs its SM
 /// (fitted to same-session H200 runs, docs/kernels/cuda.md); halving the
@@ -66,17 +71,17 @@ int tiles_per_warp(const detail::QmmDesc& d, int ks_log2, int sm_count) {
 /// slower, 21.3 / 28.5 against 20.5 / 25.5 us, so it applies to one row.)
 /// On 14336 x 4096 (H100) a split of 2 (112 blocks, 0.85 per SM) took
 /// 18.3 - 18.4 us against 19.4 - 19.7 us at 4 (224 blocks): hence 0.8, not 0.9.
-int narrow_split(const detail::QmmDesc& d, int ks_log2, int sm_count) {
+int narrow_split(const detail::QmmDesc& d, int ks_log2, int sm_count, int tl) {
   const double scale_bytes = d.format.mode == fmt::Mode::affine ? 4.0 : 1.0;  // per group: scale (+ bias)
   const double row_bytes = static_cast<double>(d.K) * (d.format.bits / 8.0 + scale_bytes / d.format.group_size);
   auto load = [&](int k) {
-    const int64_t blocks = grid_blocks(d, k, 2);
-    const double block_rows = std::min<double>(static_cast<double>(d.N), kRows * 2.0 * (kWarps >> k));
+    const int64_t blocks = grid_blocks(d, k, tl);
+    const double block_rows = std::min<double>(static_cast<double>(d.N), kRows * double(tl) * (kWarps >> k));
     return static_cast<double>(ceil_div(blocks, int64_t{sm_count})) * (block_rows * row_bytes + 2300.0 * kWarps);
   };
   int best = ks_log2;
   for (int k = ks_log2 - 1; k >= 0; --k) {
-    if (5 * grid_blocks(d, k, 2) < 4 * int64_t{sm_count}) break;
+    if (5 * grid_blocks(d, k, tl) < 4 * int64_t{sm_count}) break;
     if (load(k) < load(best)) best = k;
   }
   return best;
@@ -93,7 +98,10 @@ bool qmv1_mma_supports(const detail::QmmDesc& d) {
   const bool eight = d.format.bits == 8 && (m == fmt::Mode::affine || m == fmt::Mode::mxfp8);
   // (2-bit: a lane's slice is 64 codes, so K % 64 == 0 keeps every slice inside K.)
   const bool two = d.format.bits == 2 && m == fmt::Mode::affine && d.K % 64 == 0;
-  if (!d.transpose || !(four || eight || two)) return false;
+  // (3- and 6-bit: a lane's slice is 128 or 64 codes, 4 packs of 3 words.)
+  const bool three = d.format.bits == 3 && m == fmt::Mode::affine && d.K % 128 == 0;
+  const bool six = d.format.bits == 6 && m == fmt::Mode::affine && d.K % 64 == 0;
+  if (!d.transpose || !(four || eight || two || three || six)) return false;
   if (d.dtype != Dtype::float16 && d.dtype != Dtype::bfloat16) return false;
   // K a multiple of 32 (and of the group size): a partial last chunk (128 codes at 4 bits, 64 at 8) is fine.
   if (d.K % 32 != 0 || d.K % d.format.group_size != 0 || d.K <= 0 || d.K > kMaxK || d.N >= (int64_t{1} << 31))
@@ -123,9 +131,14 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   int tl = tiles_per_warp(d, p.ks_log2, dev.sm_count);
   const bool xs = mr * d.K <= max_staged_k();
   const int bits = d.format.bits;
-  if (tl == 2 && smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, 2, bits) > dev.smem_optin) tl = 1;
-  if (tl == 2 && mr == 1 && !ks_env) p.ks_log2 = narrow_split(d, p.ks_log2, dev.sm_count);
-  if (smem_bytes(d.K, d.format.group_size, mr, xs, kDepth, kWarps, tl, bits) > dev.smem_optin) return false;
+  if (tl == 2 && smem_bytes(d.K, d.format.group_size, mr, xs, ring_depth(bits), kWarps, 2, bits) > dev.smem_optin)
+    tl = 1;
+  // (3- and 6-bit codes, one tile per warp: the same model, run 110: 8192 x
+  // 8192 at M = 1 on the H100, 3-bit g64 17.8 us with a split of 2 against
+  // 24.4 at 8, 6-bit g64 26.9 against 29.4.)
+  if ((tl == 2 || chunk_units(bits) == 3) && mr == 1 && !ks_env)
+    p.ks_log2 = narrow_split(d, p.ks_log2, dev.sm_count, tl);
+  if (smem_bytes(d.K, d.format.group_size, mr, xs, ring_depth(bits), kWarps, tl, bits) > dev.smem_optin) return false;
   if (d.dtype == Dtype::float16) launch<__half>(d, p, tl, scope);
   else launch<__nv_bfloat16>(d, p, tl, scope);
   scope.check_launch("qmv1_mma");

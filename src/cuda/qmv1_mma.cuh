@@ -92,8 +92,12 @@ namespace mmkit::cuda::qmv1 {
 constexpr int kWarps = 8;            // warps per block (split-K inside a block; 16: docs/kernels/cuda.md)
 constexpr int kRows = 16;            // weight rows per block
 constexpr int kMaxStagedK = 16384;   // x staged in shared memory up to MR * K = this (32 KB)
-/// The zero line inactive lanes read: a lane's slice of x (64 bytes; 128 for 2-bit codes).
-constexpr int zero_bytes(int bits) { return bits == 2 ? 128 : 64; }
+/// 64-byte units per chunk row: 1, or 3 for 3- and 6-bit codes (a lane's
+/// slice is then 48 bytes: 4 packs of 3 words, 32 or 16 whole codes each).
+constexpr int chunk_units(int bits) { return bits == 3 || bits == 6 ? 3 : 1; }
+/// The zero line inactive lanes read: a lane's slice of x (64 bytes; 128 for
+/// 2- and 6-bit codes, 256 for 3-bit).
+constexpr int zero_bytes(int bits) { return bits == 2 || bits == 6 ? 128 : bits == 3 ? 256 : 64; }
 #ifndef MMKIT_QMV1_DEPTH
 #define MMKIT_QMV1_DEPTH 4
 #endif
@@ -102,6 +106,10 @@ constexpr int kDepth = MMKIT_QMV1_DEPTH;  // chunks of weights in flight per war
 #define MMKIT_QMV1_WINDOW 2
 #endif
 constexpr int kWindow = MMKIT_QMV1_WINDOW;  // chunks per copy window (the ring refills a window at a time)
+/// Ring depth and window (chunks) for a bit width: 3 KB chunks (3- and 6-bit
+/// codes) keep 2 in flight, refilled one at a time.
+constexpr int ring_depth(int bits) { return chunk_units(bits) == 3 ? 2 : kDepth; }
+constexpr int ring_window(int bits) { return chunk_units(bits) == 3 ? 1 : kWindow; }
 constexpr int64_t kMaxK = int64_t{1} << 18;  // the group sums of x stay within 32 KB of shared memory
 
 /// x is staged in shared memory when MR * K <= this: kMaxStagedK, or
@@ -114,18 +122,23 @@ inline int64_t max_staged_k() {
   return v;
 }
 
-/// Dynamic shared memory of one block (mr activation rows).
+/// Dynamic shared memory of one block (mr activation rows): the group sums of
+/// x (3- and 6-bit codes: also their weighted sums), x, the zero line, the ring.
 inline size_t smem_bytes(int64_t K, int gs, int mr, bool xs, int depth, int warps, int tl, int bits) {
   const int64_t G = K / gs;
-  return static_cast<size_t>(mr) * (static_cast<size_t>((G + 3) & ~int64_t{3}) * sizeof(float) +
+  const int u = chunk_units(bits);
+  return static_cast<size_t>(mr) * (static_cast<size_t>((G + 3) & ~int64_t{3}) * sizeof(float) * (u == 3 ? 2 : 1) +
                                     (xs ? static_cast<size_t>(K) * 2 : 0)) +
-         zero_bytes(bits) + static_cast<size_t>(warps) * depth * 1024 * tl;
+         zero_bytes(bits) + static_cast<size_t>(warps) * depth * 1024 * u * tl;
 }
 /// Activation rows per entry the kernel is built for: M rounded up to a power of two.
 inline int rows_built(int64_t M) { return M <= 1 ? 1 : M <= 2 ? 2 : M <= 4 ? 4 : 8; }
 /// The most rows per entry for a group size (a super-chunk of 8 / MR groups
-/// must hold a chunk: 128 codes at 4 bits (8 rows at most), 256 at 2 bits).
-inline int max_rows(int gs, int bits = 4) { return bits == 2 ? gs / 32 : gs >= 128 ? 8 : gs / 16; }
+/// must hold a chunk: 128 codes at 4 bits (8 rows at most), 256 at 2 and 6
+/// bits, 512 at 3 bits; 0: the group size is not supported).
+inline int max_rows(int gs, int bits = 4) {
+  return bits == 2 || bits == 6 ? gs / 32 : bits == 3 ? gs / 64 : gs >= 128 ? 8 : gs / 16;
+}
 
 struct Qmv1Params {
   const void* x;
@@ -162,12 +175,45 @@ __device__ __forceinline__ uint4 permute16(uint4 v, uint4 o, bool odd) {
   return make_uint4(__byte_perm(a0, b0, 0x5410), __byte_perm(a0, b0, 0x7632), __byte_perm(a1, b1, 0x5410),
                     __byte_perm(a1, b1, 0x7632));
 }
-/// x as the B order of BITS-bit codes (affine; FP4 codes are in natural pairs).
+/// x as the B order of BITS-bit codes (affine; FP4 codes are in natural pairs;
+/// 3-bit fields pair like nibbles, (i, i + 4), 6-bit codes like bytes).
 template <QKind KIND, int BITS>
 __device__ __forceinline__ uint4 permute_x(uint4 v) {
   if constexpr (KIND != QKind::affine) return v;
-  else if constexpr (BITS == 4) return permute8(v);
+  else if constexpr (BITS == 4 || BITS == 3) return permute8(v);
   else return permute4x2(v);
+}
+
+/// 3-bit fields (8b + j, 8b + j + 4) of a 96-bit pack (w0 w1 w2; field i at
+/// bits 3i), k = 4b + j, as a T pair with one shift (a funnel shift across
+/// words) and one LOP3, exact. The low field lands at the top three mantissa
+/// bits of the low half (bits 4-6 in bfloat16, 7-9 in float16), the high
+/// one, 12 bits up, at the bottom of the high half's (bits 0-2 / 3-5); the
+/// magic exponents give both the same weight per unit of the field, so the
+/// pair is code_scale * (8 + f_lo, 128 + f_hi) (H: the fields at 8 times the
+/// weight, code_scale * (64 + 8 f_lo, 1024 + 8 f_hi)), code_scale 1 in
+/// bfloat16 and 1 / 64 in float16. 3-bit codes are the fields; a 6-bit code
+/// is its low field plus 8 times its high one (fields 2i, 2i + 1).
+template <typename T, bool H = false>
+__device__ __forceinline__ uint32_t tri_pair(uint32_t w0, uint32_t w1, uint32_t w2, int k) {
+  constexpr bool kB = std::is_same_v<T, __nv_bfloat16>;
+  const int s = 24 * (k / 4) + 3 * (k % 4) - (kB ? 4 : 7);  // (k is a constant after unrolling)
+  uint32_t v;
+  if (s < 0) v = w0 << -s;
+  else if (s == 0) v = w0;
+  else if (s < 32) v = __funnelshift_r(w0, w1, s);
+  else if (s == 32) v = w1;
+  else if (s < 64) v = __funnelshift_r(w1, w2, s - 32);
+  else v = w2 >> (s - 64);
+  if constexpr (kB) return and_or<0x00070070u>(v, H ? 0x44804280u : 0x43004100u);
+  else return and_or<0x00380380u>(v, H ? 0x4C003C00u : 0x40003000u);
+}
+/// The offsets of tri_pair's codes per pair of x values (x_{2j}, x_{2j+1}), j =
+/// 0..3, of an 8-value x vector, in units of code_scale: 3-bit codes 0 - 3 are
+/// low fields (8), 4 - 7 high ones (128); a 6-bit code's two fields sum to 72
+/// (codes 0, 1, 4, 5) or 1152 (2, 3, 6, 7).
+__host__ __device__ constexpr float tri_off(int bits, int j) {
+  return bits == 3 ? (j < 2 ? 8.0f : 128.0f) : (j % 2 ? 1152.0f : 72.0f);
 }
 
 template <typename T>
@@ -180,10 +226,18 @@ __device__ __forceinline__ float bits_to_f(uint32_t b) {
 /// element by element (non-finite groups only).
 template <typename T, QKind KIND, int BITS, int GS>
 __device__ __noinline__ float exact_group1(const T* xg, const uint32_t* wg, float s, float b) {
-  constexpr int PW = 32 / BITS;  // codes per word
+  constexpr int PW = 32 / BITS;  // codes per word (3, 5, 6 bits: codes straddle words)
+  constexpr bool kStraddle = 32 % BITS != 0;
   float e = 0.0f;
   for (int k = 0; k < GS; ++k) {
-    const uint32_t c = (wg[k / PW] >> (BITS * (k % PW))) & ((1u << BITS) - 1u);
+    uint32_t c;
+    if constexpr (kStraddle) {
+      const int bit = BITS * k, wd = bit / 32, sh = bit % 32;
+      const uint64_t two = wg[wd] | (sh + BITS > 32 ? static_cast<uint64_t>(wg[wd + 1]) << 32 : 0u);
+      c = static_cast<uint32_t>(two >> sh) & ((1u << BITS) - 1u);
+    } else {
+      c = (wg[k / PW] >> (BITS * (k % PW))) & ((1u << BITS) - 1u);
+    }
     const float w = KIND == QKind::affine ? fmaf(s, static_cast<float>(c), b) : __fmul_rn(s, code_value<KIND>(c));
     e = fmaf(to_f<T>(xg[k]), w, e);
   }
@@ -214,7 +268,7 @@ __device__ __noinline__ float4 redo_exact(const uint32_t* w, const SB* S, const 
   for (int r = 0; r < 2; ++r) {
     const int row = r ? rb : ra;
     if (row >= N) continue;
-    const uint32_t* wr = w + (wi * N + row) * static_cast<int64_t>(K / (32 / BITS));
+    const uint32_t* wr = w + (wi * N + row) * static_cast<int64_t>(32 % BITS ? K / 32 * BITS : K / (32 / BITS));
     const int64_t srow = (wi * N + row) * static_cast<int64_t>(G);
     for (int e = 0; e < 2; ++e) {
       const int n = 2 * c + e, m = n % MR;
@@ -274,11 +328,13 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   // to the first, 2 - 3 to the second.
   constexpr bool kAff = KIND == QKind::affine;
   static_assert((BITS == 4 && (kAff || KIND == QKind::e2m1)) || (BITS == 8 && (kAff || KIND == QKind::e4m3)) ||
-                    (BITS == 2 && kAff),
-                "4-bit affine / FP4, 8-bit affine / FP8 or 2-bit affine codes");
+                    ((BITS == 2 || BITS == 3 || BITS == 6) && kAff),
+                "4-bit affine / FP4, 8-bit affine / FP8 or 2-, 3-, 6-bit affine codes");
   using SB = std::conditional_t<kAff, unsigned short, uint8_t>;  // raw scale / bias element
-  constexpr int CC = 512 / BITS;           // codes per chunk (64 bytes of a row)
-  constexpr int LC = CC / 4;               // codes per lane slice (16 bytes)
+  constexpr int U = chunk_units(BITS);     // 64-byte units per chunk row (3: 3- and 6-bit codes)
+  constexpr bool kU3 = U == 3;
+  constexpr int CC = 512 * U / BITS;       // codes per chunk (64 U bytes of a row)
+  constexpr int LC = CC / 4;               // codes per lane slice (16 U bytes)
   constexpr int XV = CC / 8;               // 16-byte x vectors per chunk
   constexpr int SG = 8 / MR;               // groups per super-chunk
   constexpr int CPS = SG * GS / CC;        // chunks per super-chunk
@@ -288,12 +344,12 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   // two: words 0 - 1 in one, 2 - 3 in the next (one row only).
   static_assert(GS >= LC || (2 * GS == LC && MR == 1), "a slice spans at most two groups (then one row)");
   constexpr bool kSplitSlice = 2 * GS == LC;
-  static_assert(D == 4 || D == 8, "ring depth: a power of two, slots of 1 KB per warp");
+  static_assert(D == 4 || D == 8 || (kU3 && D == 2), "ring depth: a power of two, slots of U KB per warp");
   static_assert(D % CW == 0 && D / CW >= 2, "the ring holds two or more windows");
   constexpr int NW = D / CW;               // windows in the ring
   static_assert(TL == 1 || TL == 2, "one or two 16-row tiles per warp");
   constexpr int kRowsW = kRows * TL;       // weight rows per warp
-  constexpr int kSlot = 1024 * TL;         // ring slot: one chunk of every tile of the warp
+  constexpr int kSlot = 1024 * U * TL;     // ring slot: one chunk of every tile of the warp
   // Affine codes become code_scale * (code_off + q) (nib_pair, crumb_pair);
   // the fold takes the offset out per group:
   // dot(x, q) = dot(x, code) / code_scale - code_off * sum(x).
@@ -307,7 +363,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   const int ks = 1 << p.ks_log2, tile = warp >> p.ks_log2, kpart = warp & (ks - 1);
   const int ntiles = W >> p.ks_log2;
   const int n0 = (blockIdx.x * ntiles + tile) * kRowsW;
-  const int words_per_row = K / (32 / BITS);
+  const int words_per_row = kU3 ? K / 32 * BITS : K / (32 / BITS);
   const int G = K / GS;  // groups per row
   const int chunks = KP ? (K + CC - 1) / CC : K / CC;  // (KP: the last chunk may hold 32, 64 or 96 codes)
   const int supers = (chunks + CPS - 1) / CPS;
@@ -323,20 +379,24 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   T* O = static_cast<T*>(p.out);
   float* gsum = reinterpret_cast<float*>(smem);
   const int gpad = (G + 3) & ~3;
-  T* xs = reinterpret_cast<T*>(smem + MR * gpad * sizeof(float));
-  unsigned char* zero_line = smem + MR * gpad * sizeof(float) + (XS ? static_cast<size_t>(MR) * K * sizeof(T) : 0);
+  // (3- and 6-bit codes: the weighted sums of x, sum(tri_off * x), after the sums.)
+  constexpr int kSums = kU3 ? 2 : 1;
+  float* gw = gsum + MR * gpad;
+  T* xs = reinterpret_cast<T*>(smem + kSums * MR * gpad * sizeof(float));
+  unsigned char* zero_line =
+      smem + kSums * MR * gpad * sizeof(float) + (XS ? static_cast<size_t>(MR) * K * sizeof(T) : 0);
   constexpr int kZeroBytes = zero_bytes(BITS);
   const uint32_t ring = static_cast<uint32_t>(__cvta_generic_to_shared(zero_line + kZeroBytes)) +
-                        static_cast<uint32_t>(warp * D * kSlot + lane * 16);
+                        static_cast<uint32_t>(warp * D * kSlot + lane * 16 * U);
   if (threadIdx.x < kZeroBytes / 4) reinterpret_cast<uint32_t*>(zero_line)[threadIdx.x] = 0u;
   if (threadIdx.x < gpad - G)
 #pragma unroll
-    for (int m = 0; m < MR; ++m) gsum[m * gpad + G + threadIdx.x] = 0.0f;
+    for (int m = 0; m < kSums * MR; ++m) gsum[m * gpad + G + threadIdx.x] = 0.0f;
   // The group slot of lane c's slice in chunk t: ((t % CPS) * CC + c * LC) / GS
   // = (t % CPS) * CC / GS + my_slot_c (GS | CC or CC | GS).
   const int my_slot_c = (c * LC) / GS;  // (GS 16: the slot of words 0 - 1; + 1 for words 2 - 3)
   // Chunks whose slice of lane c lies inside K (all but a partial last one's tail).
-  const int t_lane = (K - LC * c + CC - 1) >> (BITS == 4 ? 7 : BITS == 8 ? 6 : 8);  // (/ CC: K - LC * c > 0)
+  const int t_lane = (K - LC * c + CC - 1) >> (BITS == 4 ? 7 : BITS == 8 ? 6 : BITS == 3 ? 9 : 8);  // (/ CC: K - LC * c > 0)
   // Lane (g, c)'s B column: group slot g / MR, x row g % MR.
   const int col_slot = g / MR, col_m = g % MR;
 
@@ -353,7 +413,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
     // hence a __syncwarp after each wait and before each slot is refilled),
     // and the ring holds two windows (chunk t in slot t % D).
     const uint32_t* wblk = p.w + ((w_in ? wi : 0) * N + n0c) * static_cast<int64_t>(words_per_row);
-    const uint32_t ring_w = ring - static_cast<uint32_t>(lane * 16);
+    const uint32_t ring_w = ring - static_cast<uint32_t>(lane * 16 * U);
     // Copy i of a window (2 * CW * TL per lane) is row r = i * (8 / CW) + rsub
     // of the warp's tiles, 16-byte piece cc of chunk t0 + piece / 4; it lands
     // at slot * kSlot + (r / 16) * 1024 + (r & 8 ? 512 : 0) + ((r & 7) * 4 + cc) * 16.
@@ -368,6 +428,38 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
     const int64_t step = static_cast<int64_t>(kRowStep) * words_per_row;
     auto issue_win = [&](int w) {
       const int t0 = tb + w * CW;
+      if constexpr (kU3) {
+        // Windows of one chunk (CW = 1): copy (tl, half, j) of lane (g, c) is
+        // row 16 tl + 8 half + g, 16-byte piece 4 j + c of the chunk's 12
+        // (a warp copies 8 rows x 64 contiguous bytes per instruction); it
+        // lands at tl * 3 KB + half * 1536 + g * 192 + (4 j + c) * 16, so lane
+        // (g, c)'s slice (pieces 3c .. 3c + 2) is 48 contiguous bytes.
+        if (t0 < te) {
+          const uint32_t d = ring_w + static_cast<uint32_t>((t0 & (D - 1)) * kSlot + g * 64 * U + c * 16);
+          if (full_rows && t0 < tfull) {
+            const uint32_t* src = wblk + static_cast<int64_t>(g) * words_per_row + t0 * 16 * U + 4 * c;
+#pragma unroll
+            for (int i = 0; i < 2 * TL; ++i)
+#pragma unroll
+              for (int j = 0; j < U; ++j)
+                cp16(d + static_cast<uint32_t>(i * 512 * U + 64 * j), src + static_cast<int64_t>(8 * i) * words_per_row + 16 * j);
+          } else {
+#pragma unroll
+            for (int i = 0; i < 2 * TL; ++i)
+#pragma unroll
+              for (int j = 0; j < U; ++j) {
+                const int r = 8 * i + g;
+                const int wo = t0 * 16 * U + 16 * j + 4 * c;  // (past K: old codes stay, x is 0 there)
+                if (!KP || wo < words_per_row) {
+                  const int rr = min(n0 + r, N - 1) - n0c;
+                  cp16(d + static_cast<uint32_t>(i * 512 * U + 64 * j), wblk + static_cast<int64_t>(rr) * words_per_row + wo);
+                }
+              }
+          }
+        }
+        cp_async_commit();
+        return;
+      }
       if (t0 < te) {
         if (full_rows && t0 + CW <= tfull) {
           const uint32_t d = dlane + static_cast<uint32_t>(((t0 + piece / 4) & (D - 1)) * kSlot);
@@ -427,7 +519,7 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
         int q = 0;
         for (int base = xbeg; base < xend; base += xstep, ++q) {
           const int i = base + lane;
-          float sum = 0.0f;
+          float sum = 0.0f, wsum = 0.0f;  // (wsum: 3- and 6-bit codes)
           if constexpr (BITS == 2) {
             // The B order interleaves 16 values: lanes 2k and 2k + 1 swap
             // their vectors (xend is even: K % 64 == 0).
@@ -465,13 +557,23 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
             if constexpr (kAff) {
               const uint32_t wv[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-              for (int j = 0; j < 4; ++j) sum += bits_to_f<T>(wv[j]) + bits_to_f<T>(wv[j] >> 16);
+              for (int j = 0; j < 4; ++j) {
+                const float pj = bits_to_f<T>(wv[j]) + bits_to_f<T>(wv[j] >> 16);
+                sum += pj;
+                if constexpr (kU3) wsum = fmaf(tri_off(BITS, j), pj, wsum);
+              }
             }
           }
           if constexpr (kAff) {
 #pragma unroll
-            for (int o = 1; o < LPG; o *= 2) sum += __shfl_xor_sync(0xffffffffu, sum, o);
-            if (i < xend && i % LPG == 0) gsum[m * gpad + i / LPG] = sum;
+            for (int o = 1; o < LPG; o *= 2) {
+              sum += __shfl_xor_sync(0xffffffffu, sum, o);
+              if constexpr (kU3) wsum += __shfl_xor_sync(0xffffffffu, wsum, o);
+            }
+            if (i < xend && i % LPG == 0) {
+              gsum[m * gpad + i / LPG] = sum;
+              if constexpr (kU3) gw[m * gpad + i / LPG] = wsum;
+            }
           }
         }
       }
@@ -548,24 +650,33 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
       // tested once at the end.
       auto fold = [&](int u) {
         float2 xs2 = make_float2(0.0f, 0.0f);  // the sums of x for columns 2c and 2c + 1 (affine only)
+        float2 ws2 = make_float2(0.0f, 0.0f);  // (3- and 6-bit codes: their weighted sums)
         if constexpr (kAff && MR == 1) {  // groups 2c, 2c + 1 of row 0 (the row's sums are padded to a multiple of 4)
           const int grp0 = u * SG + 2 * c;
           xs2 = grp0 < G ? *reinterpret_cast<const float2*>(gsum + grp0) : make_float2(0.0f, 0.0f);
+          if constexpr (kU3) ws2 = grp0 < G ? *reinterpret_cast<const float2*>(gw + grp0) : make_float2(0.0f, 0.0f);
         } else if constexpr (kAff) {  // one group, x rows (2c) % MR and (2c + 1) % MR
           const int grp = u * SG + slot0;
           xs2 = grp < G ? make_float2(gsum[((2 * c) % MR) * gpad + grp], gsum[((2 * c + 1) % MR) * gpad + grp])
                         : make_float2(0.0f, 0.0f);
+          if constexpr (kU3)
+            ws2 = grp < G ? make_float2(gw[((2 * c) % MR) * gpad + grp], gw[((2 * c + 1) % MR) * gpad + grp])
+                          : make_float2(0.0f, 0.0f);
         }
 #pragma unroll
         for (int tl = 0; tl < TL; ++tl)
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
-            const float xsv = e ? xs2.y : xs2.x;
+            const float xsv = e ? xs2.y : xs2.x, wsv = e ? ws2.y : ws2.x;
             const int sh = kTwoGroups ? (kAff ? 16 : 8) * e : 0;
 #pragma unroll
             for (int r = 0; r < 2; ++r) {
               const float s_r = scale_f<T, KIND, GS>(sc[tl][r] >> sh);
-              if constexpr (kAff) {
+              if constexpr (kU3) {  // acc += s * (dot / code_scale - sum(tri_off * x)) + b * sum(x)
+                const float b_r = bits_to_f<T>(bc[tl][r] >> sh);
+                acc[tl][2 * r + e] =
+                    fmaf(kInv * s_r, dacc[tl][2 * r + e], fmaf(b_r, xsv, fmaf(-s_r, wsv, acc[tl][2 * r + e])));
+              } else if constexpr (kAff) {
                 const float b_r = bits_to_f<T>(bc[tl][r] >> sh);
                 acc[tl][2 * r + e] =
                     fmaf(kInv * s_r, dacc[tl][2 * r + e], fmaf(fmaf(-kOff, s_r, b_r), xsv, acc[tl][2 * r + e]));
@@ -589,15 +700,79 @@ __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
       auto compute = [&](int t, int sub) {
         const uint32_t src = ring_l + (static_cast<uint32_t>(t) & (D - 1)) * kSlot;
         uint4 cw[TL][2];
+        if constexpr (!kU3) {
 #pragma unroll
-        for (int tl = 0; tl < TL; ++tl) {
-          cw[tl][0] = lds128(src + 1024 * tl);
-          cw[tl][1] = lds128(src + 1024 * tl + 512);
+          for (int tl = 0; tl < TL; ++tl) {
+            cw[tl][0] = lds128(src + 1024 * tl);
+            cw[tl][1] = lds128(src + 1024 * tl + 512);
+          }
         }
         // (A slice past K, in a partial last chunk, reads the zero line.)
         const bool in_k = !KP || t < t_lane;
         const bool active = col_slot == sub * CC / GS + my_slot_c && in_k;
         const uint32_t xb = active ? xs_lane + (2u * CC) * static_cast<uint32_t>(t) : zero_addr;
+        if constexpr (kU3) {
+          // A lane's slice: 4 packs of 3 words per row (32 3-bit or 16 6-bit
+          // codes each); packs 2 - 3 lie in the next group slot when the slice
+          // spans two groups. Pack p, x vector v of it (8 codes):
+          //   3-bit: fields (j, j + 4) of block v, 2 mmas ([x0 x4 x1 x5 ..]);
+          //   6-bit: blocks 2v + h of 4 codes, each code pair (i, i + 2) as its
+          //   low fields and (H) its high fields: 2 mmas per pair against the
+          //   same x ([x0 x2 x1 x3 ..]).
+          constexpr int PV = BITS == 3 ? 4 : 2;  // x vectors per pack
+          uint32_t ra[TL][4 * U], rb[TL][4 * U];  // the slice's words of rows a / b
+#pragma unroll
+          for (int tl = 0; tl < TL; ++tl)
+#pragma unroll
+            for (int j = 0; j < U; ++j) {
+              const uint4 qa = lds128(src + 1024 * U * tl + 16 * j), qb = lds128(src + 1024 * U * tl + 512 * U + 16 * j);
+              ra[tl][4 * j] = qa.x, ra[tl][4 * j + 1] = qa.y, ra[tl][4 * j + 2] = qa.z, ra[tl][4 * j + 3] = qa.w;
+              rb[tl][4 * j] = qb.x, rb[tl][4 * j + 1] = qb.y, rb[tl][4 * j + 2] = qb.z, rb[tl][4 * j + 3] = qb.w;
+            }
+          const bool active_hi = kSplitSlice ? col_slot == sub * CC / GS + my_slot_c + 1 && in_k : active;
+          const uint32_t xb_hi =
+              kSplitSlice ? (active_hi ? xs_lane + (2u * CC) * static_cast<uint32_t>(t) : zero_addr) : xb;
+#pragma unroll
+          for (int pk = 0; pk < 4; ++pk) {
+#pragma unroll
+            for (int v = 0; v < PV; ++v) {
+              const int xv = pk * PV + v;  // x vector of the slice
+              uint4 xp;
+              if constexpr (XS) {
+                xp = lds128((pk < 2 ? xb : xb_hi) + 16 * xv);
+              } else {
+                xp = make_uint4(0u, 0u, 0u, 0u);
+                if (pk < 2 ? active : active_hi)
+                  xp = permute_x<KIND, BITS>(__ldg(reinterpret_cast<const uint4*>(xcol + t * CC + LC * c) + xv));
+              }
+#pragma unroll
+              for (int tl = 0; tl < TL; ++tl)
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const uint32_t* wa = ra[tl] + 3 * pk;
+                const uint32_t* wb = rb[tl] + 3 * pk;
+                if constexpr (BITS == 3) {
+                  const int k = 4 * v + 2 * h;
+                  const uint32_t af[4] = {tri_pair<T>(wa[0], wa[1], wa[2], k), tri_pair<T>(wb[0], wb[1], wb[2], k),
+                                          tri_pair<T>(wa[0], wa[1], wa[2], k + 1),
+                                          tri_pair<T>(wb[0], wb[1], wb[2], k + 1)};
+                  mma16816<T>(dacc[tl], af, h ? xp.z : xp.x, h ? xp.w : xp.y);
+                } else {
+                  const int k = 4 * (2 * v + h);  // fields of block 2v + h: pairs k (low), k + 1 (high), k + 2, k + 3
+                  const uint32_t lo[4] = {tri_pair<T>(wa[0], wa[1], wa[2], k), tri_pair<T>(wb[0], wb[1], wb[2], k),
+                                          tri_pair<T>(wa[0], wa[1], wa[2], k + 2),
+                                          tri_pair<T>(wb[0], wb[1], wb[2], k + 2)};
+                  mma16816<T>(dacc[tl], lo, h ? xp.z : xp.x, h ? xp.w : xp.y);
+                  const uint32_t hi[4] = {
+                      tri_pair<T, true>(wa[0], wa[1], wa[2], k + 1), tri_pair<T, true>(wb[0], wb[1], wb[2], k + 1),
+                      tri_pair<T, true>(wa[0], wa[1], wa[2], k + 3), tri_pair<T, true>(wb[0], wb[1], wb[2], k + 3)};
+                  mma16816<T>(dacc[tl], hi, h ? xp.z : xp.x, h ? xp.w : xp.y);
+                }
+              }
+            }
+          }
+          return;
+        }
         if constexpr (BITS == 8) {
           // A word is 4 codes: x vector jx serves words 2 jx and 2 jx + 1
           // (B pairs [x0 x2] [x1 x3] each); a word's low nibbles go to one
@@ -818,22 +993,29 @@ template <typename T, QKind KIND, int BITS, int GS, int MR, bool XS, int TL, boo
 void launch_one(const Qmv1Params& p, const OpScope& scope) {
   const dim3 grid(static_cast<unsigned>(ceil_div(p.N, kRows * TL * (kWarps >> p.ks_log2))), 1,
                   static_cast<unsigned>(p.L < 65535 ? p.L : 65535));
-  const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps, TL, BITS);
-  if constexpr (MR == 1 && TL == 2) {
-    if (static_cast<int64_t>(grid.x) * grid.z <= device_info(scope.device()).sm_count) {
-      launch_kernel<qmv1_mma_kernel<T, KIND, BITS, GS, MR, XS, kDepth, kWarps, kWindow, TL, 1, KP>>(
-          grid, smem, scope.stream(), p);
-      return;
+  if constexpr (chunk_units(BITS) == 3) {  // 3 KB chunks: 2 in flight; one tile per warp (<= 3 blocks per SM) or two (1)
+    const size_t smem = smem_bytes(p.K, GS, MR, XS, ring_depth(BITS), kWarps, TL, BITS);
+    launch_kernel<
+        qmv1_mma_kernel<T, KIND, BITS, GS, MR, XS, ring_depth(BITS), kWarps, ring_window(BITS), TL, TL == 1 ? 3 : 1, KP>>(
+        grid, smem, scope.stream(), p);
+  } else {
+    const size_t smem = smem_bytes(p.K, GS, MR, XS, kDepth, kWarps, TL, BITS);
+    if constexpr (MR == 1 && TL == 2) {
+      if (static_cast<int64_t>(grid.x) * grid.z <= device_info(scope.device()).sm_count) {
+        launch_kernel<qmv1_mma_kernel<T, KIND, BITS, GS, MR, XS, kDepth, kWarps, kWindow, TL, 1, KP>>(
+            grid, smem, scope.stream(), p);
+        return;
+      }
     }
+    launch_kernel<qmv1_mma_kernel<T, KIND, BITS, GS, MR, XS, kDepth, kWarps, kWindow, TL, 32 / kWarps / TL, KP>>(
+        grid, smem, scope.stream(), p);
   }
-  launch_kernel<qmv1_mma_kernel<T, KIND, BITS, GS, MR, XS, kDepth, kWarps, kWindow, TL, 32 / kWarps / TL, KP>>(
-      grid, smem, scope.stream(), p);
 }
 
 template <typename T, int BITS, int GS, int MR, QKind KIND, bool KP>
 void launch_rows_k(const Qmv1Params& p, int tl, const OpScope& scope) {
   const bool xs = static_cast<int64_t>(MR) * p.K <= max_staged_k();
-  if constexpr (MR <= 4) {
+  if constexpr (chunk_units(BITS) == 1 ? MR <= 4 : MR == 1) {
     if (tl == 2) {
       if (xs) launch_one<T, KIND, BITS, GS, MR, true, 2, KP>(p, scope);
       else launch_one<T, KIND, BITS, GS, MR, false, 2, KP>(p, scope);
@@ -844,8 +1026,8 @@ void launch_rows_k(const Qmv1Params& p, int tl, const OpScope& scope) {
   else launch_one<T, KIND, BITS, GS, MR, false, 1, KP>(p, scope);
 }
 
-/// Codes per chunk (64 bytes of a row).
-constexpr int chunk_codes(int bits) { return 512 / bits; }
+/// Codes per chunk (64 bytes of a row, 192 at 3 and 6 bits).
+constexpr int chunk_codes(int bits) { return 512 * chunk_units(bits) / bits; }
 
 template <typename T, int GS, int MR, QKind KIND = QKind::affine, int BITS = 4>
 void launch_rows(const Qmv1Params& p, int tl, const OpScope& scope) {
@@ -861,6 +1043,15 @@ template <typename T>
 void launch_b8(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope);
 template <typename T>
 void launch_b2(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope);
+/// 3- and 6-bit launches (qmv1_mma_b3.cu, qmv1_mma_b6.cu).
+template <typename T>
+void launch_b3(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope);
+template <typename T>
+void launch_b6(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope);
+extern template void launch_b3<__half>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
+extern template void launch_b3<__nv_bfloat16>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
+extern template void launch_b6<__half>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
+extern template void launch_b6<__nv_bfloat16>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
 extern template void launch_b2<__half>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
 extern template void launch_b2<__nv_bfloat16>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
 extern template void launch_b8<__half>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);

@@ -222,6 +222,8 @@ int main(int argc, char** argv) {
                             {"affine b3 g64", fmt::Mode::affine, 3, 64},  {"affine b8 g64", fmt::Mode::affine, 8, 64},
                             {"affine b8 g128", fmt::Mode::affine, 8, 128}, {"affine b8 g32", fmt::Mode::affine, 8, 32},
                             {"affine b2 g128", fmt::Mode::affine, 2, 128}, {"affine b2 g32", fmt::Mode::affine, 2, 32},
+                            {"affine b3 g128", fmt::Mode::affine, 3, 128}, {"affine b6 g64", fmt::Mode::affine, 6, 64},
+                            {"affine b6 g128", fmt::Mode::affine, 6, 128}, {"affine b6 g32", fmt::Mode::affine, 6, 32},
                             {"mxfp4", fmt::Mode::mxfp4, 4, 32},           {"nvfp4", fmt::Mode::nvfp4, 4, 16},
                             {"mxfp8", fmt::Mode::mxfp8, 8, 32}};
   if (quick) fmts.resize(1);
@@ -354,9 +356,9 @@ int main(int argc, char** argv) {
                                {"qwen3-30b-a3b down", 128, 2048, 768, 8, false},
                                {"gpt-oss-120b gate+up", 128, 5760, 2880, 4, true},
                                {"gpt-oss-120b down", 128, 2880, 2880, 4, true}};
-    // 4-bit affine g64, mxfp4 (gpt-oss's format), 8-bit affine g64 and
-    // mxfp8; per entry all run the one-row tensor-core GEMV, and all but
-    // 4-bit affine also time the SIMT GEMV beside it.
+    // 4-bit affine g64, mxfp4 (gpt-oss's format), 8-bit affine g64, mxfp8,
+    // 2-, 3- and 6-bit affine g64; per entry all run the one-row tensor-core
+    // GEMV, and all but 4-bit affine also time the SIMT GEMV beside it.
     struct MoeFmt {
       QFmt f;
       const char* suffix;
@@ -373,6 +375,10 @@ int main(int argc, char** argv) {
         {{"mxfp8", fmt::Mode::mxfp8, 8, 32}, " mxfp8", {"cuda_qmv1_mma", "cuda_qmv"},
          quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}},
         {{"affine b2 g64", fmt::Mode::affine, 2, 64}, " b2", {"cuda_qmv1_mma", "cuda_qmv"},
+         quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}},
+        {{"affine b3 g64", fmt::Mode::affine, 3, 64}, " b3", {"cuda_qmv1_mma", "cuda_qmv"},
+         quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}},
+        {{"affine b6 g64", fmt::Mode::affine, 6, 64}, " b6", {"cuda_qmv1_mma", "cuda_qmv"},
          quick ? std::vector<int64_t>{1} : std::vector<int64_t>{1, 4, 16, 64, 256}}};
     for (const MoeFmt& mf : moe_fmts)
     if ((!have_m || have_t) && fmt_wanted(mf.f.label))
