@@ -1,6 +1,7 @@
 // qmv1_mma: the few-row tensor-core GEMV (the kernel and its design:
 // qmv1_mma.cuh): its host side, which formats and shapes it takes, its
-// tiling choices, and the 4-bit launches (8-bit ones: qmv1_mma_b8.cu).
+// tiling choices, and the 4-bit launches (8-, 2-, 3- and 6-bit ones:
+// qmv1_mma_b8.cu, _b2.cu, _b3.cu, _b6.cu).
 #include "cuda/qmv1_mma.cuh"
 
 namespace mmkit::cuda {

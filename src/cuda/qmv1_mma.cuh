@@ -1,14 +1,15 @@
-// qmv1_mma: tensor-core GEMV for a few activation rows and 2-, 4- or 8-bit
-// codes,
+// qmv1_mma: tensor-core GEMV for a few activation rows and 2-, 3-, 4-, 6- or
+// 8-bit codes,
 //   out[l] (M, N) = x[lhs[l]] (M, K) @ dequantize(w[rhs[l]]) (N, K)^T,
 // float16 / bfloat16, transpose=true, K % 32 == 0 (a partial last chunk of
 // 128 codes: its slices past K read zeros for x), 4- and 8-bit affine at
 // group size 32 / 64 / 128 with M <= 2 / 4 / 8 (gs / 16 rows, 8 at group
 // size 128), mxfp4 and mxfp8 (M <= 2) and nvfp4 (M = 1; FP4 codes: see "FP4"
 // below; FP8 codes: "8-bit"), 2-bit affine with M <= gs / 32 and K % 64 ==
-// 0 ("2-bit" below).
-// (The kernel is here, its host side in qmv1_mma.cu, the 8- and 2-bit
-// launches in qmv1_mma_b8.cu and qmv1_mma_b2.cu.)
+// 0 ("2-bit" below), 3-bit affine with M <= gs / 64 and K % 128 == 0, 6-bit
+// with M <= gs / 32 and K % 64 == 0 ("3- and 6-bit" below).
+// (The kernel is here, its host side in qmv1_mma.cu, the 8-, 2-, 3- and
+// 6-bit launches in qmv1_mma_b8.cu, _b2.cu, _b3.cu and _b6.cu.)
 // (M = 1 is the decode case: every batch entry of a gather_qmm at decode is one.)
 //
 // Why a separate kernel: with one activation row, 7 of the 8 columns of an
@@ -70,6 +71,19 @@
 // (4 + q) / 4 with one LOP3 (crumb_pair), 4 mmas per word against x
 // interleaved across 16 values (permute16: lanes 2k and 2k + 1 swap their
 // vectors when staging).
+// 3- and 6-bit affine: codes straddle words, so a chunk is 192 bytes of a
+// row (chunk_units 3: 512 3-bit or 256 6-bit codes) and a lane's slice 48
+// bytes, 4 packs of 3 words (32 or 16 whole codes). A pack's 3-bit fields
+// (the 3-bit codes; a 6-bit code is fields 2i, 2i + 1) decode in pairs
+// (i, i + 4) of each 8-field block, one shift (a funnel shift across words)
+// and one LOP3 per pair (tri_pair), as code_scale * (offset + field) with
+// offsets 8 / 128 by position (x staged as for nibbles, [x0 x4 x1 x5 ..]);
+// a 6-bit code's high fields enter a second mma at 8 times the weight against
+// the same x ([x0 x2 x1 x3 ..]), as 8-bit codes do. The offsets differ per
+// position, so staging x also writes each group's weighted sum sum(tri_off *
+// x), which the fold takes out. The ring holds 2 chunks per warp (6 KB, one
+// window each); one 16-row tile per warp (<= 3 blocks per SM, 80 registers)
+// or, forced, two (MMKIT_QMV1_TILES=2, one row).
 // Measured (and the tilings that were slower): docs/kernels/cuda.md. Tests: tests/test_cuda_cross.cpp.
 #pragma once
 
@@ -313,8 +327,9 @@ __device__ __forceinline__ void cp16(uint32_t dst, const void* src) {
 // KP: K % CC may be non-zero (a partial last chunk; groups per row may be
 // odd). With KP = false the kernel assumes K % CC == 0 and needs none of
 // the checks (measured: they cost g32 / nvfp4 6 - 11%, run 96).
-// BITS: 4 (affine, mxfp4, nvfp4) or 8 (affine). A chunk is 64 bytes of a
-// row: CC = 128 codes at 4 bits, 64 at 8; a lane's slice 32 or 16 codes.
+// BITS: 4 (affine, mxfp4, nvfp4), 8 (affine, mxfp8), 2, 3 or 6 (affine). A
+// chunk is 64 bytes of a row (192 at 3 and 6 bits): CC = 128 codes at 4
+// bits, 64 at 8, 256 at 2 and 6, 512 at 3; a lane's slice CC / 4 codes.
 template <typename T, QKind KIND, int BITS, int GS, int MR, bool XS, int D, int W, int CW, int TL, int MINB, bool KP>
 __global__ void __launch_bounds__(W * 32, MINB) qmv1_mma_kernel(Qmv1Params p) {
   // KIND: affine (4 or 8 bits, T scales and biases, codes as kPairScale *
