@@ -1052,6 +1052,29 @@ void launch_rows(const Qmv1Params& p, int tl, const OpScope& scope) {
   launch_rows_k<T, BITS, GS, MR, KIND, false>(p, tl, scope);
 }
 
+/// The launches of affine codes whose rows per entry are group size / 32
+/// (2- and 6-bit, max_rows): group size 32 takes one row, 64 up to two, 128
+/// up to four (launch_b2, launch_b6).
+template <typename T, int BITS>
+void launch_rows_gs32(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope) {
+  const int mr = rows_built(d.M);
+  constexpr QKind A = QKind::affine;
+  switch (d.format.group_size) {
+    case 32:
+      launch_rows<T, 32, 1, A, BITS>(p, tl, scope);
+      break;
+    case 64:
+      if (mr == 1) launch_rows<T, 64, 1, A, BITS>(p, tl, scope);
+      else launch_rows<T, 64, 2, A, BITS>(p, tl, scope);
+      break;
+    default:
+      if (mr == 1) launch_rows<T, 128, 1, A, BITS>(p, tl, scope);
+      else if (mr == 2) launch_rows<T, 128, 2, A, BITS>(p, tl, scope);
+      else launch_rows<T, 128, 4, A, BITS>(p, tl, scope);
+      break;
+  }
+}
+
 /// 8-bit launches, affine and mxfp8 (qmv1_mma_b8.cu), and 2-bit ones
 /// (qmv1_mma_b2.cu): translation units of their own.
 template <typename T>

@@ -6,22 +6,7 @@ namespace mmkit::cuda::qmv1 {
 
 template <typename T>
 void launch_b6(const detail::QmmDesc& d, const Qmv1Params& p, int tl, const OpScope& scope) {
-  const int mr = rows_built(d.M);
-  constexpr QKind A = QKind::affine;
-  switch (d.format.group_size) {
-    case 32:
-      launch_rows<T, 32, 1, A, 6>(p, tl, scope);
-      break;
-    case 64:
-      if (mr == 1) launch_rows<T, 64, 1, A, 6>(p, tl, scope);
-      else launch_rows<T, 64, 2, A, 6>(p, tl, scope);
-      break;
-    default:
-      if (mr == 1) launch_rows<T, 128, 1, A, 6>(p, tl, scope);
-      else if (mr == 2) launch_rows<T, 128, 2, A, 6>(p, tl, scope);
-      else launch_rows<T, 128, 4, A, 6>(p, tl, scope);
-      break;
-  }
+  launch_rows_gs32<T, 6>(d, p, tl, scope);
 }
 
 template void launch_b6<__half>(const detail::QmmDesc&, const Qmv1Params&, int, const OpScope&);
