@@ -803,20 +803,25 @@ TEST(CudaCross, QmmExactOneRowGemvNarrowSplit) {
   // per SM: the kernel with registers for one block), N not a multiple of the
   // block's 64 rows, 14336 x 4096 (narrowed to 2: 112 blocks), and a gather of 128 one-row entries over 33 experts of
   // 256 x 2048 (fewer than 4 rows per expert, so not grouped; narrowed to one
-  // warp per K range, 8 tiles per block).
+  // warp per K range, 8 tiles per block). Gathers whose narrowed two-tile
+  // grid still has more blocks than SMs take one tile per warp and a split
+  // narrowed for that: 4 entries of 5760 x 2880 mxfp4 (gpt-oss-120b's
+  // gate+up at one token; K not a multiple of the 128-code chunk) and 32 of
+  // 1536 x 2048 4-bit (Qwen3-30B-A3B's at four tokens).
   // Bit-exact with the CPU on exactly representable data.
   auto& reg = detail::registries();
   uint64_t seed = 8800;
   for (Dtype dt : {Dtype::bfloat16, Dtype::float16})
     for (int64_t N : {8192, 8232, 14336}) check_exact_qmm({{"affine", 4, 64}, dt, true, 1, N, 4096}, seed++);
-  const Fmt f{"affine", 4, 64};
-  const int64_t E = 33, L = 128, N = 256, K = 2048, Bx = 16;
-  for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+  auto gather = [&](const Fmt& f, Dtype dt, int64_t E, int64_t L, int64_t N, int64_t K, int64_t Bx) {
+    SCOPED_TRACE(name(f, dt) + " E=" + std::to_string(E) + " L=" + std::to_string(L) + " N=" + std::to_string(N) +
+                 " K=" + std::to_string(K));
     ASSERT_EQ(reg.qmm.select(gather_desc(f, dt, 1, N, K, L, Bx, E), Device::Type::gpu).name, "cuda_qmv1_mma");
     QW q = exact_quantized(f, E * N, K, dt, seed++);
     Array w = q.w.reshape({E, N, q.w.shape(-1)});
     Array s = q.scales.reshape({E, N, q.scales.shape(-1)});
-    Array b = q.biases->reshape({E, N, q.biases->shape(-1)});
+    std::optional<Array> b;
+    if (q.biases) b = q.biases->reshape({E, N, q.biases->shape(-1)});
     Array x = small_ints({Bx, 1, K}, dt, seed++);
     std::mt19937_64 g(seed++);
     std::vector<int64_t> li(static_cast<size_t>(L)), ri(static_cast<size_t>(L));
@@ -826,8 +831,13 @@ TEST(CudaCross, QmmExactOneRowGemvNarrowSplit) {
     }
     Array lhs = Array::from_vector(li, {L}), rhs = Array::from_vector(ri, {L});
     Array yc = gather_qmm(x, w, s, b, lhs, rhs, true, f.gs, f.bits, f.mode);
-    Array yg = gather_qmm(gpu(x), gpu(w), gpu(s), gpu(b), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
-    EXPECT_TRUE(bit_equal(yg, yc)) << dtype_name(dt);
+    Array yg = gather_qmm(gpu(x), gpu(w), gpu(s), opt_gpu(b), gpu(lhs), gpu(rhs), true, f.gs, f.bits, f.mode);
+    EXPECT_TRUE(bit_equal(yg, yc));
+  };
+  for (Dtype dt : {Dtype::bfloat16, Dtype::float16}) {
+    gather({"affine", 4, 64}, dt, 33, 128, 256, 2048, 16);
+    gather({"mxfp4", 4, 32}, dt, 4, 4, 5760, 2880, 1);
+    gather({"affine", 4, 64}, dt, 12, 32, 1536, 2048, 4);
   }
 }
 

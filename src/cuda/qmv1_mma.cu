@@ -137,8 +137,25 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   // (3- and 6-bit codes, one tile per warp: the same model, run 110: 8192 x
   // 8192 at M = 1 on the H100, 3-bit g64 17.8 us with a split of 2 against
   // 24.4 at 8, 6-bit g64 26.9 against 29.4.)
-  if ((tl == 2 || chunk_units(bits) == 3) && mr == 1 && !ks_env)
-    p.ks_log2 = narrow_split(d, p.ks_log2, dev.sm_count, tl);
+  if ((tl == 2 || chunk_units(bits) == 3) && mr == 1 && !ks_env) {
+    const int ks_full = p.ks_log2;
+    p.ks_log2 = narrow_split(d, ks_full, dev.sm_count, tl);
+    // Two tiles per warp (up to 2 blocks per SM, 1 where the grid fits in one
+    // wave of that) pay on large grids and where they fit in one wave. A
+    // grid of more than 2 blocks per SM ends in a partial wave, and where one
+    // tile per warp (up to 4 blocks per SM) with its own narrowed split fits
+    // in one wave instead, that is faster: MoE decode of short experts, run
+    // 115 (H200), gpt-oss-120b mxfp4 T = 1 gate+up / down 23.9 / 15.9 against
+    // 26.1 / 18.3 us, Qwen3-30B-A3B T = 4 gate+up 4-bit 20.5 against 23.7 us,
+    // mxfp8 T = 1 13.1 against 15.6 us (docs/kernels/cuda.md, session 15).
+    if (tl == 2 && !std::getenv("MMKIT_QMV1_TILES") && grid_blocks(d, p.ks_log2, 2) > 2 * int64_t{dev.sm_count}) {
+      const int k1 = narrow_split(d, ks_full, dev.sm_count, 1);
+      if (grid_blocks(d, k1, 1) <= 4 * int64_t{dev.sm_count}) {
+        tl = 1;
+        p.ks_log2 = k1;
+      }
+    }
+  }
   if (smem_bytes(d.K, d.format.group_size, mr, xs, ring_depth(bits), kWarps, tl, bits) > dev.smem_optin) return false;
   if (d.dtype == Dtype::float16) launch<__half>(d, p, tl, scope);
   else launch<__nv_bfloat16>(d, p, tl, scope);
