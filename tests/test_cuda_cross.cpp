@@ -804,8 +804,8 @@ TEST(CudaCross, QmmExactOneRowGemvNarrowSplit) {
   // block's 64 rows, 14336 x 4096 (narrowed to 2: 112 blocks), and a gather of 128 one-row entries over 33 experts of
   // 256 x 2048 (fewer than 4 rows per expert, so not grouped; narrowed to one
   // warp per K range, 8 tiles per block). Gathers whose narrowed two-tile
-  // grid still has more blocks than SMs take one tile per warp and a split
-  // narrowed for that: 4 entries of 5760 x 2880 mxfp4 (gpt-oss-120b's
+  // grid has more than 2 blocks per SM take one tile per warp and a split
+  // narrowed for that when that grid has at most 4 blocks per SM: 4 entries of 5760 x 2880 mxfp4 (gpt-oss-120b's
   // gate+up at one token; K not a multiple of the 128-code chunk) and 32 of
   // 1536 x 2048 4-bit (Qwen3-30B-A3B's at four tokens).
   // Bit-exact with the CPU on exactly representable data.

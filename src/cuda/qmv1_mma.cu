@@ -140,11 +140,11 @@ bool qmv1_mma_run(const detail::QmmDesc& d, detail::QmmArgs& a, const OpScope& s
   if ((tl == 2 || chunk_units(bits) == 3) && mr == 1 && !ks_env) {
     const int ks_full = p.ks_log2;
     p.ks_log2 = narrow_split(d, ks_full, dev.sm_count, tl);
-    // Two tiles per warp (up to 2 blocks per SM, 1 where the grid fits in one
-    // wave of that) pay on large grids and where they fit in one wave. A
-    // grid of more than 2 blocks per SM ends in a partial wave, and where one
-    // tile per warp (up to 4 blocks per SM) with its own narrowed split fits
-    // in one wave instead, that is faster: MoE decode of short experts, run
+    // Two tiles per warp run up to 2 blocks per SM (with registers for 1 when
+    // the grid has at most one block per SM). A narrowed two-tile grid of
+    // more than 2 blocks per SM ends in a partial wave; where one tile per
+    // warp (up to 4 blocks per SM) with its own narrowed split fits in one
+    // wave instead, that is faster: MoE decode of short experts, run
     // 115 (H200), gpt-oss-120b mxfp4 T = 1 gate+up / down 23.9 / 15.9 against
     // 26.1 / 18.3 us, Qwen3-30B-A3B T = 4 gate+up 4-bit 20.5 against 23.7 us,
     // mxfp8 T = 1 13.1 against 15.6 us (docs/kernels/cuda.md, session 15).
