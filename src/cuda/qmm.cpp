@@ -6,8 +6,9 @@
 //                     qmv_sm80.cu, else (M <= 8, transpose, K % 32 == 0, every format and dtype) on qmv.cu, else (M > 8, float16/bfloat16, transpose,
 //                     K % 32 == 0, every format) on qmm_sm80.cu, else (float32 beyond 8 rows,
 //                     transpose=false, odd K; any alignment) on qmm_generic.cu
-//   cuda_qmv1_mma     M <= group size / 16 (8 at 128; 2-bit: / 32), 2/4/8-bit affine, mxfp4, nvfp4, mxfp8,
-//                     float16/bfloat16, K % 32 == 0 (2-bit: % 64) (qmv1_mma.cu)
+//   cuda_qmv1_mma     M <= group size / 16 (8 at 128; 2-, 6-bit: / 32, 3-bit: / 64), 2/3/4/6/8-bit affine,
+//                     mxfp4, nvfp4, mxfp8, float16/bfloat16, K % 32 == 0 (2-, 6-bit: % 64, 3-bit: % 128)
+//                     (qmv1_mma.cu)
 //   cuda_qmv_sm80_mma 2 <= M <= 32, 4-bit affine, float16/bfloat16, K % 128 == 0 (qmv_sm80.cu)
 //   cuda_qmv          M <= 8, transpose=true, K % 32 == 0  (qmv.cu)
 //   cuda_qmm_w4_mma   M > 32, 4-bit affine, float16/bfloat16, K % 128 == 0, group size 32/64/128: on an
